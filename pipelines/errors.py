@@ -1,0 +1,70 @@
+"""The project's one error hierarchy.
+
+Every error the service reports on purpose is a `ServiceError`. Each class carries its HTTP status
+and a stable machine-readable `code` as class attributes and takes only a message, so instances
+pickle cleanly across Ray actors. `serve_app.errors` renders them in each route family's shape;
+nothing else maps exceptions to HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class InvalidImage(InvalidRequest):
+    """Not an image, empty, truncated or otherwise undecodable."""
+
+
+class ImageTooLarge(InvalidRequest):
+    """More pixels than the endpoint accepts (the regular endpoints point to the HD one)."""
+
+
+class InvalidParameter(InvalidRequest):
+    """A form or query parameter with a bad value."""
+
+
+class UnknownModel(InvalidRequest):
+    """A model id that is not in the catalog."""
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ModelUnavailable(ServiceError):
+    """A catalog model that is not being served (weights missing, or not enabled)."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+
+class ModelFileMissing(ServiceError):
+    """A model's weights file is not on disk; raised at load time, never downloaded then."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+
+class InferenceError(ServiceError):
+    status_code = 500
+    code = "internal_error"
+
+
+class DownloadError(ServiceError):
+    """`models pull` could not fetch or verify a weights file from any source."""
+
+    status_code = 502
+    code = "download_failed"

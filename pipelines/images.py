@@ -1,0 +1,101 @@
+"""Decoding uploads safely and encoding results.
+
+`decode_image` never decodes pixels before the header's size has been checked, so a
+decompression bomb (a tiny file that claims a huge canvas) is refused without allocating it.
+It honours EXIF orientation and turns every common mode (palette, greyscale, 16-bit, CMYK,
+with or without alpha) into 8-bit RGB plus an optional alpha plane.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipelines.errors import ImageTooLarge, InvalidImage
+
+# Regular endpoints accept at most 2048 x 2048 pixels (spec 000).
+REGULAR_MAX_PIXELS = 2048 * 2048
+TOO_LARGE_MESSAGE = "Image too large for regular processing. Use HD endpoint."
+
+# PIL's own bomb guard is a backstop; our explicit check runs first with the caller's limit.
+Image.MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # uint8, H x W x 3
+    alpha: np.ndarray | None  # uint8, H x W, only when the input had transparency
+    format: str | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    """Scale 16/32-bit integer or float samples to uint8 by their nominal range."""
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    top = 65535 if arr.max(initial=0) > 255 else 255
+    return np.clip(arr.astype(np.float32) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _planes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        grey = _to_8bit(np.asarray(im))
+        return np.repeat(grey[:, :, None], 3, axis=2), None
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"))
+        return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3])
+    return np.asarray(im.convert("RGB")), None
+
+
+def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS) -> DecodedImage:
+    if not data:
+        raise InvalidImage("Empty image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImage("Invalid image file: not a recognised image format") from None
+    except Exception as exc:  # PIL raises many types for malformed headers
+        raise InvalidImage(f"Invalid image file: {exc}") from None
+
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage("Invalid image file: zero-sized image")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(TOO_LARGE_MESSAGE)
+
+    try:
+        fmt = im.format
+        im.seek(0)  # first frame of animations
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb, alpha = _planes(im)
+    except Exception as exc:
+        raise InvalidImage(f"Invalid image file: corrupt or truncated data ({exc})") from None
+    return DecodedImage(rgb=rgb, alpha=alpha, format=fmt)
+
+
+def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """Encode an H x W x 3 (RGB) or H x W x 4 (RGBA) uint8 array as PNG.
+
+    Level 1 is ~5x faster than PIL's default 6 for ~10-20% larger files; results are
+    transient downloads, so speed wins.
+    """
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()

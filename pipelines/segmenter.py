@@ -1,0 +1,127 @@
+"""Run a catalog model: image in, full-resolution alpha mask out.
+
+`OnnxSegmenter` is driven entirely by the model's catalog entry (`ModelSpec`): the same class
+serves rembg's U2-Net/IS-Net/BiRefNet files and any local ONNX file with declared
+preprocessing. Batches are stacked into one inference call when the graph's batch dimension is
+dynamic, otherwise run one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from pipelines.catalog import ModelSpec, Postprocess, Preprocess
+from pipelines.errors import InferenceError, ModelFileMissing
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+    "area": Image.Resampling.BOX,
+}
+
+
+def preprocess(rgb: np.ndarray, p: Preprocess) -> np.ndarray:
+    """uint8 H x W x 3 RGB -> float32 tensor of shape [C,H,W] or [H,W,C] (no batch axis)."""
+    im = Image.fromarray(rgb)
+    if im.size != (p.width, p.height):
+        im = im.resize((p.width, p.height), _RESAMPLE[p.resample])
+    x = np.asarray(im, dtype=np.float32)
+    if p.scale == "unit":
+        x = x / 255.0
+    elif p.scale == "max":
+        x = x / max(float(x.max()), 1e-6)
+    if p.channel_order == "bgr":
+        x = x[:, :, ::-1]
+    x = (x - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    if p.post_divide != 1.0:
+        x = x / p.post_divide
+    if p.layout == "nchw":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def postprocess(raw: np.ndarray, q: Postprocess, size: tuple[int, int]) -> np.ndarray:
+    """One model output (no batch axis) -> uint8 H x W mask at `size` = (width, height)."""
+    channel_axis = 0 if q.layout == "nchw" else -1
+    if raw.ndim == 2:
+        raw = raw[None] if q.layout == "nchw" else raw[..., None]
+    if q.activation == "softmax":
+        raw = _softmax(raw, channel_axis)
+    prob = np.take(raw, q.channel, axis=channel_axis).astype(np.float32)
+    if q.activation == "sigmoid":
+        prob = 1.0 / (1.0 + np.exp(-prob))
+    prob = np.nan_to_num(prob, nan=0.0)
+    if q.normalize == "minmax":
+        lo, hi = float(prob.min()), float(prob.max())
+        prob = (prob - lo) / (hi - lo) if hi - lo > 1e-6 else np.zeros_like(prob)
+    mask = Image.fromarray((np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
+    if mask.size != size:
+        mask = mask.resize(size, _RESAMPLE[q.resample])
+    return np.asarray(mask)
+
+
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime decides (all cores)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class OnnxSegmenter:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights_path: str | Path,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+    ) -> None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise ModelFileMissing(
+                f"model {spec.id!r}: weights file {path} not found; "
+                f"run `bgremove-models pull {spec.id}`"
+            )
+        self.spec = spec
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(
+            str(path), sess_options=session_options(intra_op_threads), providers=chosen
+        )
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        self.dynamic_batch = not isinstance(inp.shape[0], int)
+        self.providers = self.session.get_providers()
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        return self.predict_batch([rgb])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        tensors = [preprocess(img, self.spec.preprocess) for img in images]
+        if self.dynamic_batch and len(tensors) > 1:
+            raws = self._run(np.stack(tensors))
+        else:
+            raws = np.concatenate([self._run(t[None]) for t in tensors])
+        return [
+            postprocess(raw, self.spec.postprocess, (img.shape[1], img.shape[0]))
+            for raw, img in zip(raws, images)
+        ]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            outputs = self.session.run(None, {self._input_name: batch})
+        except Exception as exc:
+            raise InferenceError(f"model {self.spec.id!r} failed: {exc}") from None
+        return outputs[self.spec.postprocess.output_index]
