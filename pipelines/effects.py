@@ -60,10 +60,8 @@ def _over(fg: np.ndarray, a: np.ndarray, background: np.ndarray) -> np.ndarray:
     return fg * a + background * (1.0 - a)
 
 
-def cutout(rgb: np.ndarray, alpha: np.ndarray, source_alpha: np.ndarray | None = None) -> np.ndarray:
-    """RGBA cut-out; an input that already had transparency keeps it (masks multiply)."""
-    if source_alpha is not None:
-        alpha = ((alpha.astype(np.uint16) * source_alpha) // 255).astype(np.uint8)
+def cutout(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGBA cut-out with edge colours decontaminated."""
     fg = _to_u8(estimate_foreground(rgb, alpha))
     return np.dstack([fg, alpha])
 

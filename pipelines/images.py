@@ -68,7 +68,11 @@ def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS) -> De
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        if max_pixels is not None:
+            raise ImageTooLarge(TOO_LARGE_MESSAGE) from None
+        raise InvalidImage("Invalid image file: dimensions exceed the decoder's safety limit") from None
+    except UnidentifiedImageError:
         raise InvalidImage("Invalid image file: not a recognised image format") from None
     except Exception as exc:  # PIL raises many types for malformed headers
         raise InvalidImage(f"Invalid image file: {exc}") from None

@@ -92,7 +92,7 @@ class OnnxSegmenter:
         if not path.is_file():
             raise ModelFileMissing(
                 f"model {spec.id!r}: weights file {path} not found; "
-                f"run `bgremove-models pull {spec.id}`"
+                f"run `bgremove models pull {spec.id}`"
             )
         self.spec = spec
         available = set(ort.get_available_providers())

@@ -18,7 +18,7 @@ from pipelines.catalog import DEFAULT_CATALOG
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BGR_", extra="ignore")
 
-    # Where `bgremove-models pull` stores weights, and the first place the app looks for them.
+    # Where `bgremove models pull` stores weights, and the first place the app looks for them.
     models_dir: Path = Path("~/.cache/bgremove/models")
     # One extra read-only folder searched for weights files (e.g. a shared volume, or
     # ../shared/models on the development machine). Relative paths are resolved against the

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from conftest import TINY_FAMILY, disk_image
+from pipelines.catalog import ModelSpec, Postprocess, Preprocess
+from pipelines.errors import ModelFileMissing
+from pipelines.segmenter import OnnxSegmenter, postprocess, preprocess
+
+
+def tiny_spec() -> ModelSpec:
+    return ModelSpec.model_validate({
+        "id": "tiny", "name": "Tiny", "family": "tiny", "tier": "light", **TINY_FAMILY,
+        "weights": {"file": "tiny.onnx", "source": {"kind": "local"}},
+    })
+
+
+def test_preprocess_layout_channel_order_and_normalisation():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 128, 250
+    p = Preprocess(height=4, width=4, channel_order="bgr", layout="nchw", scale="unit",
+                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5))
+    x = preprocess(rgb, p)
+    assert x.shape == (3, 4, 4) and x.dtype == np.float32
+    # channel 0 is blue after BGR reordering; its std is the first one
+    np.testing.assert_allclose(x[0, 0, 0], (250 / 255 - 0.5) / 0.5, rtol=1e-4)
+    np.testing.assert_allclose(x[1, 0, 0], (128 / 255 - 0.5) / 0.25, rtol=1e-4)
+    np.testing.assert_allclose(x[2, 0, 0], (10 / 255 - 0.5) / 0.5, rtol=1e-4)
+    nhwc = preprocess(rgb, p.model_copy(update={"layout": "nhwc"}))
+    assert nhwc.shape == (4, 4, 3)
+
+
+def test_preprocess_max_scale_and_post_divide():
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    rgb[0, 0] = 200
+    x = preprocess(rgb, Preprocess(height=2, width=2, scale="max"))
+    assert x.max() == pytest.approx(1.0) and x.min() == pytest.approx(0.5)
+    y = preprocess(rgb, Preprocess(height=2, width=2, scale="none", mean=(100, 100, 100),
+                                   std=(2, 2, 2), post_divide=255.0))
+    assert y[0, 0, 0] == pytest.approx(50 / 255) and y[0, 1, 1] == pytest.approx(0.0)
+
+
+def test_postprocess_softmax_channel_and_minmax():
+    logits = np.zeros((4, 4, 2), np.float32)
+    logits[:2, :, 1] = 5.0  # top half: person
+    mask = postprocess(logits, Postprocess(layout="nhwc", channel=1, activation="softmax"), (4, 4))
+    assert mask[0, 0] > 250 and mask[3, 0] == 127  # softmax(0,0) = 0.5
+    flat = postprocess(np.full((1, 4, 4), 0.3, np.float32), Postprocess(normalize="minmax"), (8, 6))
+    assert flat.shape == (6, 8) and flat.max() == 0  # uniform output: no NaN, empty mask
+    raw = np.linspace(0.2, 0.4, 16, dtype=np.float32).reshape(1, 4, 4)
+    stretched = postprocess(raw, Postprocess(normalize="minmax"), (4, 4))
+    assert stretched.min() == 0 and stretched.max() == 255
+
+
+def test_tiny_model_segments_the_bright_subject(tiny_model):
+    seg = OnnxSegmenter(tiny_spec(), tiny_model)
+    img = disk_image(96, 64)
+    mask = seg.predict(img)
+    assert mask.shape == (64, 96) and mask.dtype == np.uint8
+    assert mask[32, 48] > 240  # centre of the ellipse
+    assert mask[2, 2] < 10  # background corner
+
+
+def test_batch_matches_single_images(tiny_model):
+    seg = OnnxSegmenter(tiny_spec(), tiny_model)
+    assert seg.dynamic_batch
+    images = [disk_image(96, 64), disk_image(40, 50, fg=(250, 250, 250)), disk_image(33, 17)]
+    batched = seg.predict_batch(images)
+    for img, mask in zip(images, batched):
+        np.testing.assert_array_equal(mask, seg.predict(img))
+
+
+def test_missing_weights_fail_with_pull_hint(tmp_path):
+    with pytest.raises(ModelFileMissing, match="bgremove models pull tiny"):
+        OnnxSegmenter(tiny_spec(), tmp_path / "nope.onnx")
