@@ -205,7 +205,6 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                     ", ".join(missing))
 
     default = config.default_model or config.models[0]
-    served_catalog = [catalog.get(m).model_dump(mode="json") for m in config.models]
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
-        handles, served_catalog, missing, default
+        handles, [m.model_dump(mode="json") for m in catalog.models], missing, default
     )

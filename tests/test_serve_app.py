@@ -1,0 +1,256 @@
+"""Integration: the real Ray Serve app, started once per session, exercised over HTTP and handles."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes, tiny_catalog
+from pipelines.errors import InvalidImage
+from pipelines.images import TOO_LARGE_MESSAGE
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from serve_app.builder import build_app  # noqa: E402
+from serve_app.schemas import ImageJob, ImageResult  # noqa: E402
+from serve_app.settings import get_settings  # noqa: E402
+
+pytestmark = pytest.mark.serve
+APP = "bgremove"
+UPLOAD_LIMIT = 2 * 1024 * 1024
+HAVE_SHARED = SHARED_MODELS.is_dir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_with_deadline(fn, seconds: float):
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(result=fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise TimeoutError(f"Serve app did not become ready within {seconds:.0f}s")
+    return box.get("result")
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {
+        "BGR_MODELS_DIR": str(tiny_model.parent),
+        "BGR_CATALOG_PATH": str(tiny_catalog(tmp)),
+        "BGR_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    if HAVE_SHARED:
+        env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env},
+             logging_level="WARNING", log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    models = ["tiny", "u2net"] + (["mediapipe-selfie"] if HAVE_SHARED else [])
+    app = build_app({
+        "models": models,
+        "default_model": "tiny",
+        "pools": {"light": {"ray_actor_options": {"num_cpus": 0.25}},
+                  "human": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 1}},
+        "model_overrides": {"tiny": {"num_replicas": 2, "max_ongoing_requests": 8,
+                                     "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}},
+        "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+    })
+    _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/"), 240)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        yield c
+
+
+def post(client, effect: str, data: bytes, **form):
+    return client.post(f"/image/{effect}/v1", files={"image": ("in.png", data, "image/png")},
+                       data={k: str(v) for k, v in form.items()})
+
+
+def as_array(resp) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "image/png"
+    assert resp.headers["cache-control"] == "no-cache"
+    return np.asarray(Image.open(io.BytesIO(resp.content)))
+
+
+# ---- Image API v1 -------------------------------------------------------------------------
+def test_matte_returns_full_resolution_cutout(client):
+    img = disk_image(300, 200)
+    out = as_array(post(client, "matte", png_bytes(img)))
+    assert out.shape == (200, 300, 4)
+    assert out[100, 150, 3] > 240 and out[5, 5, 3] < 10  # subject opaque, corner transparent
+    np.testing.assert_array_equal(out[100, 150, :3], img[100, 150])
+
+
+@pytest.mark.parametrize("effect, form, channels", [
+    ("blur", {"blur_strength": 8}, 3),
+    ("color", {"bg_color": "0,0,255"}, 3),
+    ("gradient", {"gradient_start": "#ff0000", "gradient_end": "#00ff00", "gradient_angle": 90}, 3),
+    ("shadow", {"shadow_offset_x": 10, "shadow_offset_y": 6, "shadow_opacity": 0.7}, 4),
+    ("shadow", {"bg_color": "white"}, 3),
+])
+def test_effects(client, effect, form, channels):
+    out = as_array(post(client, effect, png_bytes(disk_image(300, 200)), **form))
+    assert out.shape == (200, 300, channels)
+    if effect == "color":
+        np.testing.assert_allclose(out[3, 3], (0, 0, 255), atol=3)  # tiny model: mask ~0.01 there
+    if effect == "gradient":
+        assert out[3, 2, 0] > 200 and out[3, -3, 1] > 200  # red on the left, green on the right
+    if effect == "shadow" and channels == 4:
+        assert out[150, 230, 3] > 10 and out[10, 10, 3] < 5  # shadow below-right, corner clear
+
+
+def test_input_alpha_is_kept(client):
+    rgba = np.dstack([disk_image(120, 80), np.zeros((80, 120), np.uint8)])
+    rgba[:, :60, 3] = 255  # left half visible only
+    out = as_array(post(client, "matte", png_bytes(rgba)))
+    assert out[40, 70, 3] == 0 and out[40, 50, 3] > 200
+
+
+def test_exif_orientation_over_http(client):
+    im = Image.fromarray(disk_image(160, 80))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    out = as_array(post(client, "matte", png_bytes(im, "JPEG", exif=exif.tobytes())))
+    assert out.shape[:2] == (160, 80)
+
+
+def test_too_large_gives_the_documented_400(client):
+    resp = post(client, "matte", png_bytes(np.zeros((2049, 2048, 3), np.uint8)))
+    assert resp.status_code == 400
+    assert resp.json() == {"message": TOO_LARGE_MESSAGE}
+
+
+@pytest.mark.parametrize("data, status, text", [
+    (b"", 400, "Empty image file"),
+    (b"%PDF-1.4 not an image", 400, "not a recognised image format"),
+    (png_bytes(disk_image())[:300], 400, "corrupt or truncated"),
+])
+def test_bad_uploads(client, data, status, text):
+    resp = post(client, "blur", data)
+    assert resp.status_code == status and text in resp.json()["message"]
+
+
+def test_decompression_bomb(client):
+    from test_images import _png_claiming
+
+    resp = post(client, "matte", _png_claiming(60_000, 60_000))
+    assert resp.status_code == 400 and resp.json() == {"message": TOO_LARGE_MESSAGE}
+
+
+def test_upload_over_byte_limit(client):
+    resp = post(client, "matte", os.urandom(UPLOAD_LIMIT + 200_000))
+    assert resp.status_code == 413 and "larger than" in resp.json()["message"]
+
+
+@pytest.mark.parametrize("effect, form, status, text", [
+    ("matte", {"model": "nope"}, 400, "Unknown model 'nope'"),
+    ("matte", {"model": "u2net"}, 503, "bgremove models pull u2net"),
+    ("matte", {"model": "silueta"}, 503, "not enabled"),
+    ("blur", {"blur_strength": 0}, 422, "blur_strength"),
+    ("blur", {"blur_strength": "strong"}, 422, "blur_strength"),
+    ("color", {"bg_color": "bluish"}, 422, "invalid colour 'bluish'"),
+    ("shadow", {"shadow_opacity": 1.5}, 422, "shadow_opacity"),
+])
+def test_bad_parameters(client, effect, form, status, text):
+    resp = post(client, effect, png_bytes(disk_image()), **form)
+    assert resp.status_code == status, resp.text
+    assert set(resp.json()) == {"message"} and text in resp.json()["message"]
+
+
+def test_missing_file_field(client):
+    resp = client.post("/image/matte/v1", data={"model": "tiny"})
+    assert resp.status_code == 422 and resp.json()["message"].startswith("Invalid request data")
+
+
+@needs_shared
+def test_real_person_model_over_http(client):
+    resp = post(client, "matte", (SHARED_MEDIA / "astronaut.png").read_bytes(), model="mediapipe-selfie")
+    out = as_array(resp)
+    ref = np.asarray(Image.open(SHARED_MODELS / "reference_outputs" /
+                                "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"))
+    a, b = out[..., 3] > 127, ref > 127
+    assert (a & b).sum() / (a | b).sum() >= 0.95
+    assert resp.headers["x-model"] == "mediapipe-selfie"
+
+
+# ---- service endpoints ----------------------------------------------------------------------
+def test_health_reports_missing_weights(client):
+    body = client.get("/health").json()
+    assert body["status"] == "degraded"  # u2net's weights are not here
+    assert body["models"]["u2net"]["status"] == "missing"
+    assert "bgremove models pull u2net" in body["models"]["u2net"]["detail"]
+    assert body["models"]["tiny"] == {"status": "loaded", "tier": "light", "replicas": 2,
+                                      "detail": None}
+
+
+def test_models_listing(client):
+    listing = {m["id"]: m for m in client.get("/models").json()}
+    assert listing["tiny"]["available"] and not listing["u2net"]["available"]
+
+
+def test_openapi_documents_the_image_api(client):
+    spec = client.get("/openapi.json").json()
+    for effect in ("matte", "blur", "color", "gradient", "shadow"):
+        assert f"/image/{effect}/v1" in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+# ---- Python handle API ----------------------------------------------------------------------
+def test_handle_api_for_data_teams(base_url):
+    handle = serve.get_app_handle(APP)
+    job = ImageJob(image=png_bytes(disk_image(120, 80)), effect="color", options={"bg_color": "#00ff00"})
+    result = handle.process.remote(job).result(timeout_s=60)
+    assert isinstance(result, ImageResult)
+    assert (result.width, result.height, result.model) == (120, 80, "tiny")
+    out = np.asarray(Image.open(io.BytesIO(result.png)))
+    np.testing.assert_allclose(out[2, 2], (0, 255, 0), atol=3)
+    with pytest.raises(InvalidImage):
+        handle.process.remote(ImageJob(image=b"junk")).result(timeout_s=60)
+
+
+def test_model_deployment_handle_batches_concurrent_calls(base_url):
+    handle = serve.get_deployment_handle("tiny", app_name=APP)
+    images = [disk_image(64 + i, 48) for i in range(8)]
+    masks = [r.result(timeout_s=60) for r in [handle.predict.remote(im) for im in images]]
+    for im, mask in zip(images, masks):
+        assert mask.shape == im.shape[:2] and mask[24, (64 + 0) // 2] > 200
+
+
+def test_unsatisfiable_resources_fail_fast(base_url):
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="no node has that"):
+        build_app({"models": ["tiny"],
+                   "model_overrides": {"tiny": {"ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}}})
+    assert time.monotonic() - started < 10
