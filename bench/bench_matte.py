@@ -616,6 +616,11 @@ def render_section(runs: dict[str, ServerRun], args: argparse.Namespace, command
                   "composite + encode) p50 per level: "
                   + ", ".join(f"c={x.concurrency}: {x.pct(0.5, x.server_ms):.0f} ms"
                               for x in ours.levels if x.server_ms) + "."]
+    lines += ["", "CPU seconds used during the levels by the load generator / by every other "
+              "process on the machine (interference; should be near 0): "
+              + "; ".join(f"{r.name} " + ", ".join(f"c={x.concurrency}: {x.client_cpu_s:.1f} / "
+                                                    f"{x.other_cpu_s:.1f}" for x in r.levels)
+                          for r in runs.values() if r.levels) + "."]
     lines += ["", DOC_END]
     return "\n".join(lines)
 
@@ -680,6 +685,28 @@ def foreign_ray() -> list[str]:
     return out
 
 
+def wait_for_quiet(args: argparse.Namespace) -> bool:
+    """No other Ray cluster on the machine: it would compete for the 2 cores, and ours would be
+    told apart from it only by process tree."""
+    if args.allow_running_ray:
+        return True
+    others = foreign_ray()
+    deadline = time.monotonic() + args.wait_quiet
+    if others and args.wait_quiet:
+        print(f"another Ray cluster is up; waiting up to {args.wait_quiet:.0f} s for it to stop",
+              flush=True)
+    while others and time.monotonic() < deadline:
+        time.sleep(5)
+        others = foreign_ray()
+    if others:
+        print("Another Ray cluster is running on this machine (someone's tests?); it would skew "
+              "the figures. Wait for it (--wait-quiet S) or pass --allow-running-ray:\n  "
+              + "\n  ".join(others), file=sys.stderr)
+        return False
+    time.sleep(2.0 if args.wait_quiet else 0.0)
+    return True
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -724,22 +751,14 @@ def main(argv: list[str] | None = None) -> int:
     ensure_weights(args.models_dir)
 
     which = [args.only] if args.only else ["ours", "rembg"]
-    if "ours" in which:
-        others = foreign_ray()
-        deadline = time.monotonic() + args.wait_quiet
-        while others and not args.allow_running_ray and time.monotonic() < deadline:
-            time.sleep(5)
-            others = foreign_ray()
-        if others and not args.allow_running_ray:
-            print("Another Ray cluster is running on this machine; stop it first (or pass "
-                  "--allow-running-ray, knowing `ray stop --force` at the end stops it too):\n  "
-                  + "\n  ".join(others), file=sys.stderr)
-            return 2
 
     runs: dict[str, ServerRun] = {}
     with tempfile.TemporaryDirectory(prefix="bench-matte-") as tmp:
         workdir = Path(tmp)
         for name in which:
+            if not wait_for_quiet(args):
+                runs[name] = ServerRun(name, name, failed="not run: another Ray cluster was up")
+                continue
             server = (OursServer if name == "ours" else RembgServer)(args, workdir)
             runs[name] = bench_server(server, images, args)
             if runs[name].failed and args.verbose:
