@@ -29,27 +29,52 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.blur(x, (k, k), borderType=cv2.BORDER_REFLECT)
 
 
-def _blur_fusion_pass(
-    image: np.ndarray, fg: np.ndarray, bg: np.ndarray, a: np.ndarray, r: int
-) -> tuple[np.ndarray, np.ndarray]:
-    eps = 1e-5
-    blurred_a = _box(a, r)[:, :, None]
-    f_blur = _box(fg * a, r) / (blurred_a + eps)
-    b_blur = _box(bg * (1.0 - a), r) / ((1.0 - blurred_a) + eps)
-    f = f_blur + a * (image - a * f_blur - (1.0 - a) * b_blur)
-    return np.clip(f, 0.0, 1.0), b_blur
+def _box_downscaled(x: np.ndarray, r: int, factor: int) -> np.ndarray:
+    """A wide box blur computed on a `factor`-times smaller copy: same look, ~factor^2 cheaper."""
+    if factor <= 1:
+        return _box(x, r)
+    h, w = x.shape[:2]
+    small = cv2.resize(x, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    small = _box(small, max(1, r // factor))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Subject colour (float32 in [0, 1], H x W x 3) with the old background removed from edges."""
+    """The subject's own colours (uint8 H x W x 3): edge pixels with the old background removed.
+
+    Only partially transparent pixels change. Blur-Fusion: F = F_blur + a (I - a F_blur -
+    (1 - a) B_blur), first with a wide radius (on a downscaled copy), then with radius 6.
+    """
+    band = (alpha > 0) & (alpha < 255)
+    if not band.any():
+        return rgb
+    eps = 1e-5
     image = rgb.astype(np.float32) / 255.0
-    a = _unit_alpha(alpha)
-    # The first pass gathers colour from far away (large radius), the second refines locally.
+    a = alpha.astype(np.float32) / 255.0
+    a3 = a[:, :, None]
+    ab, ib = a[band][:, None], image[band]
+
+    # Pass 1: wide radius. Fully opaque pixels end up as the photo itself, transparent ones
+    # as the blurred background, so only the band needs the correction formula.
     large = max(3, min(90, max(rgb.shape[:2]) // 8))
-    fg, bg = _blur_fusion_pass(image, image, image, a, large)
-    fg, _ = _blur_fusion_pass(image, fg, bg, a, 6)
-    # Fully opaque pixels are exactly the photo's; only partially transparent ones change.
-    return np.where(a >= 1.0, image, fg)
+    factor = max(1, large // 8)
+    blurred_a = _box_downscaled(a, large, factor)[:, :, None]
+    f_blur = _box_downscaled(image * a3, large, factor) / (blurred_a + eps)
+    b_blur = _box_downscaled(image * (1.0 - a3), large, factor) / ((1.0 - blurred_a) + eps)
+    fb, bb = f_blur[band], b_blur[band]
+    f1_band = np.clip(fb + ab * (ib - ab * fb - (1.0 - ab) * bb), 0.0, 1.0)
+
+    # Pass 2: radius 6, fed with pass 1's foreground (equal to the photo where opaque).
+    weighted_f = image * a3
+    weighted_f[band] = f1_band * ab
+    blurred_a = _box(a, 6)[band][:, None]
+    f_blur2 = _box(weighted_f, 6)[band] / (blurred_a + eps)
+    b_blur2 = _box(b_blur * (1.0 - a3), 6)[band] / ((1.0 - blurred_a) + eps)
+    f2_band = np.clip(f_blur2 + ab * (ib - ab * f_blur2 - (1.0 - ab) * b_blur2), 0.0, 1.0)
+
+    out = rgb.copy()
+    out[band] = np.clip(f2_band * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
@@ -60,10 +85,14 @@ def _over(fg: np.ndarray, a: np.ndarray, background: np.ndarray) -> np.ndarray:
     return fg * a + background * (1.0 - a)
 
 
+def _subject(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Decontaminated subject colours as float32 in [0, 1]."""
+    return estimate_foreground(rgb, alpha).astype(np.float32) / 255.0
+
+
 def cutout(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """RGBA cut-out with edge colours decontaminated."""
-    fg = _to_u8(estimate_foreground(rgb, alpha))
-    return np.dstack([fg, alpha])
+    return np.dstack([estimate_foreground(rgb, alpha), alpha])
 
 
 def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -93,13 +122,13 @@ def blur_background(rgb: np.ndarray, alpha: np.ndarray, strength: float) -> np.n
     den = den[:, :, None] if den.ndim == 2 else den
     plain = _gaussian(image, strength)
     background = np.where(den > 1e-3, num / np.maximum(den, 1e-3), plain)
-    return _to_u8(_over(estimate_foreground(rgb, alpha), a, background))
+    return _to_u8(_over(_subject(rgb, alpha), a, background))
 
 
 def color_background(rgb: np.ndarray, alpha: np.ndarray, color: RGB) -> np.ndarray:
     a = _unit_alpha(alpha)
     background = np.asarray(color, np.float32).reshape(1, 1, 3) / 255.0
-    return _to_u8(_over(estimate_foreground(rgb, alpha), a, background))
+    return _to_u8(_over(_subject(rgb, alpha), a, background))
 
 
 def linear_gradient(width: int, height: int, start: RGB, end: RGB, angle: float) -> np.ndarray:
@@ -122,7 +151,7 @@ def gradient_background(
 ) -> np.ndarray:
     h, w = alpha.shape
     a = _unit_alpha(alpha)
-    return _to_u8(_over(estimate_foreground(rgb, alpha), a, linear_gradient(w, h, start, end, angle)))
+    return _to_u8(_over(_subject(rgb, alpha), a, linear_gradient(w, h, start, end, angle)))
 
 
 def drop_shadow(
@@ -145,7 +174,7 @@ def drop_shadow(
     shift = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
     moved = cv2.warpAffine(alpha.astype(np.float32) / 255.0, shift, (w, h), borderValue=0.0)
     shadow_a = (np.clip(_gaussian(moved, blur), 0.0, 1.0) * opacity)[:, :, None]
-    fg = estimate_foreground(rgb, alpha)
+    fg = _subject(rgb, alpha)
     color = np.asarray(shadow_color, np.float32).reshape(1, 1, 3) / 255.0
     if background is not None:
         base = np.broadcast_to(np.asarray(background, np.float32) / 255.0, (h, w, 3))

@@ -1,0 +1,57 @@
+"""App config validation and pool option merging (no Ray cluster needed)."""
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.catalog import Tier
+from serve_app.builder import AppConfig, PoolOptions, check_resources
+
+
+def test_tier_defaults_pool_overrides_and_model_overrides_merge_in_order():
+    config = AppConfig.model_validate({
+        "models": ["u2netp", "birefnet-general"],
+        "pools": {"light": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 40}},
+        "model_overrides": {"u2netp": {"num_replicas": 3}},
+    })
+    light = config.pool_for("u2netp", Tier.light)
+    assert light.num_replicas == 3 and light.max_ongoing_requests == 40
+    assert light.ray_actor_options == {"num_cpus": 0.5}
+    pro = config.pool_for("birefnet-general", Tier.pro)
+    assert pro.ray_actor_options["num_gpus"] == 1
+    assert pro.providers[0] == "CUDAExecutionProvider"
+    assert pro.batch.max_batch_size == 8
+    opts = pro.serve_options()
+    assert opts["user_config"] == {"batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}}
+    assert opts["num_replicas"] == 1 and "autoscaling_config" not in opts
+
+
+def test_autoscaling_replaces_fixed_replicas():
+    pool = PoolOptions(autoscaling_config={"min_replicas": 2, "max_replicas": 5})
+    assert "num_replicas" not in pool.serve_options() and pool.min_replicas() == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"models": []}, "at least 1"),
+    ({"models": ["u2netp", "u2netp"]}, "duplicate"),
+    ({"models": ["u2netp"], "default_model": "u2net"}, "not in models"),
+    ({"models": ["u2netp"], "model_overrides": {"u2net": {}}}, "not deployed"),
+    ({"models": ["u2netp"], "colour": "red"}, "Extra inputs"),
+])
+def test_bad_app_configs_are_refused_before_deploying(args, message):
+    with pytest.raises(ValidationError, match=message):
+        AppConfig.model_validate(args)
+
+
+def test_batch_larger_than_concurrency_is_refused():
+    with pytest.raises(ValidationError, match="max_ongoing_requests"):
+        PoolOptions(max_ongoing_requests=4, batch={"max_batch_size": 8})
+
+
+def test_check_resources_names_what_cannot_be_placed(monkeypatch):
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 1e9}}]
+    monkeypatch.setattr("ray.nodes", lambda: nodes)
+    check_resources({"u2netp": ({"num_cpus": 0.5}, 2), "Ingress": ({"num_cpus": 0.5}, 1)})
+    with pytest.raises(ValueError, match="'big' needs .*GPU.* no node has that"):
+        check_resources({"big": ({"num_cpus": 1, "num_gpus": 1}, 1)})
+    with pytest.raises(ValueError, match="CPU=3 in total"):
+        check_resources({"a": ({"num_cpus": 1}, 3)})
