@@ -5,9 +5,10 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from pipelines.effects import parse_color
+from pipelines.errors import InvalidParameter
 
 _MODEL_DOC = "Model id from the catalog (GET /models). Default: the app's default model."
 
@@ -26,10 +27,19 @@ class MatteOptions(BaseModel):
     model: str | None = Field(None, description=_MODEL_DOC)
 
 
-def _colour(value: str | None) -> str | None:
-    if value is not None:
-        parse_color(value)  # raises InvalidParameter (a ValueError-like) with a clear message
-    return value
+class _ColourFields(MatteOptions):
+    """Options whose colour fields are checked on input (InvalidParameter is a ValueError)."""
+
+    @model_validator(mode="after")
+    def _check_colours(self):
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.endswith(("_color", "_start", "_end")) and value is not None:
+                try:
+                    parse_color(value)
+                except InvalidParameter as exc:
+                    raise InvalidParameter(f"{name}: {exc.message}") from None
+        return self
 
 
 class BlurOptions(MatteOptions):
@@ -38,15 +48,13 @@ class BlurOptions(MatteOptions):
     )
 
 
-class ColorOptions(MatteOptions):
+class ColorOptions(_ColourFields):
     bg_color: str = Field(
         "#ffffff", description="Background colour: '#RRGGBB', 'R,G,B' or a CSS colour name."
     )
 
-    _check = field_validator("bg_color")(classmethod(lambda cls, v: _colour(v)))
 
-
-class GradientOptions(MatteOptions):
+class GradientOptions(_ColourFields):
     gradient_start: str = Field("#ffffff", description="Colour where the gradient starts.")
     gradient_end: str = Field("#4a90d9", description="Colour where the gradient ends.")
     gradient_angle: float = Field(
@@ -55,12 +63,8 @@ class GradientOptions(MatteOptions):
         "180 top-to-bottom.",
     )
 
-    _check = field_validator("gradient_start", "gradient_end")(
-        classmethod(lambda cls, v: _colour(v))
-    )
 
-
-class ShadowOptions(MatteOptions):
+class ShadowOptions(_ColourFields):
     shadow_offset_x: int = Field(12, ge=-1000, le=1000, description="Shadow shift right, px.")
     shadow_offset_y: int = Field(12, ge=-1000, le=1000, description="Shadow shift down, px.")
     shadow_blur: float = Field(12.0, ge=0, le=200, description="Shadow softness: sigma in px.")
@@ -69,8 +73,6 @@ class ShadowOptions(MatteOptions):
     bg_color: str | None = Field(
         None, description="Background colour under the shadow; omit for a transparent PNG."
     )
-
-    _check = field_validator("shadow_color", "bg_color")(classmethod(lambda cls, v: _colour(v)))
 
 
 OPTIONS_BY_EFFECT: dict[Effect, type[MatteOptions]] = {
@@ -116,8 +118,6 @@ class ModelHealth(BaseModel):
 
 
 class Health(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
     status: Literal["healthy", "degraded"]
     version: str
     default_model: str

