@@ -30,6 +30,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,7 @@ class Level:
     wall_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)  # X-Processing-Time-Ms, ours only
+    cpu_by_process: dict[str, float] = field(default_factory=dict)  # CPU s during the level
     peak_rss: int = 0
     cpu_s: float = 0.0
     client_cpu_s: float = 0.0  # this process (the load generator)
@@ -93,6 +95,9 @@ class Level:
             "cpu_s_per_req": round(self.cpu_s / self.ok, 3) if self.ok else None,
             "server_cpu_s": round(self.cpu_s, 2), "client_cpu_s": round(self.client_cpu_s, 2),
             "other_cpu_s": round(self.other_cpu_s, 2),
+            "cpu_s_per_req_by_process": {
+                k: round(v / self.ok, 4) for k, v in sorted(
+                    self.cpu_by_process.items(), key=lambda kv: -kv[1]) if self.ok and v > 0},
             "error_samples": self.error_samples[:3],
         }
 
@@ -189,6 +194,15 @@ class ProcessSet:
                 pass
         return total
 
+    def labels(self) -> dict[int, str]:
+        out = {}
+        for p in self.refresh():
+            try:
+                out[p.pid] = process_label(p.cmdline(), p.pid == self.root.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return out
+
     def cpu_seconds(self) -> dict[int, float]:
         out = {}
         for p in self.refresh():
@@ -208,6 +222,23 @@ class ProcessSet:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         return rows
+
+
+def process_label(cmdline: list[str], is_root: bool) -> str:
+    """Short name for a server process: 'ray::ServeReplica:bgremove:u2netp', 'raylet', ..."""
+    if is_root:
+        return "launcher (serve run / uvicorn)"
+    cmd = " ".join(cmdline)
+    if cmd.startswith("ray::"):
+        return cmd.split()[0].split(".")[0]
+    m = re.match(r"(ray-dashboard-\w+?)-\d", cmd)
+    if m:
+        return "dashboard heads (ray-dashboard-*)"
+    for part in cmdline[:3]:
+        base = os.path.basename(part)
+        if base in ("gcs_server", "raylet") or base.endswith(".py"):
+            return base
+    return os.path.basename(cmdline[0]) if cmdline else "?"
 
 
 class PeakSampler:
@@ -283,6 +314,7 @@ class Server:
         self.args, self.workdir = args, workdir
         self.proc: subprocess.Popen | None = None
         self.procs: ProcessSet | None = None
+        self.port = 0
         self.log_path = workdir / f"{self.name}.log"
 
     # request shape
@@ -296,21 +328,24 @@ class Server:
         raise NotImplementedError
 
     def start(self) -> float:
+        with socket.socket() as sock:  # someone else's server on our port would answer for us
+            if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is already in use on 127.0.0.1")
         cmd, env = self.command()
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         started = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs = ProcessSet(self.proc.pid, self.include_ray)
         deadline = started + self.args.startup_timeout
         with httpx.Client(timeout=5.0) as client:
             while time.monotonic() < deadline:
+                self.procs.refresh()  # remember every process, for clean-up even on failure
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
                                        f"start-up; log: {self.log_path}\n{self.tail()}")
                 try:
                     if self.healthy(client):
-                        self.procs = ProcessSet(self.proc.pid, self.include_ray)
-                        self.procs.refresh()
                         return time.monotonic() - started
                 except httpx.HTTPError:
                     pass
@@ -354,7 +389,8 @@ class OursServer(Server):
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         super().__init__(args, workdir)
-        http = yaml.safe_load(SERVE_YAML.read_text()).get("http_options", {})
+        self.config = args.serve_config.resolve()
+        http = yaml.safe_load(self.config.read_text()).get("http_options", {})
         self.port = int(http.get("port", 8000))
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/image/matte/v1"
@@ -364,7 +400,8 @@ class OursServer(Server):
         env.pop("BGR_EXTRA_MODELS_DIR", None)
         env.pop("RAY_ADDRESS", None)  # always a fresh local cluster
         env["PYTHONUNBUFFERED"] = "1"
-        return [str(VENV_BIN / "serve"), "run", str(SERVE_YAML.relative_to(REPO))], env
+        cfg = self.config.relative_to(REPO) if self.config.is_relative_to(REPO) else self.config
+        return [str(VENV_BIN / "serve"), "run", str(cfg)], env
 
     def healthy(self, client: httpx.Client) -> bool:
         r = client.get(f"{self.base}/health")
@@ -479,7 +516,13 @@ def bench_server(server: Server, images: list[tuple[str, bytes]], args: argparse
                 before, busy0, own0 = procs.cpu_seconds(), busy_seconds(), own_cpu()
                 with PeakSampler(procs) as sampler:
                     level = asyncio.run(run_level(server, images, c, args.requests, args.timeout))
-                level.cpu_s = cpu_delta(before, procs.cpu_seconds())
+                after = procs.cpu_seconds()
+                level.cpu_s = cpu_delta(before, after)
+                by: dict[str, float] = {}
+                for pid, label in procs.labels().items():
+                    if pid in after:
+                        by[label] = by.get(label, 0.0) + max(0.0, after[pid] - before.get(pid, 0.0))
+                level.cpu_by_process = by
                 level.client_cpu_s = own_cpu() - own0
                 level.other_cpu_s = max(0.0, busy_seconds() - busy0 - level.cpu_s - level.client_cpu_s)
                 noisy = level.other_cpu_s > 0.1 * max(level.cpu_s, 1.0)
@@ -501,6 +544,9 @@ def bench_server(server: Server, images: list[tuple[str, bytes]], args: argparse
                       "this level; the machine was not quiet", flush=True)
             if level.error_samples:
                 print(f"      e.g. {level.error_samples[0]}")
+            if args.verbose and len(level.cpu_by_process) > 1:
+                print("      CPU s/req by process: " + ", ".join(
+                    f"{k} {v}" for k, v in d["cpu_s_per_req_by_process"].items() if v >= 0.002))
             time.sleep(1.0)
     except Exception as exc:  # noqa: BLE001 - report and go on with the other server
         run.failed = str(exc)
@@ -619,9 +665,9 @@ def render_section(runs: dict[str, ServerRun], args: argparse.Namespace, command
         f"- Load: {args.requests} requests per concurrency level (after {args.warmup} warm-up "
         f"requests), images cycled: {', '.join(IMAGES)} (512x512, 451x300, 600x400 PNG); "
         "client (httpx) on the same machine, 127.0.0.1 only.",
-        f"- Load average before each server: "
-        + "; ".join(f"{r.name} {r.loadavg_before[0]:.2f}" for r in runs.values()),
-        f"- Start-up to healthy: "
+        f"- Ours: `serve run {args.serve_config.resolve().relative_to(REPO) if args.serve_config.resolve().is_relative_to(REPO) else args.serve_config}`; "
+        "rembg: `bench/rembg_server.py` (uvicorn, 1 process).",
+        "- Start-up to healthy: "
         + "; ".join(f"{r.name} {r.startup_s:.1f} s" for r in runs.values()),
         "",
         "```sh",
@@ -647,6 +693,13 @@ def render_section(runs: dict[str, ServerRun], args: argparse.Namespace, command
                   "composite + encode) p50 per level: "
                   + ", ".join(f"c={x.concurrency}: {x.pct(0.5, x.server_ms):.0f} ms"
                               for x in ours.levels if x.server_ms) + "."]
+    if ours and ours.levels and len(ours.levels[-1].cpu_by_process) > 1:
+        top = ours.levels[-1]
+        items = sorted(top.cpu_by_process.items(), key=lambda kv: -kv[1])
+        lines += ["", f"Ours, where the server CPU went at c={top.concurrency} (CPU s per request, "
+                  f"total {top.cpu_s / max(top.ok, 1):.3f}): "
+                  + ", ".join(f"`{k}` {v / max(top.ok, 1):.3f}" for k, v in items[:8]
+                              if v / max(top.ok, 1) >= 0.002) + "."]
     lines += ["", "CPU seconds used during the levels by the load generator / by every other "
               "process on the machine (interference; should be near 0): "
               + "; ".join(f"{r.name} " + ", ".join(f"c={x.concurrency}: {x.client_cpu_s:.1f} / "
@@ -752,15 +805,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=Path(os.environ.get("BGR_MODELS_DIR", "~/.cache/bgremove/models")),
                    help="where u2netp.onnx is (pulled there if absent); $BGR_MODELS_DIR or "
                         "~/.cache/bgremove/models")
+    p.add_argument("--serve-config", type=Path, default=SERVE_YAML,
+                   help="Serve config for ours (default bench/bench_serve.yaml); a variant lets "
+                        "you compare pool settings")
     p.add_argument("--rembg-port", type=int, default=8078)
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, s")
     p.add_argument("--startup-timeout", type=float, default=240.0)
     p.add_argument("--json", type=Path, help="also dump raw figures as JSON here")
     p.add_argument("--allow-running-ray", action="store_true",
                    help="run even if another Ray cluster is up on this machine")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+    p.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
                    help="wait up to S seconds for another Ray cluster to go away, and before each "
-                        "level for other processes to go quiet (0)")
+                        "level for other processes to go quiet (60)")
     p.add_argument("--retries", type=int, default=1,
                    help="measure a level again when other processes used >10%% of the server's "
                         "CPU during it (1)")
@@ -775,7 +831,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "$ .venv/bin/python bench/bench_matte.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join([".venv/bin/python bench/bench_matte.py", *(sys.argv[1:] if argv is None else argv)])
     missing = [n for n in IMAGES if not (MEDIA_DIR / n).is_file()]
     if missing:
         print(f"SKIP: benchmark images not found in {MEDIA_DIR}: {', '.join(missing)} "
@@ -805,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             name: {"label": r.label, "failed": r.failed, "startup_s": r.startup_s,
+                   "loadavg_before": r.loadavg_before,
                    "idle_rss_mib": r.idle_rss / 2**20, "idle_pss_mib": r.idle_pss / 2**20,
                    "processes": r.processes, "levels": [x.as_dict() for x in r.levels]}
             for name, r in runs.items()

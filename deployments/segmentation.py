@@ -24,6 +24,8 @@ class SegmentationModel:
         weights_path: str,
         providers: list[str] | None = None,
         intra_op_threads: int = 0,
+        concurrent_inferences: int = 1,
+        solo_intra_op_threads: int = 0,
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         self.segmenter = OnnxSegmenter(
@@ -31,22 +33,44 @@ class SegmentationModel:
             weights_path,
             providers=providers or ["CPUExecutionProvider"],
             intra_op_threads=intra_op_threads,
+            solo_threads=solo_intra_op_threads,
         )
+        # onnxruntime sessions are thread-safe: on CPU, N single-threaded runs side by side use
+        # N cores with one copy of the weights and no thread synchronisation per layer.
+        self._slots = asyncio.Semaphore(concurrent_inferences)
+        self._batching = False
+        self._in_flight = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live tuning from the Serve config's `user_config` (batch size and wait)."""
         batch = user_config.get("batch") or {}
-        if "max_batch_size" in batch:
-            self.predict.set_max_batch_size(int(batch["max_batch_size"]))
-        if "batch_wait_timeout_s" in batch:
-            self.predict.set_batch_wait_timeout_s(float(batch["batch_wait_timeout_s"]))
+        size = int(batch.get("max_batch_size", 1))
+        self._batching = size > 1
+        self._predict_batched.set_max_batch_size(size)
+        self._predict_batched.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", 0.0)))
+
+    async def predict(self, image: np.ndarray) -> np.ndarray:
+        """Alpha mask (uint8 H x W) for an RGB image (uint8 H x W x 3).
+
+        With batching on (pool `batch.max_batch_size` > 1), concurrent calls are grouped by
+        `@serve.batch`; otherwise each call runs as soon as an inference slot is free.
+        """
+        if self._batching:
+            return await self._predict_batched(image)
+        self._in_flight += 1
+        try:
+            return (await self._infer([image], solo=self._in_flight == 1))[0]
+        finally:
+            self._in_flight -= 1
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-    async def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Alpha mask (uint8 H x W) for each RGB image (uint8 H x W x 3); batched by Serve."""
-        # Inference releases the GIL; a worker thread keeps the replica's event loop free to
-        # accept the next batch meanwhile.
-        return await asyncio.to_thread(self.segmenter.predict_batch, images)
+    async def _predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return await self._infer(images)
+
+    async def _infer(self, images: list[np.ndarray], solo: bool = False) -> list[np.ndarray]:
+        # Inference releases the GIL; a worker thread keeps the event loop free meanwhile.
+        async with self._slots:
+            return await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -75,6 +75,9 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime decides (all cores)
     opts.inter_op_num_threads = 1
+    # Idle pool threads that spin burn the cores the ingress and other replicas need; on a
+    # shared CPU box that costs more than the wake-up latency it saves.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
 
@@ -87,7 +90,11 @@ class OnnxSegmenter:
         *,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
+        solo_threads: int = 0,
     ) -> None:
+        """`solo_threads` > 0 opens a second session with that many threads, used for a call
+        that runs alone (`predict_batch(..., solo=True)`): one request gets every core, while
+        concurrent requests each run single-threaded side by side."""
         path = Path(weights_path)
         if not path.is_file():
             raise ModelFileMissing(
@@ -100,6 +107,11 @@ class OnnxSegmenter:
         self.session = ort.InferenceSession(
             str(path), sess_options=session_options(intra_op_threads), providers=chosen
         )
+        self.solo_session = (
+            ort.InferenceSession(str(path), sess_options=session_options(solo_threads),
+                                 providers=chosen)
+            if solo_threads > 0 and solo_threads != intra_op_threads else self.session
+        )
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         self.dynamic_batch = not isinstance(inp.shape[0], int)
@@ -108,20 +120,21 @@ class OnnxSegmenter:
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict_batch([rgb])[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[np.ndarray], *, solo: bool = False) -> list[np.ndarray]:
+        session = self.solo_session if solo else self.session
         tensors = [preprocess(img, self.spec.preprocess) for img in images]
         if self.dynamic_batch and len(tensors) > 1:
-            raws = self._run(np.stack(tensors))
+            raws = self._run(session, np.stack(tensors))
         else:
-            raws = np.concatenate([self._run(t[None]) for t in tensors])
+            raws = np.concatenate([self._run(session, t[None]) for t in tensors])
         return [
             postprocess(raw, self.spec.postprocess, (img.shape[1], img.shape[0]))
             for raw, img in zip(raws, images)
         ]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         try:
-            outputs = self.session.run(None, {self._input_name: batch})
+            outputs = session.run(None, {self._input_name: batch})
         except Exception as exc:
             raise InferenceError(f"model {self.spec.id!r} failed: {exc}") from None
         return outputs[self.spec.postprocess.output_index]

@@ -48,6 +48,10 @@ class PoolOptions(_Options):
     # onnxruntime execution providers, in order of preference; unavailable ones are skipped.
     providers: list[str] = ["CPUExecutionProvider"]
     intra_op_threads: int = Field(0, ge=0)
+    # Inference calls one replica runs at once (CPU: pair with intra_op_threads: 1).
+    concurrent_inferences: int = Field(1, ge=1, le=64)
+    # Threads for a request that has the replica to itself (0: same session as the others).
+    solo_intra_op_threads: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> PoolOptions:
@@ -189,7 +193,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         pool = config.pool_for(model_id, spec.tier)
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
-            spec.model_dump(mode="json"), str(path), pool.providers, pool.intra_op_threads
+            spec.model_dump(mode="json"), str(path), pool.providers, pool.intra_op_threads,
+            pool.concurrent_inferences, pool.solo_intra_op_threads,
         )
         log.info("model %s: %s pool, weights %s", model_id, spec.tier.value, path)
 

@@ -72,3 +72,10 @@ def test_batch_matches_single_images(tiny_model):
 def test_missing_weights_fail_with_pull_hint(tmp_path):
     with pytest.raises(ModelFileMissing, match="bgremove models pull tiny"):
         OnnxSegmenter(tiny_spec(), tmp_path / "nope.onnx")
+
+
+def test_solo_session_gives_the_same_masks(tiny_model):
+    seg = OnnxSegmenter(tiny_spec(), tiny_model, intra_op_threads=1, solo_threads=2)
+    assert seg.solo_session is not seg.session
+    img = disk_image(96, 64)
+    np.testing.assert_array_equal(seg.predict_batch([img], solo=True)[0], seg.predict(img))
