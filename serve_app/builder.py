@@ -103,6 +103,8 @@ class AppConfig(_Options):
     """The `args` of the Serve application (validated before anything is deployed)."""
 
     models: list[str] = Field(min_length=1, description="Catalog ids to deploy.")
+    # Deployed when their weights are on disk, skipped quietly otherwise (not "degraded").
+    optional_models: list[str] = Field(default_factory=list)
     default_model: str | None = None
     pools: dict[Tier, dict[str, Any]] = Field(default_factory=dict)
     model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -113,11 +115,12 @@ class AppConfig(_Options):
 
     @model_validator(mode="after")
     def _consistent(self) -> AppConfig:
-        if len(set(self.models)) != len(self.models):
-            raise ValueError("models: duplicate ids")
+        everything = self.models + self.optional_models
+        if len(set(everything)) != len(everything):
+            raise ValueError("models / optional_models: duplicate ids")
         if self.default_model is not None and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
-        stray = set(self.model_overrides) - set(self.models)
+        stray = set(self.model_overrides) - set(everything)
         if stray:
             raise ValueError(f"model_overrides for models not deployed: {sorted(stray)}")
         return self
@@ -172,7 +175,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     settings = get_settings()
     catalog: Catalog = load_catalog(settings.catalog_path)
-    unknown = [m for m in config.models if m not in catalog.ids]
+    unknown = [m for m in config.models + config.optional_models if m not in catalog.ids]
     if unknown:
         raise ValueError(f"models not in the catalog {settings.catalog_path}: {unknown}")
 
@@ -180,9 +183,12 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     handles: dict[str, Application] = {}
     missing: dict[str, str] = {}
     placement: dict[str, tuple[dict[str, Any], int]] = {}
-    for model_id in config.models:
+    for model_id in config.models + config.optional_models:
         spec = catalog.get(model_id)
         path = find_weights(spec, search_dirs)
+        if path is None and model_id in config.optional_models:
+            log.info("optional model %s not installed (%s); skipped", model_id, spec.weights.file)
+            continue
         if path is None:
             missing[model_id] = (
                 f"weights file {spec.weights.file} not found in "

@@ -55,3 +55,11 @@ def test_check_resources_names_what_cannot_be_placed(monkeypatch):
         check_resources({"big": ({"num_cpus": 1, "num_gpus": 1}, 1)})
     with pytest.raises(ValueError, match="CPU=3 in total"):
         check_resources({"a": ({"num_cpus": 1}, 3)})
+
+
+def test_optional_models_share_the_uniqueness_check():
+    config = AppConfig.model_validate({"models": ["u2netp"], "optional_models": ["sinet-portrait"],
+                                       "model_overrides": {"sinet-portrait": {"num_replicas": 2}}})
+    assert config.optional_models == ["sinet-portrait"]
+    with pytest.raises(ValidationError, match="duplicate"):
+        AppConfig.model_validate({"models": ["u2netp"], "optional_models": ["u2netp"]})

@@ -67,6 +67,7 @@ def base_url(tmp_path_factory, tiny_model):
     models = ["tiny", "u2net"] + (["mediapipe-selfie"] if HAVE_SHARED else [])
     app = build_app({
         "models": models,
+        "optional_models": ["birefnet-portrait"],  # never present here: skipped, not "missing"
         "default_model": "tiny",
         "pools": {"light": {"ray_actor_options": {"num_cpus": 0.25}},
                   "human": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 1,
@@ -212,6 +213,7 @@ def test_health_reports_missing_weights(client):
     assert body["status"] == "degraded"  # u2net's weights are not here
     assert body["models"]["u2net"]["status"] == "missing"
     assert "bgremove models pull u2net" in body["models"]["u2net"]["detail"]
+    assert "birefnet-portrait" not in body["models"]
     assert body["models"]["tiny"] == {"status": "loaded", "tier": "light", "replicas": 2,
                                       "detail": None}
 
