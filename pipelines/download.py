@@ -49,8 +49,7 @@ def _fetch_rembg(source: RembgSource, workdir: Path) -> Path:
         from rembg.sessions import sessions  # heavy import, only when pulling
 
         if source.session not in sessions:
-            raise DownloadError(f"rembg {getattr(sys.modules.get('rembg'), '__version__', '')} "
-                                f"has no session {source.session!r}")
+            raise DownloadError(f"the installed rembg has no session {source.session!r}")
         return Path(sessions[source.session].download_models())
     finally:
         os.environ.pop("REMBG_HOME", None)
