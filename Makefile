@@ -23,6 +23,7 @@ run: models
 	$(VENV)/bin/serve run configs/local.yaml
 
 test: install
+	$(VENV)/bin/ruff check serve_app deployments pipelines tests bench
 	$(PY) -m pytest
 
 bench: models

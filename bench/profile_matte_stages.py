@@ -94,7 +94,7 @@ def main() -> int:
         data = (MEDIA_DIR / name).read_bytes()
         img, t_dec = timed(lambda: decode_image(data), r, "dec")
         x, t_pre = timed(lambda: preprocess(img.rgb, spec.preprocess), r, "pre")
-        raw, t_onnx = timed(lambda: seg._run(x[None])[0], r, "onnx")
+        raw, t_onnx = timed(lambda: seg._run(seg.session, x[None])[0], r, "onnx")
         mask, t_post = timed(lambda: postprocess(raw, spec.postprocess, img.size), r, "post")
         rgba, t_cut = timed(lambda: effects.cutout(img.rgb, mask), r, "cut")
         _, t_png = timed(lambda: encode_png(rgba), r, "png")

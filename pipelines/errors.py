@@ -54,11 +54,8 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
-class ModelFileMissing(ServiceError):
+class ModelFileMissing(ModelUnavailable):
     """A model's weights file is not on disk; raised at load time, never downloaded then."""
-
-    status_code = 503
-    code = "model_unavailable"
 
 
 class InferenceError(ServiceError):
