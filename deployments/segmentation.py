@@ -71,11 +71,3 @@ class SegmentationModel:
         # Inference releases the GIL; a worker thread keeps the event loop free meanwhile.
         async with self._slots:
             return await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "model_id": self.spec.id,
-            "tier": self.spec.tier.value,
-            "providers": self.segmenter.providers,
-            "dynamic_batch": self.segmenter.dynamic_batch,
-        }

@@ -125,10 +125,7 @@ class Ingress:
         started = time.perf_counter()
         model_id = job.options.model or self.default_model
         handle = self._handle(model_id)
-        if len(job.image) > self.settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"Image file is larger than {self.settings.max_upload_bytes} bytes."
-            )
+        self._check_upload_size(len(job.image))
         image = await asyncio.to_thread(decode_image, job.image, self.settings.regular_max_pixels)
         t_decoded = time.perf_counter()
         mask = await handle.predict.remote(image.rgb)
@@ -157,13 +154,20 @@ class Ingress:
             f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
         )
 
+    def _check_upload_size(self, size: int) -> None:
+        if size > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"Image file is larger than {self.settings.max_upload_bytes} bytes."
+            )
+
     async def _http(self, request: Request, image: UploadFile, effect: Effect, options: Options):
-        limit = self.settings.max_upload_bytes
+        # Refuse before reading the file into memory: the multipart body's declared length
+        # (minus room for the form fields), then the spooled file's size.
         declared = request.headers.get("content-length")
-        if (declared and declared.isdigit() and int(declared) > limit + 64 * 1024) or (
-            image.size is not None and image.size > limit
-        ):
-            raise PayloadTooLarge(f"Image file is larger than {limit} bytes.")
+        if declared and declared.isdigit():
+            self._check_upload_size(max(0, int(declared) - 64 * 1024))
+        if image.size is not None:
+            self._check_upload_size(image.size)
         data = await image.read()
         try:
             job = ImageJob(image=data, effect=effect, options=options)
