@@ -2,15 +2,18 @@
 
 The builder applies `serve.deployment(SegmentationModel, name=<model id>, **pool options)`; the
 class itself is plain and can be constructed in a test without Ray. Calls carry numpy arrays:
-an RGB uint8 image in, a uint8 alpha mask of the same size out.
+an RGB uint8 image in, a uint8 alpha mask of the same size out (`predict`), or the mask and the
+inference seconds attributed to the call (`segment`, which the shotgun uses to price each call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 
 from pipelines.catalog import ModelSpec
@@ -38,7 +41,11 @@ class SegmentationModel:
         # onnxruntime sessions are thread-safe: on CPU, N single-threaded runs side by side use
         # N cores with one copy of the weights and no thread synchronisation per layer.
         self._slots = asyncio.Semaphore(concurrent_inferences)
+        self._settings = {"providers": self.segmenter.providers, "intra_op_threads": intra_op_threads,
+                          "concurrent_inferences": concurrent_inferences,
+                          "solo_intra_op_threads": solo_intra_op_threads}
         self._batching = False
+        self._batch: dict[str, Any] = {}
         self._in_flight = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -46,28 +53,47 @@ class SegmentationModel:
         batch = user_config.get("batch") or {}
         size = int(batch.get("max_batch_size", 1))
         self._batching = size > 1
-        self._predict_batched.set_max_batch_size(size)
-        self._predict_batched.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", 0.0)))
+        self._batch = dict(batch)
+        self._segment_batched.set_max_batch_size(size)
+        self._segment_batched.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", 0.0)))
 
     async def predict(self, image: np.ndarray) -> np.ndarray:
-        """Alpha mask (uint8 H x W) for an RGB image (uint8 H x W x 3).
+        """Alpha mask (uint8 H x W) for an RGB image (uint8 H x W x 3)."""
+        return (await self.segment(image))[0]
+
+    async def segment(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """The alpha mask and the inference seconds attributed to this call.
 
         With batching on (pool `batch.max_batch_size` > 1), concurrent calls are grouped by
-        `@serve.batch`; otherwise each call runs as soon as an inference slot is free.
+        `@serve.batch` and share the batch's time evenly; otherwise each call runs as soon as an
+        inference slot is free.
         """
         if self._batching:
-            return await self._predict_batched(image)
+            return await self._segment_batched(image)
         self._in_flight += 1
         try:
             return (await self._infer([image], solo=self._in_flight == 1))[0]
         finally:
             self._in_flight -= 1
 
+    def describe(self) -> dict[str, Any]:
+        """What this replica runs with: model, pool, providers, threads, batching, resources."""
+        ctx = serve.get_replica_context()
+        return {
+            "model_id": self.spec.id, "pool": self.spec.tier.value,
+            "deployment": ctx.deployment, "replica_id": ctx.replica_id.unique_id,
+            **self._settings, "batch": self._batch,
+            "resources": ray.get_runtime_context().get_assigned_resources(),
+        }
+
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-    async def _predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    async def _segment_batched(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
         return await self._infer(images)
 
-    async def _infer(self, images: list[np.ndarray], solo: bool = False) -> list[np.ndarray]:
+    async def _infer(self, images: list[np.ndarray], solo: bool = False) -> list[tuple[np.ndarray, float]]:
         # Inference releases the GIL; a worker thread keeps the event loop free meanwhile.
         async with self._slots:
-            return await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)
+            started = time.perf_counter()
+            masks = await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)
+            share = (time.perf_counter() - started) / len(images)
+        return [(mask, share) for mask in masks]

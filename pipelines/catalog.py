@@ -113,6 +113,20 @@ class Weights(_Strict):
         return v
 
 
+class Price(_Strict):
+    """What one call of a model costs (the shotgun's `cost_usd`): a fixed part plus compute time.
+
+    `usd_per_second` is charged for the seconds of inference attributed to the call on the model's
+    replica (a batch's time is split evenly between its images).
+    """
+
+    usd_per_call: float = Field(0.0, ge=0)
+    usd_per_second: float = Field(0.0, ge=0)
+
+    def cost(self, compute_seconds: float) -> float:
+        return self.usd_per_call + self.usd_per_second * max(compute_seconds, 0.0)
+
+
 class ModelSpec(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     name: str
@@ -122,6 +136,7 @@ class ModelSpec(_Strict):
     preprocess: Preprocess
     postprocess: Postprocess = Postprocess()
     weights: Weights
+    price: Price = Price()
 
 
 class Catalog(_Strict):
@@ -158,8 +173,12 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def parse_catalog(data: dict) -> Catalog:
-    """Resolve family presets into full model entries and validate the result."""
+    """Resolve family presets and per-tier prices into full model entries and validate them.
+
+    Precedence, lowest first: the family preset, the tier's `pricing` entry, the model entry.
+    """
     families: dict = data.get("families") or {}
+    pricing: dict = data.get("pricing") or {}
     models = []
     for entry in data.get("models") or []:
         family = entry.get("family")
@@ -168,7 +187,11 @@ def parse_catalog(data: dict) -> Catalog:
                 f"model {entry.get('id')!r}: unknown family {family!r} "
                 f"(declared: {', '.join(sorted(families))})"
             )
-        models.append(_merge(families[family], entry))
+        merged = _merge(families[family], entry)
+        tier_price = pricing.get(merged.get("tier"))
+        if tier_price:
+            merged["price"] = _merge(tier_price, merged.get("price") or {})
+        models.append(merged)
     return Catalog.model_validate({"models": models})
 
 

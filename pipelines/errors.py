@@ -13,9 +13,15 @@ class ServiceError(Exception):
     status_code: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # Machine-readable context (e.g. {"field": "image", "received": "image/gif"}); route
+        # families whose error shape has a details object show it.
+        self.details = details
+
+    def __reduce__(self):  # keep `details` when the error crosses a Ray actor boundary
+        return (type(self), (self.message, self.details))
 
 
 class InvalidRequest(ServiceError):
@@ -42,6 +48,22 @@ class UnknownModel(InvalidRequest):
     """A model id that is not in the catalog."""
 
 
+class MissingImage(InvalidRequest):
+    """Neither an image nor an image URL was given."""
+
+
+class UnsupportedFormat(InvalidImage):
+    """A decodable image in a format the endpoint does not accept."""
+
+
+class FetchError(InvalidRequest):
+    """An `image_url` that may not be fetched (scheme, private address) or could not be."""
+
+
+class UnknownJob(InvalidRequest):
+    """A job id the service has no record of."""
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "payload_too_large"
@@ -61,6 +83,13 @@ class ModelFileMissing(ModelUnavailable):
 class InferenceError(ServiceError):
     status_code = 500
     code = "internal_error"
+
+
+class ProcessingError(ServiceError):
+    """Every model of a shotgun request failed."""
+
+    status_code = 422
+    code = "processing_error"
 
 
 class DownloadError(ServiceError):

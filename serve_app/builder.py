@@ -11,123 +11,25 @@ are not on disk are not deployed; they are reported at start-up and by /health.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
 from deployments.segmentation import SegmentationModel
-from pipelines.catalog import Catalog, Tier, load_catalog
+from pipelines.catalog import Catalog, load_catalog
 from pipelines.weights import find_weights
+from serve_app.config import (  # noqa: F401 - re-exported: the config types live in serve_app.config
+    DEFAULT_POOLS,
+    AppConfig,
+    IngressSetup,
+    PoolOptions,
+)
 from serve_app.ingress import Ingress
 from serve_app.settings import get_settings
 
 log = logging.getLogger("bgremove")
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BatchOptions(_Options):
-    max_batch_size: int = Field(1, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
-
-
-class PoolOptions(_Options):
-    """Serve options for the replicas of one pool (or one model)."""
-
-    num_replicas: int | Literal["auto"] = 1
-    autoscaling_config: dict[str, Any] | None = None
-    max_ongoing_requests: int = Field(32, ge=1)
-    max_queued_requests: int = -1
-    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
-    batch: BatchOptions = BatchOptions()
-    # onnxruntime execution providers, in order of preference; unavailable ones are skipped.
-    providers: list[str] = ["CPUExecutionProvider"]
-    intra_op_threads: int = Field(0, ge=0)
-    # Inference calls one replica runs at once (CPU: pair with intra_op_threads: 1).
-    concurrent_inferences: int = Field(1, ge=1, le=64)
-    # Threads for a request that has the replica to itself (0: same session as the others).
-    solo_intra_op_threads: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _batch_fits(self) -> PoolOptions:
-        if self.max_ongoing_requests < self.batch.max_batch_size:
-            raise ValueError("max_ongoing_requests must be >= batch.max_batch_size")
-        return self
-
-    def min_replicas(self) -> int:
-        if self.autoscaling_config is not None or self.num_replicas == "auto":
-            return int((self.autoscaling_config or {}).get("min_replicas", 1))
-        return int(self.num_replicas)
-
-    def serve_options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "max_queued_requests": self.max_queued_requests,
-            "ray_actor_options": self.ray_actor_options,
-            "user_config": {"batch": self.batch.model_dump()},
-        }
-        if self.autoscaling_config is not None:
-            opts["autoscaling_config"] = self.autoscaling_config
-        else:
-            opts["num_replicas"] = self.num_replicas
-        return opts
-
-
-DEFAULT_POOLS: dict[Tier, dict[str, Any]] = {
-    # Heavy models: one GPU per replica, batched half a batch window at a time.
-    Tier.pro: {
-        "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
-        "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-        "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
-        "max_ongoing_requests": 32,
-    },
-    Tier.light: {"ray_actor_options": {"num_cpus": 1}},
-    Tier.human: {"ray_actor_options": {"num_cpus": 1}},
-}
-
-
-class IngressOptions(_Options):
-    num_replicas: int | Literal["auto"] = 1
-    autoscaling_config: dict[str, Any] | None = None
-    # High on purpose: a low limit on the ingress caps the whole service's concurrency.
-    max_ongoing_requests: int = Field(256, ge=1)
-    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
-
-
-class AppConfig(_Options):
-    """The `args` of the Serve application (validated before anything is deployed)."""
-
-    models: list[str] = Field(min_length=1, description="Catalog ids to deploy.")
-    # Deployed when their weights are on disk, skipped quietly otherwise (not "degraded").
-    optional_models: list[str] = Field(default_factory=list)
-    default_model: str | None = None
-    pools: dict[Tier, dict[str, Any]] = Field(default_factory=dict)
-    model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    ingress: IngressOptions = IngressOptions()
-    # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
-    # Turn off on autoscaling clusters whose nodes appear on demand.
-    validate_resources: bool = True
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AppConfig:
-        everything = self.models + self.optional_models
-        if len(set(everything)) != len(everything):
-            raise ValueError("models / optional_models: duplicate ids")
-        if self.default_model is not None and self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not in models")
-        stray = set(self.model_overrides) - set(everything)
-        if stray:
-            raise ValueError(f"model_overrides for models not deployed: {sorted(stray)}")
-        return self
-
-    def pool_for(self, model_id: str, tier: Tier) -> PoolOptions:
-        merged = {**DEFAULT_POOLS[tier], **self.pools.get(tier, {}), **self.model_overrides.get(model_id, {})}
-        return PoolOptions.model_validate(merged)
 
 
 def _requirements(ray_actor_options: dict[str, Any]) -> dict[str, float]:
@@ -183,6 +85,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     handles: dict[str, Application] = {}
     missing: dict[str, str] = {}
     placement: dict[str, tuple[dict[str, Any], int]] = {}
+    model_pools: dict[str, Any] = {}
     for model_id in config.models + config.optional_models:
         spec = catalog.get(model_id)
         path = find_weights(spec, search_dirs)
@@ -198,6 +101,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             continue
         pool = config.pool_for(model_id, spec.tier)
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
+        model_pools[model_id] = spec.tier
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
             spec.model_dump(mode="json"), str(path), pool.providers, pool.intra_op_threads,
             pool.concurrent_inferences, pool.solo_intra_op_threads,
@@ -215,7 +119,10 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         log.warning("serving %d of %d models; missing: %s", len(handles), len(config.models),
                     ", ".join(missing))
 
-    default = config.default_model or config.models[0]
+    setup = IngressSetup(default_model=config.default_model or config.models[0],
+                         shotgun=config.shotgun, model_pools=model_pools,
+                         pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())})
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
-        handles, [m.model_dump(mode="json") for m in catalog.models], missing, default
+        handles, [m.model_dump(mode="json") for m in catalog.models], missing,
+        setup.model_dump(mode="json"),
     )

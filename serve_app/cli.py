@@ -1,8 +1,9 @@
-"""`bgremove` command line: model management.
+"""`bgremove` command line: model management and selection statistics.
 
     bgremove models list              # every catalog model, its tier and whether its file is here
     bgremove models pull u2netp ...   # fetch weights (source, then mirrors; checksums verified)
     bgremove models verify [ids]      # re-check files on disk against the catalog checksums
+    bgremove selections stats         # win rate of each model per image category (shotgun picks)
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ def _models_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _selections_stats(args: argparse.Namespace) -> int:
+    from serve_app.store import Store  # SQLAlchemy only when this command runs
+
+    url = args.database_url or get_settings().resolved_database_url()
+    store = Store(url)
+    try:
+        rates = store.win_rates(args.category)
+    finally:
+        store.close()
+    print(f"{'category':20} {'model':28} {'wins':>6} {'offered':>8} {'win rate':>9}")
+    for r in rates:
+        print(f"{r.category:20} {r.model_id:28} {r.wins:6d} {r.offered:8d} "
+              f"{r.win_rate * 100:8.1f}%")
+    if not rates:
+        print("(no selections recorded)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -77,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     v = msub.add_parser("verify")
     v.add_argument("ids", nargs="*")
     v.set_defaults(func=_models_verify)
+    selections = sub.add_parser("selections", help="which models users pick in shotgun results")
+    ssub = selections.add_subparsers(dest="command", required=True)
+    st = ssub.add_parser("stats", help="win rate per model and image category")
+    st.add_argument("--category", help='one image category ("all": across categories)')
+    st.add_argument("--database-url", help="default: the settings' database (BGR_DATABASE_URL)")
+    st.set_defaults(func=_selections_stats)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return args.func(args)

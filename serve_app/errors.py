@@ -1,12 +1,18 @@
 """The one place where errors become HTTP responses.
 
 The hierarchy is `pipelines.errors.ServiceError`; this module renders it in the shape of the
-route family that was called. Image API v1 (spec 000) uses `{"message": ...}`.
+route family that was called:
+
+- Image API v1 (spec 000), paths under /image/ and /video/: `{"message": ...}` with the error's
+  own status code.
+- Shotgun API (spec 003) and the service routes: `{"error": {"type", "message", "details"}}`,
+  with the status code that spec gives each type (e.g. every bad parameter is a 400).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,27 +20,76 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipelines.errors import InvalidParameter, ServiceError
+from pipelines.errors import (
+    ImageTooLarge,
+    InvalidImage,
+    InvalidParameter,
+    InvalidRequest,
+    MissingImage,
+    ModelUnavailable,
+    PayloadTooLarge,
+    ProcessingError,
+    ServiceError,
+)
 
 log = logging.getLogger("bgremove")
 
+# Spec 003's error types, most specific class first, with the status each type has there.
+_SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
+    (MissingImage, "missing_image", 400),
+    (InvalidImage, "invalid_format", 400),
+    (ImageTooLarge, "image_too_large", 413),
+    (PayloadTooLarge, "image_too_large", 413),
+    (ProcessingError, "processing_error", 422),
+    (InvalidRequest, "validation_error", 400),
+    (ModelUnavailable, "service_unavailable", 503),
+    (ServiceError, "internal_error", 500),
+]
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
-def _render(request: Request, status: int, message: str) -> JSONResponse:
-    # Single route family so far (spec 000). Later families pick their shape from the path here.
-    return JSONResponse({"message": message}, status_code=status)
+
+def _is_image_api_v1(request: Request) -> bool:
+    return request.url.path.startswith(("/image/", "/video/"))
+
+
+def render(request: Request, exc: ServiceError) -> JSONResponse:
+    if _is_image_api_v1(request):
+        return JSONResponse({"message": exc.message}, status_code=exc.status_code)
+    error_type, status = next((t, s) for cls, t, s in _SHOTGUN_TYPES if isinstance(exc, cls))
+    body = {"error": {"type": error_type, "message": exc.message, "details": exc.details or {}}}
+    return JSONResponse(body, status_code=status)
+
+
+def _field(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p not in ("body", "query", "form"))
 
 
 def _describe_validation(errors: list[dict]) -> str:
     parts = []
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "form"))
+        loc = _field(err.get("loc", ()))
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "Invalid request data: " + "; ".join(parts)
 
 
+def _details(errors: list[dict]) -> dict[str, Any]:
+    """`{"field", "received"}` of the first error (spec 003's example), never echoing images."""
+    first = errors[0] if errors else {}
+    field = _field(first.get("loc", ())) or None
+    details: dict[str, Any] = {"field": field}
+    received = first.get("input")
+    if field not in ("image", None) and isinstance(received, (int, float, bool, str)):
+        details["received"] = received if not isinstance(received, str) else received[:200]
+    if len(errors) > 1:
+        details["errors"] = [{"field": _field(e.get("loc", ())), "message": e.get("msg")}
+                             for e in errors[:20]]
+    return details
+
+
 def validation_error(exc: ValidationError) -> InvalidParameter:
-    return InvalidParameter(_describe_validation(exc.errors()))
+    errors = exc.errors()
+    return InvalidParameter(_describe_validation(errors), _details(errors))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -42,17 +97,22 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return _render(request, exc.status_code, exc.message)
+        return render(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _render(request, 422, _describe_validation(list(exc.errors())))
+        errors = list(exc.errors())
+        return render(request, InvalidParameter(_describe_validation(errors), _details(errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _render(request, exc.status_code, str(exc.detail))
+        if _is_image_api_v1(request):
+            return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
+        error_type = _HTTP_TYPES.get(exc.status_code, "validation_error")
+        body = {"error": {"type": error_type, "message": str(exc.detail), "details": {}}}
+        return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s: unexpected error", request.method, request.url.path)
-        return _render(request, 500, "Internal Server Error")
+        return render(request, ServiceError("Internal Server Error"))

@@ -1,94 +1,33 @@
-"""HTTP ingress: FastAPI routes over the model deployments' handles.
+"""HTTP ingress: the one deployment that holds every model deployment's handle.
 
-Each request is decoded and checked here (size limits, parameters, model id), the alpha mask is
-computed by the model's own deployment (`DeploymentHandle.predict`), and the effect is composited
-here at full resolution. `Ingress.process` is the same operation as a typed Python method, for
-callers that use `serve.get_app_handle(...)` instead of HTTP.
+Requests are decoded and checked here (size limits, parameters, model ids); masks are computed
+by each model's own deployment (`DeploymentHandle`); effects are composited here at full
+resolution. The routes come from two mixins, one per contract: `ImageApiV1` (spec 000) and
+`ShotgunApi` (spec 003, which fans out to several model deployments at once). Each route has a
+typed method twin for Python callers of `serve.get_app_handle(...)`.
 """
-
 
 import asyncio
 import logging
-import time
-from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import Response
-from pydantic import ValidationError
+from fastapi.responses import FileResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
-from pipelines import effects
-from pipelines.errors import ModelUnavailable, PayloadTooLarge, UnknownModel
-from pipelines.images import DecodedImage, decode_image, encode_png
-from serve_app.errors import install_error_handlers, validation_error
-from serve_app.schemas import (
-    BlurOptions,
-    ColorOptions,
-    Effect,
-    GradientOptions,
-    Health,
-    ImageJob,
-    ImageResult,
-    MatteOptions,
-    ModelHealth,
-    ModelInfo,
-    Options,
-    ShadowOptions,
-)
+from pipelines.catalog import Price
+from pipelines.errors import ModelUnavailable, UnknownModel
+from serve_app.app import VERSION, app
+from serve_app.config import IngressSetup
+from serve_app.image_api import ImageApiV1
+from serve_app.results import ResultLinks
+from serve_app.schemas import Health, ModelHealth, ModelInfo, PoolHealth
 from serve_app.settings import get_settings
+from serve_app.shotgun import ShotgunApi
+from serve_app.store import Store
 
 log = logging.getLogger("bgremove")
-
-try:
-    VERSION = version("bgremove-serve")
-except PackageNotFoundError:  # running from a source tree without install
-    VERSION = "0.0.0"
-
-app = FastAPI(
-    title="bgremove",
-    version=VERSION,
-    description="Self-hosted background removal on Ray Serve. Image API v1: cut-outs and "
-    "background effects. Every image endpoint takes a multipart upload in the field `image`.",
-)
-install_error_handlers(app)
-
-PNG = {200: {"content": {"image/png": {}}, "description": "PNG at the input's full resolution."}}
-ERRORS = {
-    400: {"description": "Not an image, corrupt, empty, too large (use the HD endpoint), "
-                         "or unknown model. Body: {\"message\": ...}"},
-    413: {"description": "Upload larger than the configured byte limit."},
-    422: {"description": "Invalid parameter. Body: {\"message\": \"Invalid request data: ...\"}"},
-    503: {"description": "The model is not being served (weights missing)."},
-}
-
-
-def render(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Options) -> np.ndarray:
-    """Composite the effect at full resolution (pure CPU work, run in a thread)."""
-    rgb = image.rgb
-    if image.alpha is not None:  # keep transparency the input already had
-        mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
-    if effect is Effect.matte:
-        return effects.cutout(rgb, mask)
-    if effect is Effect.blur:
-        return effects.blur_background(rgb, mask, options.blur_strength)
-    if effect is Effect.color:
-        return effects.color_background(rgb, mask, effects.parse_color(options.bg_color))
-    if effect is Effect.gradient:
-        return effects.gradient_background(
-            rgb, mask, effects.parse_color(options.gradient_start),
-            effects.parse_color(options.gradient_end), options.gradient_angle,
-        )
-    return effects.drop_shadow(
-        rgb, mask,
-        offset=(options.shadow_offset_x, options.shadow_offset_y),
-        blur=options.shadow_blur,
-        opacity=options.shadow_opacity,
-        shadow_color=effects.parse_color(options.shadow_color),
-        background=effects.parse_color(options.bg_color) if options.bg_color else None,
-    )
 
 
 def _replica_counts() -> dict[str, tuple[int, str]]:
@@ -99,49 +38,30 @@ def _replica_counts() -> dict[str, tuple[int, str]]:
     except Exception:  # noqa: BLE001 - health must answer even if the controller does not
         return {}
     return {
-        name: (d.replica_states.get("RUNNING", 0), str(d.status.value if hasattr(d.status, "value") else d.status))
+        name: (d.replica_states.get("RUNNING", 0), str(getattr(d.status, "value", d.status)))
         for name, d in status.deployments.items()
     }
 
 
 @serve.ingress(app)
-class Ingress:
+class Ingress(ImageApiV1, ShotgunApi):
     def __init__(
         self,
         models: dict[str, DeploymentHandle],
         catalog: list[dict[str, Any]],
         missing: dict[str, str],
-        default_model: str,
+        setup: dict[str, Any],
     ) -> None:
         self.handles = models
         self.catalog = {m["id"]: m for m in catalog}
+        self.prices = {m["id"]: Price.model_validate(m.get("price") or {}) for m in catalog}
         self.missing = missing
-        self.default_model = default_model
+        self.setup = IngressSetup.model_validate(setup)
+        self.default_model = self.setup.default_model
         self.settings = get_settings()
-
-    # ---- the operation, callable through HTTP and through a DeploymentHandle ----------------
-    async def process(self, job: ImageJob) -> ImageResult:
-        """Remove the background of `job.image` and apply `job.effect`; typed handle API."""
-        started = time.perf_counter()
-        model_id = job.options.model or self.default_model
-        handle = self._handle(model_id)
-        self._check_upload_size(len(job.image))
-        image = await asyncio.to_thread(decode_image, job.image, self.settings.regular_max_pixels)
-        t_decoded = time.perf_counter()
-        mask = await handle.predict.remote(image.rgb)
-        t_masked = time.perf_counter()
-        pixels = await asyncio.to_thread(render, job.effect, image, mask, job.options)
-        png = await asyncio.to_thread(encode_png, pixels)
-        done = time.perf_counter()
-        return ImageResult(
-            png=png, width=image.size[0], height=image.size[1], model=model_id, effect=job.effect,
-            timings_ms={
-                "decode": round((t_decoded - started) * 1e3, 2),
-                "mask": round((t_masked - t_decoded) * 1e3, 2),
-                "composite_encode": round((done - t_masked) * 1e3, 2),
-                "total": round((done - started) * 1e3, 2),
-            },
-        )
+        self.store = Store.from_settings(self.settings)
+        data_dir = self.settings.data_dir.expanduser().resolve()
+        self.links = ResultLinks(data_dir / "results", self.settings.result_ttl_s)
 
     def _handle(self, model_id: str) -> DeploymentHandle:
         if model_id in self.handles:
@@ -153,67 +73,6 @@ class Ingress:
         raise UnknownModel(
             f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
         )
-
-    def _check_upload_size(self, size: int) -> None:
-        if size > self.settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"Image file is larger than {self.settings.max_upload_bytes} bytes."
-            )
-
-    async def _http(self, request: Request, image: UploadFile, effect: Effect, options: Options):
-        # Refuse before reading the file into memory: the multipart body's declared length
-        # (minus room for the form fields), then the spooled file's size.
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit():
-            self._check_upload_size(max(0, int(declared) - 64 * 1024))
-        if image.size is not None:
-            self._check_upload_size(image.size)
-        data = await image.read()
-        try:
-            job = ImageJob(image=data, effect=effect, options=options)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        result = await self.process(job)
-        return Response(
-            content=result.png,
-            media_type="image/png",
-            headers={
-                "Cache-Control": "no-cache",
-                "X-Model": result.model,
-                "X-Processing-Time-Ms": str(result.timings_ms["total"]),
-            },
-        )
-
-    # ---- Image API v1 (spec 000) ----------------------------------------------------------
-    @app.post("/image/matte/v1", response_class=Response, responses={**PNG, **ERRORS},
-              summary="Remove the background (transparent PNG)")
-    async def matte(self, request: Request, image: Annotated[UploadFile, File()],
-                    options: Annotated[MatteOptions, Form()]):
-        return await self._http(request, image, Effect.matte, options)
-
-    @app.post("/image/blur/v1", response_class=Response, responses={**PNG, **ERRORS},
-              summary="Blur the background, keep the subject sharp")
-    async def blur(self, request: Request, image: Annotated[UploadFile, File()],
-                   options: Annotated[BlurOptions, Form()]):
-        return await self._http(request, image, Effect.blur, options)
-
-    @app.post("/image/color/v1", response_class=Response, responses={**PNG, **ERRORS},
-              summary="Replace the background with a colour")
-    async def color(self, request: Request, image: Annotated[UploadFile, File()],
-                    options: Annotated[ColorOptions, Form()]):
-        return await self._http(request, image, Effect.color, options)
-
-    @app.post("/image/gradient/v1", response_class=Response, responses={**PNG, **ERRORS},
-              summary="Replace the background with a linear gradient")
-    async def gradient(self, request: Request, image: Annotated[UploadFile, File()],
-                       options: Annotated[GradientOptions, Form()]):
-        return await self._http(request, image, Effect.gradient, options)
-
-    @app.post("/image/shadow/v1", response_class=Response, responses={**PNG, **ERRORS},
-              summary="Cut out the subject and cast a drop shadow from its alpha")
-    async def shadow(self, request: Request, image: Annotated[UploadFile, File()],
-                     options: Annotated[ShadowOptions, Form()]):
-        return await self._http(request, image, Effect.shadow, options)
 
     # ---- service ------------------------------------------------------------------------------
     @app.get("/models", response_model=list[ModelInfo], summary="The model catalog")
@@ -227,24 +86,45 @@ class Ingress:
             for m in self.catalog.values()
         ]
 
-    @app.get("/health", response_model=Health, summary="Service and per-model health")
+    @app.get("/health", response_model=Health, summary="Service, per-model and per-pool health")
     async def health(self) -> Health:
         replicas = await asyncio.to_thread(_replica_counts)
         models: dict[str, ModelHealth] = {}
+        pools: dict[str, PoolHealth] = {}
         for model_id in self.handles:
             running, state = replicas.get(model_id, (0, "UNKNOWN"))
             status = "loaded" if running > 0 else ("unhealthy" if state == "UNHEALTHY" else "starting")
+            tier = self.setup.model_pools[model_id]
+            options = self.setup.pools[tier]
             models[model_id] = ModelHealth(
-                status=status, tier=self.catalog[model_id]["tier"], replicas=running,
+                status=status, pool=tier.value, replicas=running,
                 detail=None if status == "loaded" else f"deployment state {state}",
             )
+            pool = pools.setdefault(tier.value, PoolHealth(
+                models=[], replicas=0, ray_actor_options=options.ray_actor_options,
+                max_ongoing_requests=options.max_ongoing_requests,
+                num_replicas=None if options.autoscaling_config else options.num_replicas,
+                autoscaling_config=options.autoscaling_config,
+            ))
+            pool.models.append(model_id)
+            pool.replicas += running
         for model_id, reason in self.missing.items():
             models[model_id] = ModelHealth(
-                status="missing", tier=self.catalog[model_id]["tier"], detail=reason
+                status="missing", pool=self.catalog[model_id]["tier"], detail=reason
             )
         healthy = all(m.status == "loaded" for m in models.values())
         return Health(
             status="healthy" if healthy else "degraded", version=VERSION,
-            default_model=self.default_model, models=models,
+            default_model=self.default_model,
+            services={model_id: m.status for model_id, m in models.items()},
+            models=models, pools=pools,
         )
 
+    @app.get("/results/{job_id}/{name}", response_class=FileResponse,
+             summary="A shotgun result, downloadable for a limited time (`image_url` in rows)")
+    async def result_file(self, job_id: str, name: str):
+        found = self.links.find(job_id, name) if self.links.enabled else None
+        if found is None:
+            raise HTTPException(404, "No such result, or its link has expired.")
+        path, remaining = found
+        return FileResponse(path, headers={"Cache-Control": f"private, max-age={int(remaining)}"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -112,16 +112,30 @@ class ImageResult(BaseModel):
 
 class ModelHealth(BaseModel):
     status: Literal["loaded", "starting", "unhealthy", "missing"]
-    tier: str
+    pool: str
     replicas: int = 0
     detail: str | None = None
+
+
+class PoolHealth(BaseModel):
+    """One replica pool (pro, light or human) and the options its deployments were given."""
+
+    models: list[str]
+    replicas: int
+    ray_actor_options: dict[str, Any]
+    max_ongoing_requests: int
+    num_replicas: int | str | None = None
+    autoscaling_config: dict[str, Any] | None = None
 
 
 class Health(BaseModel):
     status: Literal["healthy", "degraded"]
     version: str
     default_model: str
+    # Spec 003's summary: one word per model deployment ("loaded", "missing", ...).
+    services: dict[str, str]
     models: dict[str, ModelHealth]
+    pools: dict[str, PoolHealth]
 
 
 class ModelInfo(BaseModel):
@@ -132,3 +146,121 @@ class ModelInfo(BaseModel):
     description: str
     available: bool
     detail: str | None = None
+
+
+# ---- Shotgun API (spec 003) ----------------------------------------------------------------------
+OutputFormat = Literal["png", "webp"]
+_IMAGE_DOC = ("Base64-encoded PNG, JPEG or WebP (a `data:` URL prefix is accepted). From Python "
+              "(the app handle) raw file bytes may be passed instead.")
+
+
+class _ImageSource(BaseModel):
+    image: str | bytes | None = Field(None, description=_IMAGE_DOC)
+    image_url: str | None = Field(None, max_length=2048, description="http(s) URL to fetch.")
+    output_format: OutputFormat = Field("png", description="`png` (default) or `webp`.")
+
+
+class RemoveBackgroundRequest(_ImageSource):
+    include_models: list[str] = Field(
+        default_factory=lambda: ["all"], min_length=1, max_length=64,
+        description='`["all"]` (default) or model ids from GET /models.',
+    )
+
+
+class UpscaleRequest(_ImageSource):
+    scale_factor: Literal[2, 4] = 4
+    preserve_alpha: bool = Field(True, description="Keep transparency (else flatten on white).")
+
+
+class ProcessRequest(_ImageSource):
+    bg_models: list[str] = Field(default_factory=lambda: ["all"], min_length=1, max_length=64)
+    upscale_factor: Literal[2, 4] = 4
+
+
+class Dimensions(BaseModel):
+    width: int
+    height: int
+
+
+class ModelResult(BaseModel):
+    model_id: str
+    model_name: str
+    status: Literal["success"] = "success"
+    image_base64: str
+    image_url: str | None = Field(description="Temporary link to the same result, or null.")
+    processing_time_ms: int
+    cost_usd: float
+
+
+class ModelFailure(BaseModel):
+    model_id: str
+    model_name: str
+    status: Literal["error"] = "error"
+    error: str
+    processing_time_ms: int
+    cost_usd: float = 0.0
+
+
+class RemoveBackgroundResponse(BaseModel):
+    job_id: str
+    status: Literal["completed", "partial"]
+    processing_time_ms: int
+    results: list[ModelResult | ModelFailure]
+    total_cost_usd: float
+
+
+class UpscaleResponse(BaseModel):
+    job_id: str
+    status: Literal["completed"] = "completed"
+    input_dimensions: Dimensions
+    output_dimensions: Dimensions
+    scale_factor: int
+    alpha_preserved: bool
+    processing_time_ms: int
+    image_base64: str
+    cost_usd: float = 0.0
+
+
+class ProcessResult(BaseModel):
+    model_id: str
+    model_name: str
+    bg_removal_status: Literal["success", "error"]
+    upscale_status: Literal["success", "error", "skipped"]
+    input_dimensions: Dimensions
+    output_dimensions: Dimensions | None = None
+    image_base64: str | None = None
+    error: str | None = None
+    processing_time_ms: int
+    cost_usd: float
+
+
+class ProcessResponse(BaseModel):
+    job_id: str
+    status: Literal["completed", "partial"]
+    processing_time_ms: int
+    results: list[ProcessResult]
+    total_cost_usd: float
+
+
+class SelectionRequest(BaseModel):
+    job_id: str = Field(max_length=64)
+    selected_model_id: str = Field(max_length=128)
+    image_category: str | None = Field(None, max_length=64)
+    notes: str | None = Field(None, max_length=2000)
+
+
+class SelectionResponse(BaseModel):
+    status: Literal["logged"] = "logged"
+    selection_id: str
+
+
+class WinRateRow(BaseModel):
+    category: str
+    model_id: str
+    wins: int
+    offered: int = Field(description="Selections whose job had a result from this model.")
+    win_rate: float
+
+
+class SelectionStats(BaseModel):
+    rows: list[WinRateRow]

@@ -30,6 +30,29 @@ class Settings(BaseSettings):
     regular_max_pixels: int = Field(2048 * 2048, gt=0)
     log_level: str = "INFO"
 
+    # Embedded defaults for one machine: SQLite and result files under `data_dir`. On a cluster,
+    # point `database_url` at PostgreSQL (postgresql+psycopg://...) and `data_dir` at shared storage.
+    data_dir: Path = Path("~/.local/share/bgremove")
+    database_url: str | None = None
+
+    # Shotgun API (spec 003): inputs up to 50 MB, fetched `image_url`s under the same limits.
+    shotgun_max_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    shotgun_max_pixels: int = Field(25_000_000, gt=0)  # decoded input, like remove.bg's 25 MP
+    upscale_max_output_pixels: int = Field(8192 * 8192, gt=0)
+    # How long result links (`image_url` in shotgun rows) stay downloadable; 0 disables links.
+    result_ttl_s: int = Field(3600, ge=0)
+    # Absolute base for result links (e.g. https://bg.example.com); default: the request's own.
+    public_base_url: str | None = None
+    url_fetch_timeout_s: float = Field(10.0, gt=0)
+    url_fetch_max_redirects: int = Field(3, ge=0, le=10)
+    # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
+    url_allowed_networks: list[str] = Field(default_factory=list)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.expanduser().resolve() / 'bgremove.db'}"
+
     def model_search_dirs(self) -> list[Path]:
         dirs = [self.models_dir.expanduser().resolve()]
         if self.extra_models_dir is not None:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +61,14 @@ def make_tiny_model(path: Path) -> Path:
 
 
 def tiny_catalog(tmp: Path) -> Path:
-    """The project catalog plus a `tiny` model whose weights live in `tmp/models`."""
+    """The project catalog plus `tiny` models (one per tier) whose weights are `tiny.onnx`."""
     data = yaml.safe_load((REPO / "configs" / "models.yaml").read_text())
     data["families"]["tiny"] = TINY_FAMILY
-    data["models"].append({
-        "id": "tiny", "name": "Tiny test model", "family": "tiny", "tier": "light",
-        "weights": {"file": "tiny.onnx", "source": {"kind": "local"}},
-    })
+    for model_id, tier in (("tiny", "light"), ("tiny-pro", "pro"), ("tiny-human", "human")):
+        data["models"].append({
+            "id": model_id, "name": f"Tiny test model ({tier})", "family": "tiny", "tier": tier,
+            "weights": {"file": "tiny.onnx", "source": {"kind": "local"}},
+        })
     path = tmp / "catalog.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -88,3 +95,74 @@ def png_bytes(arr: np.ndarray | Image.Image, fmt: str = "PNG", **save) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **save)
     return buf.getvalue()
+
+
+def _postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl live: on PATH, else the newest /usr/lib/postgresql/*/bin."""
+    found = shutil.which("pg_ctl")
+    candidates = [Path(found).parent] if found else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for d in candidates:
+        if (d / "initdb").is_file() and (d / "pg_ctl").is_file():
+            return d
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 for this test session (skips without one).
+
+    initdb refuses to run as root, so as root the server runs as `nobody` in a /tmp dir it owns.
+    """
+    bindir = _postgres_bin_dir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    psycopg = pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="bgr-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("nobody")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "nobody", "--"] if shutil.which("runuser") else [
+            "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    data, log = root / "data", root / "server.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *cmd], cwd=root, capture_output=True, text=True,
+                              timeout=60)
+
+    started = False
+    try:
+        res = run(str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+        if res.returncode != 0:
+            pytest.skip(f"initdb failed: {res.stderr.strip()[-500:]}")
+        opts = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -F"
+        res = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts,
+                  "-w", "-t", "20", "start")
+        started = res.returncode == 0
+        if not started:
+            tail = log.read_text()[-500:] if log.exists() else res.stderr
+            pytest.skip(f"PostgreSQL did not start: {tail.strip()}")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                                connect_timeout=2).close()
+                break
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    pytest.skip(f"PostgreSQL does not accept connections: {exc}")
+                time.sleep(0.2)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# The session's Ray Serve app (imported last: serve_harness imports this module's helpers).
+from serve_harness import base_url, client  # noqa: E402, F401

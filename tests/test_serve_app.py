@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes, tiny_catalog
+from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes
+from serve_harness import APP, UPLOAD_LIMIT
 from pipelines.errors import InvalidImage
 from pipelines.images import TOO_LARGE_MESSAGE
 
@@ -22,76 +20,8 @@ from ray import serve  # noqa: E402
 
 from serve_app.builder import build_app  # noqa: E402
 from serve_app.schemas import ImageJob, ImageResult  # noqa: E402
-from serve_app.settings import get_settings  # noqa: E402
 
 pytestmark = pytest.mark.serve
-APP = "bgremove"
-UPLOAD_LIMIT = 2 * 1024 * 1024
-HAVE_SHARED = SHARED_MODELS.is_dir()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_with_deadline(fn, seconds: float):
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.update(result=fn()), daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        raise TimeoutError(f"Serve app did not become ready within {seconds:.0f}s")
-    return box.get("result")
-
-
-@pytest.fixture(scope="session")
-def base_url(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("serve")
-    env = {
-        "BGR_MODELS_DIR": str(tiny_model.parent),
-        "BGR_CATALOG_PATH": str(tiny_catalog(tmp)),
-        "BGR_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
-        "RAY_AUTH_MODE": "disabled",
-    }
-    if HAVE_SHARED:
-        env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env},
-             logging_level="WARNING", log_to_driver=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    models = ["tiny", "u2net"] + (["mediapipe-selfie"] if HAVE_SHARED else [])
-    app = build_app({
-        "models": models,
-        "optional_models": ["birefnet-portrait"],  # never present here: skipped, not "missing"
-        "default_model": "tiny",
-        "pools": {"light": {"ray_actor_options": {"num_cpus": 0.25}},
-                  "human": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 1,
-                            "concurrent_inferences": 2}},
-        "model_overrides": {"tiny": {"num_replicas": 2, "max_ongoing_requests": 8,
-                                     "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}},
-        "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
-    })
-    _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/"), 240)
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
-
-
-@pytest.fixture(scope="session")
-def client(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as c:
-        yield c
 
 
 def post(client, effect: str, data: bytes, **form):
@@ -214,8 +144,10 @@ def test_health_reports_missing_weights(client):
     assert body["models"]["u2net"]["status"] == "missing"
     assert "bgremove models pull u2net" in body["models"]["u2net"]["detail"]
     assert "birefnet-portrait" not in body["models"]
-    assert body["models"]["tiny"] == {"status": "loaded", "tier": "light", "replicas": 2,
+    assert body["models"]["tiny"] == {"status": "loaded", "pool": "light", "replicas": 2,
                                       "detail": None}
+    assert body["services"]["tiny"] == "loaded" and body["services"]["u2net"] == "missing"
+    assert body["version"]
 
 
 def test_models_listing(client):

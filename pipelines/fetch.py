@@ -1,0 +1,191 @@
+"""Fetch a user-supplied `image_url` without letting the user aim the service at its own network.
+
+Threat model: the URL (and every redirect it leads to) is attacker-controlled. Refused: non-HTTP
+schemes, credentials in URLs, and hosts that resolve to any non-public address (loopback, private,
+link-local / cloud metadata, multicast, reserved; IPv4-mapped and 6to4 IPv6 unwrapped) unless an
+operator allows that network. We connect to the IP we validated, so DNS rebinding cannot swap it
+afterwards, and bound the fetch in bytes and wall time so a slow or huge response cannot tie it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from pipelines.errors import FetchError, PayloadTooLarge
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_URL_LENGTH = 2048
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+HEADERS = {"User-Agent": "bgremove-fetch/1", "Accept-Encoding": "identity"}
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    max_bytes: int
+    timeout_s: float = 10.0  # total wall time budget for the whole fetch incl. redirects
+    max_redirects: int = 3
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_strings(
+        cls, max_bytes: int, timeout_s: float, max_redirects: int, allowed_networks: list[str]
+    ) -> FetchPolicy:
+        """Build a policy from settings; raises ValueError on a bad CIDR (e.g. "10.0.0.1/8")."""
+        nets = tuple(ipaddress.ip_network(n.strip()) for n in allowed_networks if n.strip())
+        return cls(max_bytes, timeout_s, max_redirects, nets)
+
+
+def _error(message: str, reason: str, **extra: object) -> FetchError:
+    return FetchError(message, {"field": "image_url", "reason": reason, **extra})
+
+
+def _parse(raw: str, base: httpx.URL | None = None) -> httpx.URL:
+    """Rule 1: absolute http(s), a host, no userinfo, <= MAX_URL_LENGTH; `base`: for a Location."""
+    too_long = _error(f"image_url is longer than {MAX_URL_LENGTH} characters.", "invalid_url",
+                      limit=MAX_URL_LENGTH)
+    if len(raw) > MAX_URL_LENGTH:
+        raise too_long
+    try:
+        url = base.join(raw) if base is not None else httpx.URL(raw)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise _error("image_url is not a valid URL.", "invalid_url") from None
+    if len(str(url)) > MAX_URL_LENGTH:
+        raise too_long
+    if url.scheme not in DEFAULT_PORTS:
+        raise _error(f"image_url must use http or https, not {url.scheme or 'no scheme'!r}.",
+                     "scheme", scheme=url.scheme)
+    if not url.raw_host:
+        raise _error("image_url has no host.", "invalid_url")
+    if url.userinfo:
+        raise _error("image_url may not contain a user name or password.", "userinfo")
+    return url
+
+
+def _is_allowed(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    """Public (after unwrapping IPv4-mapped / 6to4 IPv6), or inside an operator-allowed network."""
+    checked: list[IPAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket
+            checked = [ip.ipv4_mapped]
+        elif ip.sixtofour is not None:  # 2002:7f00:1:: is "global" but embeds 127.0.0.1
+            checked.append(ip.sixtofour)
+    if any(checked[0] in net or ip in net for net in networks):
+        return True
+    return all(a.is_global and not (a.is_multicast or a.is_reserved or a.is_unspecified)
+               for a in checked)
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    """All addresses `host` resolves to, without blocking the event loop (also parses literals,
+    including legacy forms such as 2130706433 or 0x7f.1)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
+async def _pin(url: httpx.URL, policy: FetchPolicy) -> tuple[httpx.URL, dict, dict]:
+    """Rules 2-3: validate every address `url` resolves to; return the URL rewritten to the first
+    one, with the headers/extensions that keep Host, SNI and certificate checks on the real name."""
+    host = url.raw_host.decode("ascii")  # IDNA-encoded; IPv6 literals come without brackets
+    port = url.port or DEFAULT_PORTS[url.scheme]
+    try:
+        addresses = await _resolve(host, port)
+    except (OSError, UnicodeError, ValueError):
+        addresses = []
+    if not addresses:
+        raise _error(f"image_url host {url.host!r} could not be resolved.", "unresolvable",
+                     host=url.host)
+    for ip in addresses:
+        if not _is_allowed(ip, policy.allowed_networks):
+            raise _error(f"image_url resolves to a non-public address ({ip}), which this service "
+                         "may not fetch.", "blocked_address", host=url.host, address=str(ip))
+    host_header = f"[{host}]" if ":" in host else host
+    if url.port is not None and url.port != DEFAULT_PORTS[url.scheme]:
+        host_header += f":{url.port}"
+    # Checked in httpcore 1.0.9 / anyio 4: AsyncHTTPConnection._connect passes the "sni_hostname"
+    # extension as start_tls(server_hostname=...) (the URL's host, i.e. the IP, only without it);
+    # anyio's TLSStream.wrap hands it to SSLContext.wrap_bio(server_hostname=...), and our context
+    # (httpx.create_ssl_context: CERT_REQUIRED, check_hostname=True) makes OpenSSL send it as SNI
+    # and verify the certificate against the real name, not the IP (tested in test_fetch.py).
+    extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+    return url.copy_with(host=str(addresses[0])), {"Host": host_header}, extensions
+
+
+async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
+    """Rule 6: refuse a declared oversize body at once, else stream and stop past `max_bytes`."""
+    too_large = PayloadTooLarge(
+        f"image_url's response is larger than the {max_bytes}-byte limit.",
+        {"field": "image_url", "reason": "too_large", "limit": max_bytes})
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # we ask for identity; decoding could explode in size
+        raise _error(f"image_url's response is compressed ({encoding}), which is not accepted.",
+                     "content_encoding", encoding=encoding)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():  # identity only, so no decompression happens
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    return bytes(body)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default context (certifi CAs, check_hostname on), built once: loading the CA bundle
+    costs ~30 ms of event-loop time, which a new client per hop would pay each time."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
+async def _fetch(url: httpx.URL, policy: FetchPolicy,
+                 transport: httpx.AsyncBaseTransport | None) -> bytes:
+    for hop in range(policy.max_redirects + 1):
+        target, headers, extensions = await _pin(url, policy)
+        # A fresh client (and, without an injected transport, a fresh connection pool) per hop:
+        # no cookies carried over, and no TLS connection reused for a different SNI name.
+        client = httpx.AsyncClient(transport=transport, headers=HEADERS, trust_env=False,
+                                   verify=_tls_context(), follow_redirects=False,
+                                   timeout=policy.timeout_s)
+        try:
+            async with client.stream("GET", target, headers=headers,
+                                     extensions=extensions) as response:
+                location = response.headers.get("Location")
+                if response.status_code in REDIRECT_STATUSES and location:
+                    url = _parse(location, base=url)
+                    continue
+                if not 200 <= response.status_code < 300:
+                    raise _error(f"image_url answered with HTTP status {response.status_code}.",
+                                 "http_status", status=response.status_code, redirects=hop)
+                return await _read_body(response, policy.max_bytes)
+        finally:
+            if transport is None:
+                await client.aclose()
+    raise _error(f"image_url redirected more than {policy.max_redirects} times.",
+                 "too_many_redirects", limit=policy.max_redirects)
+
+
+async def fetch_url(url: str, policy: FetchPolicy, *,
+                    transport: httpx.AsyncBaseTransport | None = None) -> bytes:
+    """The body of `url` (following up to `policy.max_redirects` redirects, each re-validated).
+
+    Raises FetchError (400) when the URL or a redirect is refused or the fetch fails, and
+    PayloadTooLarge (413) past `policy.max_bytes`. `transport` is for tests and is not closed.
+    """
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            return await _fetch(_parse(url), policy, transport)
+    except (TimeoutError, httpx.TimeoutException):
+        raise _error(f"image_url could not be fetched within {policy.timeout_s:g} s.",
+                     "timeout", limit=policy.timeout_s) from None
+    except httpx.TransportError as exc:  # connect refused/reset, TLS failure, protocol error
+        raise _error("image_url could not be fetched: the connection to its server failed.",
+                     "unreachable", error=type(exc).__name__) from None

@@ -1,0 +1,143 @@
+"""The typed application config: the `args` of the Serve app in configs/*.yaml.
+
+`AppConfig` is validated before anything is deployed. Pools are per tier (pro, light, human);
+each model deployment gets its tier's pool options merged with its own overrides.
+`IngressSetup` is what the builder hands the ingress: the resolved pools and shotgun options.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.catalog import Tier
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchOptions(_Options):
+    max_batch_size: int = Field(1, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
+
+
+class PoolOptions(_Options):
+    """Serve options for the replicas of one pool (or one model)."""
+
+    num_replicas: int | Literal["auto"] = 1
+    autoscaling_config: dict[str, Any] | None = None
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = -1
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    batch: BatchOptions = BatchOptions()
+    # onnxruntime execution providers, in order of preference; unavailable ones are skipped.
+    providers: list[str] = ["CPUExecutionProvider"]
+    intra_op_threads: int = Field(0, ge=0)
+    # Inference calls one replica runs at once (CPU: pair with intra_op_threads: 1).
+    concurrent_inferences: int = Field(1, ge=1, le=64)
+    # Threads for a request that has the replica to itself (0: same session as the others).
+    solo_intra_op_threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> PoolOptions:
+        if self.max_ongoing_requests < self.batch.max_batch_size:
+            raise ValueError("max_ongoing_requests must be >= batch.max_batch_size")
+        return self
+
+    def min_replicas(self) -> int:
+        if self.autoscaling_config is not None or self.num_replicas == "auto":
+            return int((self.autoscaling_config or {}).get("min_replicas", 1))
+        return int(self.num_replicas)
+
+    def serve_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "ray_actor_options": self.ray_actor_options,
+            "user_config": {"batch": self.batch.model_dump()},
+        }
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = self.autoscaling_config
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+DEFAULT_POOLS: dict[Tier, dict[str, Any]] = {
+    # Heavy models: one GPU per replica, batched half a batch window at a time.
+    Tier.pro: {
+        "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
+        "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        "max_ongoing_requests": 32,
+    },
+    Tier.light: {"ray_actor_options": {"num_cpus": 1}},
+    Tier.human: {"ray_actor_options": {"num_cpus": 1}},
+}
+
+
+class IngressOptions(_Options):
+    num_replicas: int | Literal["auto"] = 1
+    autoscaling_config: dict[str, Any] | None = None
+    # High on purpose: a low limit on the ingress caps the whole service's concurrency.
+    max_ongoing_requests: int = Field(256, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
+
+
+class ShotgunOptions(_Options):
+    """`POST /remove-background` and `/process` (spec 003)."""
+
+    # What `include_models: ["all"]` means; default: every model this app serves.
+    models: list[str] | None = None
+    # A model slower than this is reported as an error in its row; the others are unaffected.
+    model_timeout_s: float = Field(30.0, gt=0, le=600)
+
+
+class AppConfig(_Options):
+    """The `args` of the Serve application (validated before anything is deployed)."""
+
+    models: list[str] = Field(min_length=1, description="Catalog ids to deploy.")
+    # Deployed when their weights are on disk, skipped quietly otherwise (not "degraded").
+    optional_models: list[str] = Field(default_factory=list)
+    default_model: str | None = None
+    pools: dict[Tier, dict[str, Any]] = Field(default_factory=dict)
+    model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ingress: IngressOptions = IngressOptions()
+    shotgun: ShotgunOptions = ShotgunOptions()
+    # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
+    # Turn off on autoscaling clusters whose nodes appear on demand.
+    validate_resources: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppConfig:
+        everything = self.models + self.optional_models
+        if len(set(everything)) != len(everything):
+            raise ValueError("models / optional_models: duplicate ids")
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models")
+        stray = set(self.model_overrides) - set(everything)
+        if stray:
+            raise ValueError(f"model_overrides for models not deployed: {sorted(stray)}")
+        stray = set(self.shotgun.models or ()) - set(everything)
+        if stray:
+            raise ValueError(f"shotgun.models not deployed: {sorted(stray)}")
+        return self
+
+    def tier_pool(self, tier: Tier) -> PoolOptions:
+        return PoolOptions.model_validate({**DEFAULT_POOLS[tier], **self.pools.get(tier, {})})
+
+    def pool_for(self, model_id: str, tier: Tier) -> PoolOptions:
+        merged = {**DEFAULT_POOLS[tier], **self.pools.get(tier, {}), **self.model_overrides.get(model_id, {})}
+        return PoolOptions.model_validate(merged)
+
+
+class IngressSetup(_Options):
+    """Everything the ingress needs besides the handles and the catalog (built by the builder)."""
+
+    default_model: str
+    shotgun: ShotgunOptions = ShotgunOptions()
+    # pool (tier) of each served model, and each pool's options (before per-model overrides)
+    model_pools: dict[str, Tier] = Field(default_factory=dict)
+    pools: dict[Tier, PoolOptions] = Field(default_factory=dict)

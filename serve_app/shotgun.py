@@ -1,0 +1,408 @@
+"""Shotgun API (spec 003): one image, several models in parallel, every result back to compare.
+
+`remove_background` puts the decoded image in Ray's object store once and calls every selected
+model deployment's `segment` through its handle at the same time; each model's row is finished
+(cut-out, optional upscale, encoding) as soon as its own mask arrives. A model that fails or
+exceeds `shotgun.model_timeout_s` gets an error row and does not hold up the others. Costs come
+from each model's catalog `price` and the inference seconds its replica reports.
+
+A mixin of `serve_app.ingress.Ingress`, which provides handles, catalog, settings, store and
+result links. Each route has a typed twin for Python callers of the app handle.
+"""
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import ray
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from pipelines import effects
+from pipelines.errors import (
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    MissingImage,
+    ModelUnavailable,
+    PayloadTooLarge,
+    ProcessingError,
+    ServiceError,
+    UnsupportedFormat,
+)
+from pipelines.fetch import FetchPolicy, fetch_url
+from pipelines.images import (
+    SHOTGUN_INPUT_FORMATS,
+    DecodedImage,
+    decode_image,
+    encode_image,
+    flatten,
+    upscale,
+)
+from serve_app.app import app
+from serve_app.errors import validation_error
+from serve_app.schemas import (
+    Dimensions,
+    ModelFailure,
+    ModelResult,
+    ProcessRequest,
+    ProcessResponse,
+    ProcessResult,
+    RemoveBackgroundRequest,
+    RemoveBackgroundResponse,
+    SelectionRequest,
+    SelectionResponse,
+    SelectionStats,
+    UpscaleRequest,
+    UpscaleResponse,
+    WinRateRow,
+)
+from serve_app.store import ModelRun
+
+log = logging.getLogger("bgremove")
+Body = TypeVar("Body", bound=BaseModel)
+
+_ERRORS = {
+    400: {"description": "validation_error, missing_image or invalid_format. "
+                         'Body: {"error": {"type", "message", "details"}}'},
+    413: {"description": "image_too_large: over 50 MB, or too many pixels."},
+    422: {"description": "processing_error: every model failed (rows in details.results)."},
+    503: {"description": "service_unavailable: no model is being served."},
+}
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body for routes that read and validate JSON themselves (size-limited)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+@dataclass
+class _Outcome:
+    model_id: str
+    elapsed_s: float
+    compute_s: float = 0.0
+    value: Any = None  # what `finish` returned
+    error: str | None = None
+    stage: str = "bg_removal"  # where an error happened: "bg_removal" or "finish"
+
+
+class ShotgunApi:
+    # ---- typed operations (also the Python handle API) --------------------------------------
+    async def remove_background(self, req: RemoveBackgroundRequest,
+                                base_url: str | None = None) -> RemoveBackgroundResponse:
+        """Run the selected models in parallel; every model's cut-out, time and cost."""
+        started = time.perf_counter()
+        model_ids = self._select_models(req.include_models, "include_models")
+        image = await self._load_image(req)
+        job_id = str(uuid.uuid4())
+        fmt = req.output_format
+
+        def finish(model_id: str, mask: np.ndarray) -> tuple[str, str | None]:
+            data = encode_image(_cutout(image, mask), fmt)
+            link = None
+            if self.links.enabled:
+                path = self.links.save(job_id, f"{model_id}.{fmt}", data)
+                link = f"{(self.settings.public_base_url or base_url or '').rstrip('/')}/results/{path}"
+            return base64.b64encode(data).decode("ascii"), link
+
+        outcomes = await self._fan_out(image, model_ids, finish)
+        rows: list[ModelResult | ModelFailure] = []
+        for o in outcomes:
+            name = self.catalog[o.model_id]["name"]
+            if o.error is not None:
+                rows.append(ModelFailure(model_id=o.model_id, model_name=name, error=o.error,
+                                         processing_time_ms=_ms(o.elapsed_s)))
+            else:
+                rows.append(ModelResult(
+                    model_id=o.model_id, model_name=name, image_base64=o.value[0],
+                    image_url=o.value[1], processing_time_ms=_ms(o.elapsed_s),
+                    cost_usd=self._cost(o),
+                ))
+        await self._record(job_id, "remove-background", outcomes)
+        self._raise_if_all_failed(job_id, rows)
+        return RemoveBackgroundResponse(
+            job_id=job_id, status=_overall(rows), processing_time_ms=_ms(time.perf_counter() - started),
+            results=rows, total_cost_usd=round(sum(r.cost_usd for r in rows), 8),
+        )
+
+    async def upscale(self, req: UpscaleRequest) -> UpscaleResponse:
+        """Lanczos ×2/×4; transparency kept when `preserve_alpha` (else flattened on white)."""
+        started = time.perf_counter()
+        image = await self._load_image(req)
+        factor = req.scale_factor
+        self._check_upscale(image, factor)
+        keep_alpha = image.alpha is not None and req.preserve_alpha
+
+        def work() -> tuple[bytes, tuple[int, ...]]:
+            pixels = image.rgb if image.alpha is None else np.dstack([image.rgb, image.alpha])
+            if image.alpha is not None and not keep_alpha:
+                pixels = flatten(pixels)
+            out = upscale(pixels, factor)
+            return encode_image(out, req.output_format), out.shape
+
+        data, shape = await asyncio.to_thread(work)
+        width, height = image.size
+        return UpscaleResponse(
+            job_id=str(uuid.uuid4()), scale_factor=factor, alpha_preserved=keep_alpha,
+            input_dimensions=Dimensions(width=width, height=height),
+            output_dimensions=Dimensions(width=shape[1], height=shape[0]),
+            processing_time_ms=_ms(time.perf_counter() - started),
+            image_base64=base64.b64encode(data).decode("ascii"),
+        )
+
+    async def remove_and_upscale(self, req: ProcessRequest) -> ProcessResponse:
+        """`/process`: the shotgun, then every cut-out upscaled (Lanczos, alpha kept)."""
+        started = time.perf_counter()
+        model_ids = self._select_models(req.bg_models, "bg_models")
+        image = await self._load_image(req)
+        factor = req.upscale_factor
+        self._check_upscale(image, factor)
+        job_id = str(uuid.uuid4())
+
+        def finish(model_id: str, mask: np.ndarray) -> tuple[str, tuple[int, ...]]:
+            out = upscale(_cutout(image, mask), factor)
+            return base64.b64encode(encode_image(out, req.output_format)).decode("ascii"), out.shape
+
+        outcomes = await self._fan_out(image, model_ids, finish)
+        width, height = image.size
+        rows = []
+        for o in outcomes:
+            removed = o.error is None or o.stage == "finish"
+            rows.append(ProcessResult(
+                model_id=o.model_id, model_name=self.catalog[o.model_id]["name"],
+                bg_removal_status="success" if removed else "error",
+                upscale_status="success" if o.error is None else ("error" if removed else "skipped"),
+                input_dimensions=Dimensions(width=width, height=height),
+                output_dimensions=(Dimensions(width=o.value[1][1], height=o.value[1][0])
+                                   if o.error is None else None),
+                image_base64=o.value[0] if o.error is None else None, error=o.error,
+                processing_time_ms=_ms(o.elapsed_s),
+                cost_usd=self._cost(o) if o.error is None else 0.0,
+            ))
+        await self._record(job_id, "process", outcomes)
+        if all(r.upscale_status != "success" for r in rows):
+            raise ProcessingError("All models failed.", {"job_id": job_id, "results": [
+                r.model_dump(exclude_none=True) for r in rows]})
+        return ProcessResponse(
+            job_id=job_id, status="partial" if any(r.error for r in rows) else "completed",
+            processing_time_ms=_ms(time.perf_counter() - started), results=rows,
+            total_cost_usd=round(sum(r.cost_usd for r in rows), 8),
+        )
+
+    async def log_selection(self, req: SelectionRequest) -> SelectionResponse:
+        """Record which model's result a person picked for a shotgun job."""
+        selection_id = await asyncio.to_thread(
+            self.store.log_selection, req.job_id, req.selected_model_id, req.image_category,
+            req.notes,
+        )
+        return SelectionResponse(selection_id=selection_id)
+
+    async def selection_stats(self, category: str | None = None) -> SelectionStats:
+        """Win rate per model and image category: how often each model's result was picked."""
+        rates = await asyncio.to_thread(self.store.win_rates, category)
+        return SelectionStats(rows=[WinRateRow(category=r.category, model_id=r.model_id,
+                                               wins=r.wins, offered=r.offered,
+                                               win_rate=round(r.win_rate, 4)) for r in rates])
+
+    # ---- HTTP (spec 003) ----------------------------------------------------------------------
+    @app.post("/remove-background", response_model=RemoveBackgroundResponse, responses=_ERRORS,
+              openapi_extra=_json_body(RemoveBackgroundRequest),
+              summary="Shotgun: run several background-removal models in parallel")
+    async def http_remove_background(self, request: Request) -> RemoveBackgroundResponse:
+        req = await self._read_json(request, RemoveBackgroundRequest)
+        return await self.remove_background(req, base_url=str(request.base_url))
+
+    @app.post("/upscale", response_model=UpscaleResponse, responses=_ERRORS,
+              openapi_extra=_json_body(UpscaleRequest),
+              summary="Upscale ×2 or ×4 with Lanczos, keeping transparency")
+    async def http_upscale(self, request: Request) -> UpscaleResponse:
+        return await self.upscale(await self._read_json(request, UpscaleRequest))
+
+    @app.post("/process", response_model=ProcessResponse, responses=_ERRORS,
+              openapi_extra=_json_body(ProcessRequest),
+              summary="Shotgun background removal, then every result upscaled")
+    async def http_process(self, request: Request) -> ProcessResponse:
+        return await self.remove_and_upscale(await self._read_json(request, ProcessRequest))
+
+    @app.post("/log-selection", response_model=SelectionResponse, responses=_ERRORS,
+              openapi_extra=_json_body(SelectionRequest),
+              summary="Record which model's result the user picked")
+    async def http_log_selection(self, request: Request) -> SelectionResponse:
+        return await self.log_selection(await self._read_json(request, SelectionRequest))
+
+    @app.get("/selections/stats", response_model=SelectionStats,
+             summary="Win rates per model and image category (from /log-selection)")
+    async def http_selection_stats(self, category: str | None = None) -> SelectionStats:
+        return await self.selection_stats(category)
+
+    # ---- helpers ------------------------------------------------------------------------------
+    async def _fan_out(self, image: DecodedImage, model_ids: list[str],
+                       finish: Callable[[str, np.ndarray], Any]) -> list[_Outcome]:
+        # One copy in the object store for every model: passing the array itself would
+        # serialise it once per model (10-20x slower for a 12 MP photo and 5 models).
+        ref = await asyncio.to_thread(ray.put, image.rgb)
+        timeout = self.setup.shotgun.model_timeout_s
+
+        async def one(model_id: str) -> _Outcome:
+            started = time.perf_counter()
+            outcome = _Outcome(model_id, 0.0)
+            try:
+                handle = self._handle(model_id)
+                async with asyncio.timeout(timeout):
+                    mask, outcome.compute_s = await handle.segment.remote(ref)
+                outcome.stage = "finish"
+                outcome.value = await asyncio.to_thread(finish, model_id, mask)
+            except TimeoutError:
+                outcome.error = f"Model timed out after {timeout:g}s"
+            except ServiceError as exc:
+                outcome.error = exc.message
+            except Exception:  # noqa: BLE001 - one model's failure is reported in its row
+                log.exception("shotgun: model %s failed (%s)", model_id, outcome.stage)
+                outcome.error = "Model failed with an internal error"
+            outcome.elapsed_s = time.perf_counter() - started
+            return outcome
+
+        return await asyncio.gather(*(one(m) for m in model_ids))
+
+    def _select_models(self, requested: list[str], field: str) -> list[str]:
+        if requested == ["all"]:
+            chosen = list(self.setup.shotgun.models or self.handles)
+            if not chosen:
+                raise ModelUnavailable("No models are being served.", {"missing": self.missing})
+            return chosen
+        if "all" in requested:
+            raise InvalidRequest('"all" cannot be combined with model ids.',
+                                 {"field": field, "received": requested})
+        unknown = [m for m in requested if m not in self.catalog]
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown model id(s): {', '.join(unknown)}.",
+                {"field": field, "received": unknown, "allowed": sorted(self.handles)},
+            )
+        return list(dict.fromkeys(requested))  # unique, in the order asked
+
+    async def _read_json(self, request: Request, model: type[Body]) -> Body:
+        """Read the body with a size limit (before it is all in memory), then validate it."""
+        limit = self.settings.shotgun_max_bytes * 4 // 3 + 64 * 1024  # base64 plus fields
+        too_large = PayloadTooLarge(
+            f"Request body is larger than {limit} bytes (images up to "
+            f"{self.settings.shotgun_max_bytes // (1024 * 1024)} MB).", {"limit_bytes": limit})
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        try:
+            return model.model_validate_json(bytes(body))
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise InvalidRequest("Request body is not valid JSON.", {"field": None}) from None
+            raise validation_error(exc) from None
+
+    async def _load_image(self, req: RemoveBackgroundRequest | UpscaleRequest | ProcessRequest
+                          ) -> DecodedImage:
+        max_bytes = self.settings.shotgun_max_bytes
+        if req.image is not None and req.image_url is not None:
+            raise InvalidRequest("Give either image or image_url, not both.",
+                                 {"field": "image_url"})
+        if req.image is None and req.image_url is None:
+            raise MissingImage("Neither image nor image_url was provided.",
+                               {"fields": ["image", "image_url"]})
+        if req.image_url is not None:
+            data = await fetch_url(req.image_url, self._fetch_policy())
+        elif isinstance(req.image, bytes):
+            data = req.image
+        else:
+            data = _b64decode(req.image, max_bytes)
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"Image exceeds the {max_bytes // (1024 * 1024)} MB limit.",
+                                  {"field": "image", "limit_bytes": max_bytes,
+                                   "received_bytes": len(data)})
+        return await asyncio.to_thread(_decode_supported, data, self.settings.shotgun_max_pixels)
+
+    def _fetch_policy(self) -> FetchPolicy:
+        s = self.settings
+        return FetchPolicy.from_strings(s.shotgun_max_bytes, s.url_fetch_timeout_s,
+                                        s.url_fetch_max_redirects, s.url_allowed_networks)
+
+    def _check_upscale(self, image: DecodedImage, factor: int) -> None:
+        width, height = image.size
+        pixels, limit = width * height * factor * factor, self.settings.upscale_max_output_pixels
+        if pixels > limit:
+            raise PayloadTooLarge(
+                f"Upscaling {width}x{height} by {factor} gives {pixels:,} pixels; "
+                f"the limit is {limit:,}.",
+                {"field": "image", "output_pixels": pixels, "limit_pixels": limit},
+            )
+
+    def _cost(self, outcome: _Outcome) -> float:
+        return round(self.prices[outcome.model_id].cost(outcome.compute_s), 8)
+
+    async def _record(self, job_id: str, kind: str, outcomes: list[_Outcome]) -> None:
+        runs = [ModelRun(o.model_id, "success" if o.error is None else "error",
+                         _ms(o.elapsed_s), self._cost(o) if o.error is None else 0.0)
+                for o in outcomes]
+        await asyncio.to_thread(self.store.record_job, job_id, kind, runs)
+
+    @staticmethod
+    def _raise_if_all_failed(job_id: str, rows: list[ModelResult | ModelFailure]) -> None:
+        if rows and all(r.status == "error" for r in rows):
+            raise ProcessingError("All models failed.", {
+                "job_id": job_id, "results": [r.model_dump() for r in rows]})
+
+
+def _overall(rows: list[ModelResult | ModelFailure]) -> str:
+    return "partial" if any(r.status == "error" for r in rows) else "completed"
+
+
+def _cutout(image: DecodedImage, mask: np.ndarray) -> np.ndarray:
+    if image.alpha is not None:  # keep transparency the input already had
+        mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
+    return effects.cutout(image.rgb, mask)
+
+
+def _b64decode(text: str, max_bytes: int) -> bytes:
+    if text.startswith("data:"):  # data:image/png;base64,....
+        _, _, text = text.partition(",")
+    text = "".join(text.split())  # line breaks from MIME-style encoders
+    if len(text) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"Image exceeds the {max_bytes // (1024 * 1024)} MB limit.",
+                              {"field": "image", "limit_bytes": max_bytes})
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("image is not valid base64.", {"field": "image"}) from None
+
+
+def _decode_supported(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode a PNG, JPEG or WebP (spec 003's formats) with a pixel limit."""
+    try:
+        image = decode_image(data, max_pixels)
+    except ImageTooLarge:
+        raise PayloadTooLarge(f"Image has more than {max_pixels:,} pixels.",
+                              {"field": "image", "limit_pixels": max_pixels}) from None
+    except InvalidImage as exc:
+        raise InvalidImage(f"Invalid image format: {exc.message.removeprefix('Invalid image file: ')}"
+                           ". Supported: PNG, JPG, WEBP", {"field": "image"}) from None
+    if image.format not in SHOTGUN_INPUT_FORMATS:
+        received = f"image/{(image.format or 'unknown').lower()}"
+        raise UnsupportedFormat("Invalid image format. Supported: PNG, JPG, WEBP",
+                                {"field": "image", "received": received})
+    return image
+

@@ -1,0 +1,107 @@
+"""The real Ray Serve app for integration tests: one Ray cluster and one app per test session.
+
+Fixtures `base_url` and `client` are re-exported by conftest.py; test modules that use them run
+against the same application (`APP`), built by the real builder from the tiny test catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import httpx
+import pytest
+
+from conftest import SHARED_MODELS, tiny_catalog
+
+APP = "bgremove"
+UPLOAD_LIMIT = 2 * 1024 * 1024
+SHOTGUN_LIMIT = 1024 * 1024
+HAVE_SHARED = SHARED_MODELS.is_dir()
+
+
+# Three pools with different options; the pro pool is pinned to nodes that offer the custom
+# resource `pro_pool` (on a cluster: the GPU worker group), as a KubeRay config would do.
+POOLS = {
+    "pro": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"pro_pool": 1}},
+            "providers": ["CPUExecutionProvider"], "max_ongoing_requests": 16,
+            "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}},
+    "light": {"ray_actor_options": {"num_cpus": 0.25}},
+    "human": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 1,
+              "concurrent_inferences": 2, "max_ongoing_requests": 24,
+              "autoscaling_config": {"min_replicas": 1, "max_replicas": 2,
+                                     "target_ongoing_requests": 8}},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_with_deadline(fn, seconds: float):
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(result=fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise TimeoutError(f"Serve app did not become ready within {seconds:.0f}s")
+    return box.get("result")
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {
+        "BGR_MODELS_DIR": str(tiny_model.parent),
+        "BGR_CATALOG_PATH": str(tiny_catalog(tmp)),
+        "BGR_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "BGR_DATA_DIR": str(tmp / "data"),
+        "BGR_SHOTGUN_MAX_BYTES": str(SHOTGUN_LIMIT),
+        "BGR_UPSCALE_MAX_OUTPUT_PIXELS": str(2048 * 2048),
+        "BGR_URL_ALLOWED_NETWORKS": '["127.0.0.1/32"]',  # the tests' own image server
+        "RAY_AUTH_MODE": "disabled",
+    }
+    if HAVE_SHARED:
+        env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import ray
+    from ray import serve
+
+    from serve_app.builder import build_app
+    from serve_app.settings import get_settings
+
+    get_settings.cache_clear()
+    ray.init(num_cpus=4, resources={"pro_pool": 2}, include_dashboard=False,
+             runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    models = ["tiny", "tiny-pro", "tiny-human", "u2net"] + (["mediapipe-selfie"] if HAVE_SHARED else [])
+    app = build_app({
+        "models": models,
+        "optional_models": ["birefnet-portrait"],  # never present here: skipped, not "missing"
+        "default_model": "tiny",
+        "pools": POOLS,
+        "model_overrides": {"tiny": {"num_replicas": 2, "max_ongoing_requests": 8,
+                                     "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}},
+        "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+    })
+    _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/"), 240)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        yield c
