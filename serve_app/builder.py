@@ -41,22 +41,43 @@ def _requirements(ray_actor_options: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in need.items() if v > 0}
 
 
+def _label_matches(value: str | None, rule: str) -> bool:
+    """One Ray label-selector rule: "v", "!v", "in(a,b)" or "!in(a,b)"."""
+    negate = rule.startswith("!")
+    rule = rule.removeprefix("!")
+    if rule.startswith("in(") and rule.endswith(")"):
+        hit = value in {v.strip() for v in rule[3:-1].split(",")}
+    else:
+        hit = value == rule
+    return hit != negate
+
+
+def _node_fits(node: dict[str, Any], need: dict[str, float], labels: dict[str, str]) -> bool:
+    res, node_labels = node["Resources"], node.get("Labels") or {}
+    return (all(res.get(k, 0.0) >= v for k, v in need.items())
+            and all(_label_matches(node_labels.get(k), rule) for k, rule in labels.items()))
+
+
 def check_resources(replicas: dict[str, tuple[dict[str, Any], int]]) -> None:
     """Fail fast if a deployment's replicas can never be placed on the current cluster.
 
-    `replicas` maps deployment name -> (ray_actor_options, minimum replica count).
+    `replicas` maps deployment name -> (ray_actor_options, minimum replica count). Resources
+    (CPU, GPU, memory, custom) and `label_selector` are checked against the live nodes.
     """
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
     totals: dict[str, float] = {}
-    for res in nodes:
-        for k, v in res.items():
+    for node in nodes:
+        for k, v in node["Resources"].items():
             totals[k] = totals.get(k, 0.0) + v
     problems = []
     wanted: dict[str, float] = {}
     for name, (actor_opts, count) in replicas.items():
         need = _requirements(actor_opts)
-        if not any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in nodes):
-            problems.append(f"deployment {name!r} needs {need} per replica, but no node has that")
+        labels = actor_opts.get("label_selector") or {}
+        if not any(_node_fits(node, need, labels) for node in nodes):
+            where = f" on a node labelled {labels}" if labels else ""
+            problems.append(f"deployment {name!r} needs {need} per replica{where}, "
+                            "but no node has that")
         for k, v in need.items():
             wanted[k] = wanted.get(k, 0.0) + v * count
     for k, v in wanted.items():

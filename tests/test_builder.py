@@ -57,6 +57,20 @@ def test_check_resources_names_what_cannot_be_placed(monkeypatch):
         check_resources({"a": ({"num_cpus": 1}, 3)})
 
 
+def test_check_resources_honours_label_selectors(monkeypatch):
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}, "Labels": {"pool": "light"}},
+             {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0},
+              "Labels": {"pool": "pro", "ray.io/accelerator-type": "H100"}}]
+    monkeypatch.setattr("ray.nodes", lambda: nodes)
+    check_resources({"pro": ({"num_gpus": 1, "label_selector": {"pool": "pro"}}, 1),
+                     "light": ({"num_cpus": 1, "label_selector": {"pool": "!pro"}}, 1),
+                     "any": ({"num_cpus": 1, "label_selector": {"pool": "in(light,pro)"}}, 1)})
+    with pytest.raises(ValueError, match="'gpu-on-light' needs .* labelled"):
+        check_resources({"gpu-on-light": ({"num_gpus": 1, "label_selector": {"pool": "light"}}, 1)})
+    with pytest.raises(ValueError, match="no node has that"):
+        check_resources({"a100": ({"label_selector": {"ray.io/accelerator-type": "A100"}}, 1)})
+
+
 def test_optional_models_share_the_uniqueness_check():
     config = AppConfig.model_validate({"models": ["u2netp"], "optional_models": ["sinet-portrait"],
                                        "model_overrides": {"sinet-portrait": {"num_replicas": 2}}})
