@@ -50,7 +50,8 @@ What is measured: `POST /remove-background` (JSON, the photo base64-encoded, `ou
 png`) on `bench/bench_shotgun.yaml` (`configs/local.yaml`'s light and human pools; u2netp-fp16w
 in light, the four MediaPipe/SINet models in human; weights from ../shared/models). Each model
 alone and three sets (1, 3, 5 models) get the same number of requests, interleaved round by
-round, one request at a time; client wall time from send to full response. Ratio = set time /
+round, one request at a time (`--concurrency` changes that); client wall time from send to
+full response. Ratio = set time /
 slowest single-model time (the largest single-model p50 among the set's models; the p95 ratio
 uses the largest single-model p95). Target: ratio <= 1.2. Result links are disabled
 (`BGR_RESULT_TTL_S=0`), so no result files are written; each job is still recorded in SQLite
@@ -91,12 +92,10 @@ class Kind:
 
     def as_dict(self) -> dict:
         return {"models": self.models, "ok": len(self.wall_ms), "errors": self.errors,
-                "p50_ms": round(pct(self.wall_ms, 0.5), 1),
-                "p95_ms": round(pct(self.wall_ms, 0.95), 1),
-                "server_p50_ms": round(pct(self.server_ms, 0.5), 1),
-                "row_p50_ms": {m: round(pct(v, 0.5), 1) for m, v in self.row_ms.items()},
-                "wall_ms": [round(x, 1) for x in self.wall_ms], "server_ms": self.server_ms,
-                "row_ms": self.row_ms, "error_samples": self.error_samples}
+                "p50_ms": pct(self.wall_ms, 0.5), "p95_ms": pct(self.wall_ms, 0.95),
+                "server_p50_ms": pct(self.server_ms, 0.5), "wall_ms": self.wall_ms,
+                "server_ms": self.server_ms, "row_ms": self.row_ms,
+                "error_samples": self.error_samples}
 
 
 async def one(client: httpx.AsyncClient, url: str, body: bytes, kind: Kind) -> None:
@@ -161,31 +160,38 @@ def fmt(x: float) -> str:
     return "—" if x != x else f"{x:.0f}"
 
 
-def report(kinds: dict[str, Kind]) -> tuple[str, list[dict]]:
+def report(kinds: dict[str, Kind], cpu_ms: dict[str, float], cores: int) -> tuple[str, list[dict]]:
     rows, out = [], [
         "| set | models | p50 ms | p95 ms | server p50 ms | slowest single model (p50 ms) "
-        "| ratio p50 | ratio p95 | errors |", "|---|---|---|---|---|---|---|---|---|"]
+        "| ratio p50 | ratio p95 | server CPU ms / request | CPU-bound floor of the ratio "
+        "| errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, models in SETS.items():
         k = kinds[name]
         slowest = max(models, key=lambda m: pct(kinds[m].wall_ms, 0.5))
         base50 = pct(kinds[slowest].wall_ms, 0.5)
         base95 = max(pct(kinds[m].wall_ms, 0.95) for m in models)
         r50, r95 = pct(k.wall_ms, 0.5) / base50, pct(k.wall_ms, 0.95) / base95
+        # No schedule can beat the set's CPU work spread over every core (or the slowest model).
+        floor = max(base50, cpu_ms[name] / cores) / base50
         rows.append({"set": name, "models": models, "p50_ms": pct(k.wall_ms, 0.5),
                      "p95_ms": pct(k.wall_ms, 0.95), "slowest_single": slowest,
                      "slowest_single_p50_ms": base50, "slowest_single_p95_ms": base95,
-                     "ratio_p50": r50, "ratio_p95": r95, "errors": k.errors})
+                     "ratio_p50": r50, "ratio_p95": r95, "server_cpu_ms": cpu_ms[name],
+                     "cpu_floor_ratio": floor, "errors": k.errors})
         out.append(f"| {name} | {', '.join(models)} | {fmt(pct(k.wall_ms, 0.5))} "
                    f"| {fmt(pct(k.wall_ms, 0.95))} | {fmt(pct(k.server_ms, 0.5))} "
-                   f"| {slowest} ({fmt(base50)}) | {r50:.2f} | {r95:.2f} | {k.errors} |")
+                   f"| {slowest} ({fmt(base50)}) | {r50:.2f} | {r95:.2f} "
+                   f"| {fmt(cpu_ms[name])} | {floor:.2f} | {k.errors} |")
     five = kinds["5 models"]
     out += ["", "| model alone | p50 ms | p95 ms | server p50 ms | its row p50 ms alone "
-            "| its row p50 ms in the 5-model set | errors |", "|---|---|---|---|---|---|---|"]
+            "| its row p50 ms in the 5-model set | server CPU ms / request | errors |",
+            "|---|---|---|---|---|---|---|---|"]
     for m in ALL:
         k = kinds[m]
         out.append(f"| {m} | {fmt(pct(k.wall_ms, 0.5))} | {fmt(pct(k.wall_ms, 0.95))} "
                    f"| {fmt(pct(k.server_ms, 0.5))} | {fmt(pct(k.row_ms.get(m, []), 0.5))} "
-                   f"| {fmt(pct(five.row_ms.get(m, []), 0.5))} | {k.errors} |")
+                   f"| {fmt(pct(five.row_ms.get(m, []), 0.5))} | {fmt(cpu_ms[m])} "
+                   f"| {k.errors} |")
     met = [f"{r['set']} {'met' if r['ratio_p50'] <= 1.2 else 'NOT met'}" for r in rows]
     out += ["", f"Target ratio p50 <= 1.2: {'; '.join(met)}."]
     return "\n".join(out), rows
@@ -221,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md",
                    help="markdown file whose bench_shotgun section is rewritten")
     p.add_argument("--json", type=Path, help="also dump raw figures as JSON here")
+    p.add_argument("--cpu-requests", type=int, default=8,
+                   help="requests per kind for the server-CPU-per-request phase (8)")
     p.add_argument("--serve-config", type=Path, default=SERVE_YAML)
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, s")
     p.add_argument("--startup-timeout", type=float, default=300.0)
@@ -265,13 +273,22 @@ def main(argv: list[str] | None = None) -> int:
                                 args.concurrency, args.timeout))
             server_cpu = cpu_delta(cpu0, server.procs.cpu_seconds())
             other = max(0.0, busy_seconds() - busy0 - server_cpu - (own_cpu() - own0))
+            # Second phase: each kind alone, back to back, for the server CPU one request costs.
+            cpu_ms = {}
+            for kind in kinds.values():
+                before = server.procs.cpu_seconds()
+                asyncio.run(measure(server.url, [Kind(kind.name, kind.models)], photo_b64,
+                                    args.cpu_requests, 1, args.timeout))
+                cpu_ms[kind.name] = cpu_delta(before, server.procs.cpu_seconds()) * 1000 / \
+                    args.cpu_requests
         except Exception as exc:  # noqa: BLE001 - report, stop the app, exit 1
             print(f"FAILED: {exc}\n{server.tail(40)}", file=sys.stderr, flush=True)
             return 1
         finally:
             print("stopping the Serve app", flush=True)
             server.stop()
-    body, rows = report(kinds)
+    cores = len(os.sched_getaffinity(0))
+    body, rows = report(kinds, cpu_ms, cores)
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     facts = (f"- {now}; {machine()}; load average {load:.2f} at the start.\n"
              f"- {rounds * args.concurrency} requests per kind (after {WARMUP_ROUNDS} warm-up "
@@ -279,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
              f"`{args.image.name}` {width}x{height}, {len(photo) / 1024:.0f} KiB PNG "
              f"({len(photo_b64) / 1024:.0f} KiB base64); result links disabled.\n"
              f"- CPU s during the measurement: server {server_cpu:.1f}, other processes "
-             f"{other:.1f} (interference; should be near 0).")
+             f"{other:.1f} (interference; should be near 0).\n"
+             f"- Server CPU per request: {args.cpu_requests} requests of each kind back to back, "
+             f"after the timed rounds. CPU-bound floor = max(slowest single p50, CPU per "
+             f"request / {cores} cores) / slowest single p50: the best ratio any schedule could "
+             "reach on this machine.")
     section = "\n".join([DOC_BEGIN, "<!-- Generated by bench/bench_shotgun.py; everything "
                          "between these markers is rewritten on each run. -->", "", facts, "",
                          "```sh", command, "```", "", body, "", DOC_END])

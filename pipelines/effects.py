@@ -49,31 +49,39 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     if not band.any():
         return rgb
     eps = 1e-5
-    image = rgb.astype(np.float32) / 255.0
-    a = alpha.astype(np.float32) / 255.0
+    image = rgb.astype(np.float32) * np.float32(1 / 255)
+    a = alpha.astype(np.float32) * np.float32(1 / 255)
     a3 = a[:, :, None]
-    ab, ib = a[band][:, None], image[band]
+    opaque = alpha == 255
+    # Whole-frame arithmetic: soft masks (u2net's min-max normalised ones) put most pixels in
+    # the band, where gathering them with a boolean index costs more than computing every pixel.
 
-    # Pass 1: wide radius. Fully opaque pixels end up as the photo itself, transparent ones
-    # as the blurred background, so only the band needs the correction formula.
+    # Pass 1: wide radius, on a downscaled copy.
     large = max(3, min(90, max(rgb.shape[:2]) // 8))
     factor = max(1, large // 8)
-    blurred_a = _box_downscaled(a, large, factor)[:, :, None]
-    f_blur = _box_downscaled(image * a3, large, factor) / (blurred_a + eps)
-    b_blur = _box_downscaled(image * (1.0 - a3), large, factor) / ((1.0 - blurred_a) + eps)
-    fb, bb = f_blur[band], b_blur[band]
-    f1_band = np.clip(fb + ab * (ib - ab * fb - (1.0 - ab) * bb), 0.0, 1.0)
-
-    # Pass 2: radius 6, fed with pass 1's foreground (equal to the photo where opaque).
     weighted_f = image * a3
-    weighted_f[band] = f1_band * ab
-    blurred_a = _box(a, 6)[band][:, None]
-    f_blur2 = _box(weighted_f, 6)[band] / (blurred_a + eps)
-    b_blur2 = _box(b_blur * (1.0 - a3), 6)[band] / ((1.0 - blurred_a) + eps)
-    f2_band = np.clip(f_blur2 + ab * (ib - ab * f_blur2 - (1.0 - ab) * b_blur2), 0.0, 1.0)
+    blurred_a = _box_downscaled(a, large, factor)[:, :, None]
+    f_blur = _box_downscaled(weighted_f, large, factor)
+    f_blur /= blurred_a + eps
+    b_blur = _box_downscaled(image - weighted_f, large, factor)
+    b_blur /= (1.0 + eps) - blurred_a
+    f1 = a3 * (image - a3 * f_blur - (1.0 - a3) * b_blur)
+    f1 += f_blur
+    np.clip(f1, 0.0, 1.0, out=f1)
+    f1[opaque] = image[opaque]  # opaque pixels are the photo itself
 
-    out = rgb.copy()
-    out[band] = np.clip(f2_band * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    # Pass 2: radius 6, fed with pass 1's foreground.
+    f1 *= a3
+    blurred_a = _box(a, 6)[:, :, None]
+    f_blur2 = _box(f1, 6)
+    f_blur2 /= blurred_a + eps
+    b_blur2 = _box(b_blur * (1.0 - a3), 6)
+    b_blur2 /= (1.0 + eps) - blurred_a
+    f2 = a3 * (image - a3 * f_blur2 - (1.0 - a3) * b_blur2)
+    f2 += f_blur2
+
+    out = rgb.copy()  # only partially transparent pixels change
+    out[band] = np.clip(f2[band] * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return out
 
 

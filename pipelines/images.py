@@ -12,6 +12,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -95,14 +96,20 @@ def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS) -> De
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """Encode an H x W x 3 (RGB) or H x W x 4 (RGBA) uint8 array as PNG.
+    """Encode an H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (grey) uint8 array as PNG.
 
-    Level 1 is ~5x faster than PIL's default 6 for ~10-20% larger files; results are
-    transient downloads, so speed wins.
+    Results are transient downloads, so speed wins: OpenCV's libpng at level 1 with zlib's RLE
+    strategy is ~35% faster than Pillow at level 1 and ~8% smaller on photos (measured here on
+    the shared photos; Pillow's default level 6 is ~5x slower still).
     """
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    if pixels.ndim == 3:
+        code = cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR
+        pixels = cv2.cvtColor(pixels, code)
+    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compress_level,
+                                            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
 
 
 # Shotgun API (spec 003): accepted input formats and their MIME types.

@@ -279,7 +279,10 @@ class ShotgunApi:
 
     def _select_models(self, requested: list[str], field: str) -> list[str]:
         if requested == ["all"]:
-            chosen = list(self.setup.shotgun.models or self.handles)
+            # configured models that are served or missing (an error row); optional models
+            # whose files are absent are left out quietly
+            chosen = [m for m in self.setup.shotgun.models or self.handles
+                      if m in self.handles or m in self.missing]
             if not chosen:
                 raise ModelUnavailable("No models are being served.", {"missing": self.missing})
             return chosen

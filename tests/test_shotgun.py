@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import disk_image, png_bytes, tiny_catalog
+from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes, tiny_catalog
 from serve_harness import APP, SHOTGUN_LIMIT
 
 ray = pytest.importorskip("ray")
@@ -79,6 +79,29 @@ def test_shotgun_runs_every_model_and_returns_every_result(client):
 
 def tiny_catalog_path():
     return get_settings().catalog_path  # the harness points it at the tiny test catalog
+
+
+@needs_shared
+def test_shotgun_on_a_real_photo_matches_the_reference_mask(client):
+    photo = (SHARED_MEDIA / "astronaut.png").read_bytes()
+    resp = shotgun(client, image=b64(photo), include_models=["mediapipe-selfie", "tiny"])
+    assert resp.status_code == 200, resp.text
+    rows = {r["model_id"]: r for r in resp.json()["results"]}
+    out = decode(rows["mediapipe-selfie"]["image_base64"])
+    ref = np.asarray(Image.open(SHARED_MODELS / "reference_outputs" /
+                                "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"))
+    a, b = out[..., 3] > 127, ref > 127
+    assert (a & b).sum() / (a | b).sum() >= 0.95
+    assert rows["tiny"]["status"] == "success"
+
+
+def test_openapi_documents_the_shotgun_api(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/remove-background", "/upscale", "/process", "/log-selection"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert "image" in body["properties"] or "job_id" in body["properties"]
+    assert "include_models" in paths["/remove-background"]["post"]["requestBody"][
+        "content"]["application/json"]["schema"]["properties"]
 
 
 def test_pro_model_costs_more_per_second_than_light(client):
