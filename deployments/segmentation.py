@@ -38,6 +38,12 @@ class SegmentationModel:
             intra_op_threads=intra_op_threads,
             solo_threads=solo_intra_op_threads,
         )
+        # A session's first runs allocate its memory arena (u2netp: 463 vs 306 ms for the first
+        # and second call here): pay that at start-up, not on a user's first request.
+        blank = np.zeros((32, 32, 3), np.uint8)
+        self.segmenter.predict_batch([blank])
+        if solo_intra_op_threads:
+            self.segmenter.predict_batch([blank], solo=True)
         # onnxruntime sessions are thread-safe: on CPU, N single-threaded runs side by side use
         # N cores with one copy of the weights and no thread synchronisation per layer.
         self._slots = asyncio.Semaphore(concurrent_inferences)
