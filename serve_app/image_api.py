@@ -79,8 +79,7 @@ class ImageApiV1:
         t_decoded = time.perf_counter()
         mask = await handle.predict.remote(image.rgb)
         t_masked = time.perf_counter()
-        pixels = await asyncio.to_thread(render, job.effect, image, mask, job.options)
-        png = await asyncio.to_thread(encode_png, pixels)
+        png = await self.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
         done = time.perf_counter()
         return ImageResult(
             png=png, width=image.size[0], height=image.size[1], model=model_id, effect=job.effect,

@@ -9,7 +9,9 @@ typed method twin for Python callers of `serve.get_app_handle(...)`.
 
 import asyncio
 import logging
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi.responses import FileResponse
 from ray import serve
@@ -28,6 +30,7 @@ from serve_app.shotgun import ShotgunApi
 from serve_app.store import Store
 
 log = logging.getLogger("bgremove")
+T = TypeVar("T")
 
 
 def _replica_counts() -> dict[str, tuple[int, str]]:
@@ -41,6 +44,17 @@ def _replica_counts() -> dict[str, tuple[int, str]]:
         name: (d.replica_states.get("RUNNING", 0), str(getattr(d.status, "value", d.status)))
         for name, d in status.deployments.items()
     }
+
+
+class CpuSlots:
+    """Heavy pixel work in worker threads, at most `n` jobs at once (bounds CPU and memory)."""
+
+    def __init__(self, n: int) -> None:
+        self._slots = asyncio.Semaphore(n)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            return await asyncio.to_thread(fn, *args)
 
 
 @serve.ingress(app)
@@ -62,6 +76,9 @@ class Ingress(ImageApiV1, ShotgunApi):
         self.store = Store.from_settings(self.settings)
         data_dir = self.settings.data_dir.expanduser().resolve()
         self.links = ResultLinks(data_dir / "results", self.settings.result_ttl_s)
+        # Compositing and encoding are CPU- and memory-heavy (peak ~90 bytes per pixel: 2.2 GB
+        # for a 25 MP cut-out); at most this many run at once, whatever the request load.
+        self.cpu = CpuSlots(self.settings.composite_concurrency or os.cpu_count() or 1)
 
     def _handle(self, model_id: str) -> DeploymentHandle:
         if model_id in self.handles:

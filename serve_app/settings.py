@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(32 * 1024 * 1024, gt=0)
     regular_max_pixels: int = Field(2048 * 2048, gt=0)
     log_level: str = "INFO"
+    # Compositing/encoding jobs one ingress replica runs at once (0: one per CPU core). Bounds
+    # its CPU and memory under load: each can peak at ~90 bytes per pixel.
+    composite_concurrency: int = Field(0, ge=0)
 
     # Embedded defaults for one machine: SQLite and result files under `data_dir`. On a cluster,
     # point `database_url` at PostgreSQL (postgresql+psycopg://...) and `data_dir` at shared storage.

@@ -153,7 +153,7 @@ class ShotgunApi:
             out = upscale(pixels, factor)
             return encode_image(out, req.output_format), out.shape
 
-        data, shape = await asyncio.to_thread(work)
+        data, shape = await self.cpu.run(work)
         width, height = image.size
         return UpscaleResponse(
             job_id=str(uuid.uuid4()), scale_factor=factor, alpha_preserved=keep_alpha,
@@ -264,7 +264,7 @@ class ShotgunApi:
                 async with asyncio.timeout(timeout):
                     mask, outcome.compute_s = await handle.segment.remote(ref)
                 outcome.stage = "finish"
-                outcome.value = await asyncio.to_thread(finish, model_id, mask)
+                outcome.value = await self.cpu.run(finish, model_id, mask)
             except TimeoutError:
                 outcome.error = f"Model timed out after {timeout:g}s"
             except ServiceError as exc:

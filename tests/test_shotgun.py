@@ -22,7 +22,7 @@ from ray import serve  # noqa: E402
 
 from pipelines.catalog import load_catalog  # noqa: E402
 from pipelines.errors import InvalidRequest  # noqa: E402
-from serve_app.ingress import Ingress  # noqa: E402
+from serve_app.ingress import CpuSlots, Ingress  # noqa: E402
 from serve_app.schemas import RemoveBackgroundRequest, RemoveBackgroundResponse  # noqa: E402
 from serve_app.settings import get_settings  # noqa: E402
 
@@ -422,3 +422,25 @@ def test_failing_and_hung_models_do_not_sink_the_others(client, timing_url):
     resp = client.post(f"{timing_url}/remove-background",
                        json={"image": image, "include_models": ["sleep-broken"]})
     assert_error(resp, 422, "processing_error")
+
+
+def test_compositing_runs_at_most_n_jobs_at_once():
+    slots = CpuSlots(2)
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def job(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return i
+
+    async def main():
+        return await asyncio.gather(*(slots.run(job, i) for i in range(8)))
+
+    assert asyncio.run(main()) == list(range(8))
+    assert peak == 2
