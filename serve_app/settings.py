@@ -48,8 +48,23 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     url_fetch_timeout_s: float = Field(10.0, gt=0)
     url_fetch_max_redirects: int = Field(3, ge=0, le=10)
+    # Async jobs (HD images, /v1/jobs): per worker replica at most `job_concurrency` at once;
+    # a worker renews its lease every lease/3 s; a job whose worker vanished is resumed up to
+    # `job_max_attempts` times, then failed with the reason.
+    job_concurrency: int = Field(2, ge=1, le=64)
+    job_lease_s: float = Field(30.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1, le=20)
+    job_poll_s: float = Field(1.0, gt=0)
+    job_output_ttl_s: int = Field(24 * 3600, gt=0)  # outputs are deleted after download or this
+    hd_max_pixels: int = Field(100_000_000, gt=0)
+    hd_max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
     url_allowed_networks: list[str] = Field(default_factory=list)
+    # Where job inputs/outputs live (serve_app.artifacts): unset -> <data_dir>/artifacts;
+    # file:///abs/path -> that folder (shared storage when several nodes serve).
+    artifacts_url: str | None = None
+    # Streamed video/image uploads (POST /api/upload, spec 002: 400 "File too large" above).
+    upload_max_bytes: int = Field(500 * 1024 * 1024, gt=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,45 +1,32 @@
-"""Durable store: shotgun jobs, each model's outcome in them, and the result users selected.
+"""Shotgun jobs, each model's outcome in them, and the result users selected.
 
-From these rows we read per-model win rates by image category (preference tracking). SQLAlchemy
-Core (tables and SQL expressions, no ORM) gives one code path for both backends: SQLite by default
-(one WAL-mode file under `data_dir`, shared by every Ray process on the machine) and PostgreSQL on
-a cluster (`postgresql+psycopg://...`). Every table hangs off the one `metadata`, so later
-features add their tables here and `Store()` creates whichever are missing.
+From these rows we read per-model win rates by image category (preference tracking). Tables
+live on the shared `serve_app.db.metadata` (SQLite by default, PostgreSQL when configured).
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import (
-    Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, case,
-    create_engine, event, func, literal_column, select,
+    Column, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text, case, func,
+    literal_column, select,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
 
 from pipelines.errors import InvalidRequest, UnknownJob
+from serve_app.db import connect, metadata, now
 
 UNCATEGORIZED = "uncategorized"
 ALL = "all"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-metadata = MetaData()
 
 shotgun_jobs = Table(
     "shotgun_jobs", metadata,
     Column("job_id", String(36), primary_key=True),
     Column("kind", String(32), nullable=False),  # "remove-background" | "process"
-    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=now),
 )
 
 shotgun_runs = Table(
@@ -58,7 +45,7 @@ selections = Table(
     Column("selected_model_id", String(128), nullable=False),
     Column("image_category", String(128), nullable=True),
     Column("notes", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=now),
     Index("ix_selections_job_id", "job_id"),
 )
 
@@ -82,34 +69,11 @@ class WinRate:
     win_rate: float  # wins / offered (0.0 when offered == 0)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout = 5000")  # wait for other processes' writes, don't fail
-    cur.execute("PRAGMA foreign_keys = ON")
-    cur.execute("PRAGMA journal_mode = WAL")  # readers never block the one writer
-    cur.close()
-
-
 class Store:
     """Synchronous and thread-safe: each call runs in its own transaction on a pooled connection."""
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        # In-memory SQLite is one connection shared by every thread; calls take turns on it.
-        self._serial = nullcontext()
-        if parsed.get_backend_name() == "sqlite":
-            db = parsed.database
-            if db and db != ":memory:" and not db.startswith("file:"):
-                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                self.engine = create_engine(parsed, connect_args={"timeout": 5.0})
-            else:
-                self.engine = create_engine(
-                    parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
-                self._serial = threading.Lock()
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_engine(parsed, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        self.engine, self._serial = connect(url)
 
     @classmethod
     def from_settings(cls, settings) -> Store:
@@ -118,7 +82,7 @@ class Store:
     def record_job(self, job_id: str, kind: str, runs: list[ModelRun]) -> None:
         """Write the job and all its runs in one transaction."""
         with self._serial, self.engine.begin() as conn:
-            conn.execute(shotgun_jobs.insert().values(job_id=job_id, kind=kind, created_at=_now()))
+            conn.execute(shotgun_jobs.insert().values(job_id=job_id, kind=kind, created_at=now()))
             if runs:
                 conn.execute(shotgun_runs.insert(), [
                     {"job_id": job_id, "model_id": r.model_id, "status": r.status,
@@ -156,7 +120,7 @@ class Store:
             selection_id = str(uuid.uuid4())
             conn.execute(selections.insert().values(
                 selection_id=selection_id, job_id=job_id, selected_model_id=selected_model_id,
-                image_category=image_category, notes=notes, created_at=_now()))
+                image_category=image_category, notes=notes, created_at=now()))
         return selection_id
 
     def win_rates(self, category: str | None = None) -> list[WinRate]:

@@ -1,0 +1,60 @@
+"""The database: one SQLAlchemy `MetaData` for every table, and engines for SQLite or PostgreSQL.
+
+SQLAlchemy Core (tables and SQL expressions, no ORM) gives one code path for both backends:
+SQLite by default (one WAL-mode file under `data_dir`, shared by every Ray process on the
+machine) and PostgreSQL on a cluster (`postgresql+psycopg://...`). Modules declare their tables
+on `metadata`; `connect()` creates whichever are missing.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+metadata = MetaData()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes for what was stored as UTC; PostgreSQL aware ones."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 5000")  # wait for other processes' writes, don't fail
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA journal_mode = WAL")  # readers never block the one writer
+    cur.close()
+
+
+def connect(url: str) -> tuple[Engine, AbstractContextManager]:
+    """An engine for `url` with every declared table created, and the lock calls must hold
+    (a real lock only for in-memory SQLite, whose one connection is shared by all threads)."""
+    parsed = make_url(url)
+    serial: AbstractContextManager = nullcontext()
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:" and not db.startswith("file:"):
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed, connect_args={"timeout": 5.0})
+        else:
+            engine = create_engine(
+                parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
+            serial = threading.Lock()
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine, serial

@@ -1,0 +1,373 @@
+"""Durable async jobs: the state machine, its audit trail, worker leases and webhook bookkeeping.
+
+States (spec 001): `created` -> `processing` -> `completed` | `failed`, and `created` ->
+`failed`. A started job is `processing` from the moment it is queued; a worker *claims* it by
+taking a lease (`lease_owner`, `lease_expires_at`) and renews the lease while it works. A worker
+that dies stops renewing: once the lease has expired another worker (or the same app after a
+restart) claims the job again and runs it from the start, up to `max_attempts`; after that the
+job fails with the reason. So no job stays `processing` forever. Every transition is a row in
+`job_events` (from, to, reason, time).
+
+Claims are optimistic (`UPDATE ... WHERE job_id = ? AND <still claimable>`, then check the row
+count), which is safe on SQLite and PostgreSQL alike. All methods are synchronous and
+thread-safe; the async callers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON, Boolean, Column, DateTime, ForeignKey, Integer, String, Table, Text, and_, or_, select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from serve_app.db import as_utc, connect, metadata, now
+
+CREATED, PROCESSING, COMPLETED, FAILED = "created", "processing", "completed", "failed"
+TERMINAL = (COMPLETED, FAILED)
+
+jobs = Table(
+    "jobs", metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("api", String(8), nullable=False),  # "hd" (spec 000) | "v1" (spec 001)
+    Column("kind", String(8), nullable=False),  # "image" | "video"
+    Column("state", String(16), nullable=False, index=True),
+    Column("params", JSON, nullable=False),  # model, output_format, background, composition...
+    Column("input_key", String(256)),  # artifact key of the input, or
+    Column("input_url", Text),  # a URL the worker fetches
+    Column("output_key", String(256)),
+    Column("output_media_type", String(64)),
+    Column("error", Text),
+    Column("idempotency_key", String(200), unique=True),
+    Column("webhook_url", Text),
+    Column("webhook_secret", Text),
+    Column("webhook_state", String(16)),  # None | "pending" | "delivered" | "failed"
+    Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("webhook_next_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("output_expires_at", DateTime(timezone=True)),
+)
+
+job_events = Table(
+    "job_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
+    Column("delivery_id", String(36), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("duration_ms", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+uploads = Table(
+    "uploads", metadata,
+    Column("upload_id", String(36), primary_key=True),
+    Column("key", String(256), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class TransitionError(Exception):
+    """The job is not in a state that allows the requested change."""
+
+    def __init__(self, job_id: str, state: str, wanted: str) -> None:
+        super().__init__(f"job {job_id} is {state}, cannot go to {wanted}")
+        self.job_id, self.state, self.wanted = job_id, state, wanted
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    api: str
+    kind: str
+    state: str
+    params: dict[str, Any]
+    input_key: str | None
+    input_url: str | None
+    output_key: str | None
+    output_media_type: str | None
+    error: str | None
+    idempotency_key: str | None
+    webhook_url: str | None
+    webhook_secret: str | None
+    webhook_state: str | None
+    webhook_attempts: int
+    attempts: int
+    lease_owner: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    output_expires_at: datetime | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row) -> Job:
+        m = row._mapping
+        names = [f for f in cls.__dataclass_fields__ if f != "extra"]
+        values = {n: m[n] for n in names}
+        for n in ("created_at", "updated_at", "started_at", "completed_at", "output_expires_at"):
+            values[n] = as_utc(values[n])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Event:
+    from_state: str | None
+    to_state: str
+    reason: str
+    at: datetime
+
+
+class JobStore:
+    def __init__(self, url: str, max_attempts: int = 3) -> None:
+        self.engine, self._serial = connect(url)
+        self.max_attempts = max_attempts
+
+    @classmethod
+    def from_settings(cls, settings) -> JobStore:
+        return cls(settings.resolved_database_url(), settings.job_max_attempts)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- creating and reading ---------------------------------------------------------------
+    def create(self, *, api: str, kind: str, params: dict[str, Any], input_key: str | None = None,
+               input_url: str | None = None, start: bool = False,
+               idempotency_key: str | None = None, webhook_url: str | None = None,
+               webhook_secret: str | None = None, job_id: str | None = None) -> tuple[Job, bool]:
+        """A new job (`created`, or `processing` = queued when `start`); with an idempotency key
+        already used, the existing job and False instead."""
+        if idempotency_key is not None:
+            existing = self._by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return existing, False
+        job_id = job_id or str(uuid.uuid4())
+        t = now()
+        try:
+            with self._serial, self.engine.begin() as conn:
+                conn.execute(jobs.insert().values(
+                    job_id=job_id, api=api, kind=kind, state=CREATED, params=params,
+                    input_key=input_key, input_url=input_url, idempotency_key=idempotency_key,
+                    webhook_url=webhook_url, webhook_secret=webhook_secret, webhook_attempts=0,
+                    attempts=0, created_at=t, updated_at=t))
+                self._event(conn, job_id, None, CREATED, "job created", t)
+                if start:
+                    self._start(conn, job_id, params, t)
+        except IntegrityError:
+            # A concurrent request with the same idempotency key won the race.
+            if idempotency_key is not None:
+                existing = self._by_idempotency_key(idempotency_key)
+                if existing is not None:
+                    return existing, False
+            raise
+        job = self.get(job_id)
+        assert job is not None
+        return job, True
+
+    def get(self, job_id: str) -> Job | None:
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).first()
+        return Job.from_row(row) if row else None
+
+    def events(self, job_id: str) -> list[Event]:
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(select(job_events).where(job_events.c.job_id == job_id)
+                                .order_by(job_events.c.id)).all()
+        return [Event(r.from_state, r.to_state, r.reason, as_utc(r.at)) for r in rows]
+
+    def _by_idempotency_key(self, key: str) -> Job | None:
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).first()
+        return Job.from_row(row) if row else None
+
+    # ---- transitions ------------------------------------------------------------------------
+    def start(self, job_id: str, params: dict[str, Any] | None = None) -> Job:
+        """`created` -> `processing` (queued for a worker), merging `params` into the job's."""
+        t = now()
+        with self._serial, self.engine.begin() as conn:
+            row = conn.execute(select(jobs.c.state, jobs.c.params)
+                               .where(jobs.c.job_id == job_id)).first()
+            if row is None:
+                raise KeyError(job_id)
+            if row.state != CREATED:
+                raise TransitionError(job_id, row.state, PROCESSING)
+            self._start(conn, job_id, {**row.params, **(params or {})}, t)
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def _start(self, conn, job_id: str, params: dict[str, Any], t: datetime) -> None:
+        done = conn.execute(update(jobs).where(and_(jobs.c.job_id == job_id,
+                                                    jobs.c.state == CREATED))
+                            .values(state=PROCESSING, params=params, started_at=t, updated_at=t))
+        if done.rowcount != 1:
+            raise TransitionError(job_id, "not created", PROCESSING)
+        self._event(conn, job_id, CREATED, PROCESSING, "started; queued for a worker", t)
+
+    def claim(self, worker_id: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job, or one whose worker's lease expired. A job that has used up
+        `max_attempts` is failed instead of claimed."""
+        t = now()
+        claimable = and_(jobs.c.state == PROCESSING,
+                         or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < t))
+        for _ in range(5):  # another worker may win the race for the same row; try the next
+            with self._serial, self.engine.begin() as conn:
+                row = conn.execute(select(jobs.c.job_id, jobs.c.attempts, jobs.c.lease_owner)
+                                   .where(claimable).order_by(jobs.c.started_at).limit(1)).first()
+                if row is None:
+                    return None
+                if row.attempts >= self.max_attempts:
+                    self._finish(conn, row.job_id, FAILED, t, error=(
+                        f"Processing was interrupted {row.attempts} times (worker lost); "
+                        "giving up."), expected_owner=row.lease_owner, check_lease=False)
+                    continue
+                done = conn.execute(update(jobs).where(and_(jobs.c.job_id == row.job_id, claimable))
+                                    .values(lease_owner=worker_id, attempts=row.attempts + 1,
+                                            lease_expires_at=t + timedelta(seconds=lease_s),
+                                            updated_at=t))
+                if done.rowcount != 1:
+                    continue
+                if row.attempts:
+                    self._event(conn, row.job_id, PROCESSING, PROCESSING,
+                                f"previous worker lost (lease expired); resumed by {worker_id}, "
+                                f"attempt {row.attempts + 1}", t)
+                else:
+                    self._event(conn, row.job_id, PROCESSING, PROCESSING,
+                                f"claimed by worker {worker_id}", t)
+            return self.get(row.job_id)
+        return None
+
+    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        """Renew the lease; False if this worker no longer holds it (the job was taken over)."""
+        t = now()
+        with self._serial, self.engine.begin() as conn:
+            done = conn.execute(update(jobs).where(and_(
+                jobs.c.job_id == job_id, jobs.c.state == PROCESSING,
+                jobs.c.lease_owner == worker_id)).values(
+                    lease_expires_at=t + timedelta(seconds=lease_s), updated_at=t))
+        return done.rowcount == 1
+
+    def complete(self, job_id: str, worker_id: str, output_key: str, media_type: str,
+                 output_ttl_s: float) -> bool:
+        t = now()
+        with self._serial, self.engine.begin() as conn:
+            return self._finish(conn, job_id, COMPLETED, t, expected_owner=worker_id,
+                                output_key=output_key, output_media_type=media_type,
+                                output_expires_at=t + timedelta(seconds=output_ttl_s))
+
+    def fail(self, job_id: str, reason: str, worker_id: str | None = None) -> bool:
+        """Fail a job: by its worker (`worker_id`), or, when not started yet, by anyone."""
+        t = now()
+        with self._serial, self.engine.begin() as conn:
+            return self._finish(conn, job_id, FAILED, t, error=reason, expected_owner=worker_id)
+
+    def _finish(self, conn, job_id: str, state: str, t: datetime, *, error: str | None = None,
+                expected_owner: str | None = None, check_lease: bool = True, **values) -> bool:
+        cond = [jobs.c.job_id == job_id, jobs.c.state.in_((CREATED, PROCESSING))]
+        if check_lease:
+            cond.append(jobs.c.lease_owner == expected_owner if expected_owner is not None
+                        else jobs.c.state == CREATED)
+        row = conn.execute(select(jobs.c.state, jobs.c.webhook_url)
+                           .where(jobs.c.job_id == job_id)).first()
+        done = conn.execute(update(jobs).where(and_(*cond)).values(
+            state=state, error=error, completed_at=t, updated_at=t, lease_owner=None,
+            lease_expires_at=None, webhook_state="pending" if row and row.webhook_url else None,
+            webhook_next_at=t if row and row.webhook_url else None, **values))
+        if done.rowcount != 1:
+            return False
+        self._event(conn, job_id, row.state, state, error or "output stored", t)
+        return True
+
+    @staticmethod
+    def _event(conn, job_id: str, from_state: str | None, to_state: str, reason: str,
+               t: datetime) -> None:
+        conn.execute(job_events.insert().values(job_id=job_id, from_state=from_state,
+                                                to_state=to_state, reason=reason[:2000], at=t))
+
+    # ---- outputs ----------------------------------------------------------------------------
+    def drop_output(self, job_id: str) -> str | None:
+        """Forget a job's output (downloaded or expired); returns the artifact key to delete."""
+        with self._serial, self.engine.begin() as conn:
+            key = conn.execute(select(jobs.c.output_key).where(jobs.c.job_id == job_id)).scalar()
+            if key is not None:
+                conn.execute(update(jobs).where(jobs.c.job_id == job_id)
+                             .values(output_key=None, updated_at=now()))
+        return key
+
+    def expired_outputs(self, limit: int = 100) -> list[str]:
+        with self._serial, self.engine.connect() as conn:
+            return list(conn.execute(select(jobs.c.job_id).where(and_(
+                jobs.c.output_key.is_not(None), jobs.c.output_expires_at < now()))
+                .limit(limit)).scalars())
+
+    # ---- webhooks ---------------------------------------------------------------------------
+    def due_webhooks(self, limit: int = 20) -> list[Job]:
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(select(jobs).where(and_(
+                jobs.c.webhook_state == "pending", jobs.c.webhook_next_at <= now()))
+                .order_by(jobs.c.webhook_next_at).limit(limit)).all()
+        return [Job.from_row(r) for r in rows]
+
+    def record_delivery(self, job_id: str, delivery_id: str, event: str, attempt: int, ok: bool,
+                        status_code: int | None, error: str | None, duration_ms: int,
+                        next_at: datetime | None) -> None:
+        """Store one delivery attempt; the job's webhook is `delivered`, `failed` (no next
+        attempt) or stays `pending` until `next_at`."""
+        t = now()
+        state = "delivered" if ok else ("pending" if next_at is not None else "failed")
+        with self._serial, self.engine.begin() as conn:
+            conn.execute(webhook_deliveries.insert().values(
+                job_id=job_id, delivery_id=delivery_id, event=event, attempt=attempt, ok=ok,
+                status_code=status_code, error=error, duration_ms=duration_ms, at=t))
+            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
+                webhook_state=state, webhook_attempts=attempt, webhook_next_at=next_at,
+                updated_at=t))
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(select(webhook_deliveries)
+                                .where(webhook_deliveries.c.job_id == job_id)
+                                .order_by(webhook_deliveries.c.id)).all()
+        return [dict(r._mapping) for r in rows]
+
+    # ---- uploads ----------------------------------------------------------------------------
+    def add_upload(self, upload_id: str, key: str, filename: str, media_type: str, kind: str,
+                   size: int) -> None:
+        with self._serial, self.engine.begin() as conn:
+            conn.execute(uploads.insert().values(
+                upload_id=upload_id, key=key, filename=filename, media_type=media_type,
+                kind=kind, size=size, created_at=now()))
+
+    def get_upload(self, upload_id: str) -> dict[str, Any] | None:
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(select(uploads).where(uploads.c.upload_id == upload_id)).first()
+        return dict(row._mapping) if row else None

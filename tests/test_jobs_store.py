@@ -1,0 +1,139 @@
+"""The durable job store against real SQLite and real PostgreSQL: state machine, audit trail,
+leases and takeover, idempotency, webhook bookkeeping."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from serve_app.db import now
+from serve_app.jobs import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
+
+
+@pytest.fixture
+def jobs(db_url):
+    s = JobStore(db_url, max_attempts=2)
+    yield s
+    s.close()
+
+
+def new(jobs, **kw):
+    job, created = jobs.create(api="v1", kind="image", params={"model": "light"}, **kw)
+    assert created
+    return job
+
+
+def test_lifecycle_and_audit_trail(jobs):
+    job = new(jobs, input_url="https://example.com/a.png")
+    assert job.state == CREATED and job.started_at is None and job.attempts == 0
+    started = jobs.start(job.job_id, {"output_format": "webp"})
+    assert started.state == PROCESSING and started.params == {"model": "light", "output_format": "webp"}
+    claimed = jobs.claim("w1", lease_s=30)
+    assert claimed.job_id == job.job_id and claimed.lease_owner == "w1" and claimed.attempts == 1
+    assert jobs.claim("w2", lease_s=30) is None  # leased: nobody else gets it
+    assert jobs.heartbeat(job.job_id, "w1", 30)
+    assert jobs.complete(job.job_id, "w1", "jobs/x/output.png", "image/png", output_ttl_s=60)
+    done = jobs.get(job.job_id)
+    assert done.state == COMPLETED and done.output_key == "jobs/x/output.png"
+    assert done.completed_at >= done.started_at >= done.created_at
+    assert done.output_expires_at > now()
+    trail = [(e.from_state, e.to_state) for e in jobs.events(job.job_id)]
+    assert trail == [(None, CREATED), (CREATED, PROCESSING), (PROCESSING, PROCESSING),
+                     (PROCESSING, COMPLETED)]
+    assert all(e.reason for e in jobs.events(job.job_id))
+
+
+def test_terminal_states_are_final(jobs):
+    job = new(jobs, start=True)
+    jobs.claim("w1", 30)
+    assert jobs.fail(job.job_id, "model exploded", worker_id="w1")
+    assert jobs.get(job.job_id).error == "model exploded"
+    assert not jobs.complete(job.job_id, "w1", "k", "image/png", 60)  # failed is terminal
+    with pytest.raises(TransitionError):
+        jobs.start(job.job_id)
+    with pytest.raises(KeyError):
+        jobs.start("no-such-job")
+
+
+def test_only_the_lease_holder_finishes_a_running_job(jobs):
+    job = new(jobs, start=True)
+    jobs.claim("w1", 30)
+    assert not jobs.complete(job.job_id, "intruder", "k", "image/png", 60)
+    assert not jobs.fail(job.job_id, "no")  # without a worker id only created jobs can fail
+    assert jobs.get(job.job_id).state == PROCESSING
+    created = new(jobs)
+    assert jobs.fail(created.job_id, "input could not be fetched")
+    assert jobs.get(created.job_id).state == FAILED
+
+
+def test_expired_lease_is_resumed_then_failed_after_max_attempts(jobs):
+    job = new(jobs, start=True)
+    assert jobs.claim("w1", lease_s=0.2).attempts == 1
+    time.sleep(0.3)  # w1 "crashed": no heartbeat
+    assert not jobs.heartbeat(job.job_id, "w2", 30)
+    again = jobs.claim("w2", lease_s=0.2)
+    assert again.job_id == job.job_id and again.attempts == 2 and again.lease_owner == "w2"
+    assert not jobs.heartbeat(job.job_id, "w1", 30)  # the old worker lost it
+    time.sleep(0.3)
+    assert jobs.claim("w3", lease_s=30) is None  # max_attempts=2 used up: failed, not claimed
+    failed = jobs.get(job.job_id)
+    assert failed.state == FAILED and "interrupted 2 times" in failed.error
+    reasons = [e.reason for e in jobs.events(job.job_id)]
+    assert any("lease expired" in r and "attempt 2" in r for r in reasons)
+
+
+def test_idempotency_key_returns_the_same_job(jobs):
+    first, created = jobs.create(api="v1", kind="image", params={}, idempotency_key="k-1")
+    again, created_again = jobs.create(api="v1", kind="image", params={"x": 1},
+                                       idempotency_key="k-1")
+    assert created and not created_again and again.job_id == first.job_id and again.params == {}
+
+    def make(_):
+        return jobs.create(api="v1", kind="image", params={}, idempotency_key="k-2")[0].job_id
+
+    with ThreadPoolExecutor(6) as pool:  # concurrent retries: still one job
+        assert len(set(pool.map(make, range(6)))) == 1
+
+
+def test_claims_are_exclusive_under_concurrency(jobs):
+    ids = {new(jobs, start=True).job_id for _ in range(6)}
+    with ThreadPoolExecutor(6) as pool:
+        claimed = [j.job_id for j in pool.map(lambda i: jobs.claim(f"w{i}", 30), range(8)) if j]
+    assert sorted(claimed) == sorted(ids)  # each job exactly once
+
+
+def test_webhook_bookkeeping(jobs):
+    job = new(jobs, start=True, webhook_url="https://hooks.example.com/x", webhook_secret="s")
+    jobs.claim("w1", 30)
+    jobs.complete(job.job_id, "w1", "k", "image/png", 60)
+    [due] = jobs.due_webhooks()
+    assert due.job_id == job.job_id and due.webhook_state == "pending"
+    jobs.record_delivery(job.job_id, "d1", "job_completed", 1, False, 500, "HTTP 500", 12,
+                         next_at=now() + timedelta(seconds=60))
+    assert jobs.due_webhooks() == []  # not before its next attempt
+    jobs.record_delivery(job.job_id, "d1", "job_completed", 2, True, 200, None, 8, next_at=None)
+    assert jobs.get(job.job_id).webhook_state == "delivered"
+    assert [(d["attempt"], d["ok"], d["status_code"]) for d in jobs.deliveries(job.job_id)] == [
+        (1, False, 500), (2, True, 200)]
+
+
+def test_outputs_are_dropped_once(jobs):
+    job = new(jobs, start=True)
+    jobs.claim("w1", 30)
+    jobs.complete(job.job_id, "w1", "jobs/a/output.png", "image/png", output_ttl_s=0.1)
+    time.sleep(0.2)
+    assert jobs.expired_outputs() == [job.job_id]
+    assert jobs.drop_output(job.job_id) == "jobs/a/output.png"
+    assert jobs.drop_output(job.job_id) is None and jobs.expired_outputs() == []
+
+
+def test_survives_reopening(db_url):
+    first = JobStore(db_url)
+    job = new(first, start=True)
+    first.close()
+    second = JobStore(db_url)
+    assert second.get(job.job_id).state == PROCESSING
+    second.close()
