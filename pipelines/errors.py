@@ -97,3 +97,27 @@ class DownloadError(ServiceError):
 
     status_code = 502
     code = "download_failed"
+
+
+class FileTooLarge(InvalidRequest):
+    """An upload over the size limit. Spec 002 answers 400 "File too large" (not 413) on
+    `/api/upload`; details carry `limit_bytes`."""
+
+
+class InvalidFileType(InvalidRequest):
+    """An upload whose content (sniffed from its first bytes, not the client's header) is not an
+    accepted type; details carry `received` and `allowed`."""
+
+
+class NotFound(ServiceError):
+    """A job, upload or output that does not exist (or no longer does)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class StateConflict(ServiceError):
+    """An operation the job's current state does not allow (e.g. starting a started job)."""
+
+    status_code = 409
+    code = "conflict"

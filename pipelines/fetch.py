@@ -5,6 +5,8 @@ schemes, credentials in URLs, and hosts that resolve to any non-public address (
 link-local / cloud metadata, multicast, reserved; IPv4-mapped and 6to4 IPv6 unwrapped) unless an
 operator allows that network. We connect to the IP we validated, so DNS rebinding cannot swap it
 afterwards, and bound the fetch in bytes and wall time so a slow or huge response cannot tie it up.
+`post_json` applies the same URL and address rules to outgoing webhook POSTs (`webhook_url`),
+which never follow redirects.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_URL_LENGTH = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Not public although Python 3.11's `is_global` says so: deprecated site-local IPv6 and the
+# IPv6 documentation prefix.
+_ALSO_BLOCKED = (ipaddress.ip_network("fec0::/10"), ipaddress.ip_network("3fff::/20"))
 HEADERS = {"User-Agent": "bgremove-fetch/1", "Accept-Encoding": "identity"}
 
 
@@ -44,29 +49,30 @@ class FetchPolicy:
         return cls(max_bytes, timeout_s, max_redirects, nets)
 
 
-def _error(message: str, reason: str, **extra: object) -> FetchError:
-    return FetchError(message, {"field": "image_url", "reason": reason, **extra})
+def _error(message: str, reason: str, *, field: str = "image_url", **extra: object) -> FetchError:
+    return FetchError(message, {"field": field, "reason": reason, **extra})
 
 
-def _parse(raw: str, base: httpx.URL | None = None) -> httpx.URL:
-    """Rule 1: absolute http(s), a host, no userinfo, <= MAX_URL_LENGTH; `base`: for a Location."""
-    too_long = _error(f"image_url is longer than {MAX_URL_LENGTH} characters.", "invalid_url",
-                      limit=MAX_URL_LENGTH)
+def _parse(raw: str, base: httpx.URL | None = None, field: str = "image_url") -> httpx.URL:
+    """Rule 1: absolute http(s), a host, no userinfo, <= MAX_URL_LENGTH; `base`: for a Location.
+    `field` names the request field in messages and details (image_url, webhook_url)."""
+    too_long = _error(f"{field} is longer than {MAX_URL_LENGTH} characters.", "invalid_url",
+                      field=field, limit=MAX_URL_LENGTH)
     if len(raw) > MAX_URL_LENGTH:
         raise too_long
     try:
         url = base.join(raw) if base is not None else httpx.URL(raw)
     except (httpx.InvalidURL, ValueError, TypeError):
-        raise _error("image_url is not a valid URL.", "invalid_url") from None
+        raise _error(f"{field} is not a valid URL.", "invalid_url", field=field) from None
     if len(str(url)) > MAX_URL_LENGTH:
         raise too_long
     if url.scheme not in DEFAULT_PORTS:
-        raise _error(f"image_url must use http or https, not {url.scheme or 'no scheme'!r}.",
-                     "scheme", scheme=url.scheme)
+        raise _error(f"{field} must use http or https, not {url.scheme or 'no scheme'!r}.",
+                     "scheme", field=field, scheme=url.scheme)
     if not url.raw_host:
-        raise _error("image_url has no host.", "invalid_url")
+        raise _error(f"{field} has no host.", "invalid_url", field=field)
     if url.userinfo:
-        raise _error("image_url may not contain a user name or password.", "userinfo")
+        raise _error(f"{field} may not contain a user name or password.", "userinfo", field=field)
     return url
 
 
@@ -81,7 +87,7 @@ def _is_allowed(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
     if any(checked[0] in net or ip in net for net in networks):
         return True
     return all(a.is_global and not (a.is_multicast or a.is_reserved or a.is_unspecified)
-               for a in checked)
+               and not any(a in net for net in _ALSO_BLOCKED) for a in checked)
 
 
 async def _resolve(host: str, port: int) -> list[IPAddress]:
@@ -91,7 +97,8 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
-async def _pin(url: httpx.URL, policy: FetchPolicy) -> tuple[httpx.URL, dict, dict]:
+async def _pin(url: httpx.URL, policy: FetchPolicy,
+               field: str = "image_url") -> tuple[httpx.URL, dict, dict]:
     """Rules 2-3: validate every address `url` resolves to; return the URL rewritten to the first
     one, with the headers/extensions that keep Host, SNI and certificate checks on the real name."""
     host = url.raw_host.decode("ascii")  # IDNA-encoded; IPv6 literals come without brackets
@@ -101,12 +108,13 @@ async def _pin(url: httpx.URL, policy: FetchPolicy) -> tuple[httpx.URL, dict, di
     except (OSError, UnicodeError, ValueError):
         addresses = []
     if not addresses:
-        raise _error(f"image_url host {url.host!r} could not be resolved.", "unresolvable",
-                     host=url.host)
+        raise _error(f"{field} host {url.host!r} could not be resolved.", "unresolvable",
+                     field=field, host=url.host)
     for ip in addresses:
         if not _is_allowed(ip, policy.allowed_networks):
-            raise _error(f"image_url resolves to a non-public address ({ip}), which this service "
-                         "may not fetch.", "blocked_address", host=url.host, address=str(ip))
+            raise _error(f"{field} resolves to a non-public address ({ip}), which this service "
+                         "may not fetch.", "blocked_address", field=field, host=url.host,
+                         address=str(ip))
     host_header = f"[{host}]" if ":" in host else host
     if url.port is not None and url.port != DEFAULT_PORTS[url.scheme]:
         host_header += f":{url.port}"
@@ -189,3 +197,60 @@ async def fetch_url(url: str, policy: FetchPolicy, *,
     except httpx.TransportError as exc:  # connect refused/reset, TLS failure, protocol error
         raise _error("image_url could not be fetched: the connection to its server failed.",
                      "unreachable", error=type(exc).__name__) from None
+
+
+MAX_POST_RESPONSE_BYTES = 64 * 1024
+POST_HEADERS = {**HEADERS, "Content-Type": "application/json"}
+
+
+async def _post(url: httpx.URL, body: bytes, headers: dict, policy: FetchPolicy,
+                transport: httpx.AsyncBaseTransport | None, field: str,
+                max_response_bytes: int) -> tuple[int, bytes]:
+    target, pinned, extensions = await _pin(url, policy, field)
+    sent = httpx.Headers(POST_HEADERS)
+    for name, value in headers.items():  # case-insensitive override of the defaults
+        sent[name] = value
+    sent["Host"] = pinned["Host"]  # last: a caller cannot aim the request at another name
+    client = httpx.AsyncClient(transport=transport, trust_env=False, verify=_tls_context(),
+                               follow_redirects=False, timeout=policy.timeout_s)
+    try:
+        async with client.stream("POST", target, content=body, headers=sent,
+                                 extensions=extensions) as response:
+            kept = bytearray()
+            # Raw bytes: nothing is decompressed, and we stop reading past the cap (the
+            # connection is then closed rather than drained).
+            async for chunk in response.aiter_raw():
+                kept += chunk
+                if len(kept) >= max_response_bytes:
+                    break
+            return response.status_code, bytes(kept[:max_response_bytes])
+    finally:
+        if transport is None:
+            await client.aclose()
+
+
+async def post_json(url: str, body: bytes, headers: dict, policy: FetchPolicy, *,
+                    transport: httpx.AsyncBaseTransport | None = None,
+                    field: str = "webhook_url",
+                    max_response_bytes: int = MAX_POST_RESPONSE_BYTES) -> tuple[int, bytes]:
+    """POST `body` (JSON) to `url` under the fetch rules; (status, first <= 64 KiB of the body).
+
+    The URL must pass the same checks as `fetch_url` (http/https, no credentials, every resolved
+    address public or operator-allowed) and the connection is pinned to the validated IP with the
+    real name in Host and SNI. Redirects are NOT followed: a 3xx comes back as its status. Any
+    status comes back as is; `policy.timeout_s` bounds resolution, connect, send and read
+    together. Raises FetchError (details["field"] == `field`) when the URL is refused (reasons
+    invalid_url, scheme, userinfo, blocked_address), cannot be resolved ("unresolvable"), the
+    server cannot be reached ("unreachable") or it runs out of time ("timeout").
+    `transport` is for tests and is not closed.
+    """
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            return await _post(_parse(url, field=field), body, headers, policy, transport, field,
+                               max_response_bytes)
+    except (TimeoutError, httpx.TimeoutException):
+        raise _error(f"{field} did not answer within {policy.timeout_s:g} s.", "timeout",
+                     field=field, limit=policy.timeout_s) from None
+    except httpx.TransportError as exc:  # connect refused/reset, TLS failure, protocol error
+        raise _error(f"{field} could not be reached: the connection to its server failed.",
+                     "unreachable", field=field, error=type(exc).__name__) from None

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.errors import ImageTooLarge, InvalidImage
+from pipelines.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
 # Regular endpoints accept at most 2048 x 2048 pixels (spec 000).
 REGULAR_MAX_PIXELS = 2048 * 2048
@@ -62,7 +62,11 @@ def _planes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im.convert("RGB")), None
 
 
-def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS,
+                 formats: dict[str, str] | None = None) -> DecodedImage:
+    """Decode an image file. `formats` (Pillow format -> MIME type) restricts what is accepted:
+    anything else is refused as `UnsupportedFormat` from its header, before any pixel is decoded
+    (and before a plugin such as EPS could call an external program)."""
     if not data:
         raise InvalidImage("Empty image file")
     try:
@@ -78,6 +82,11 @@ def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS) -> De
     except Exception as exc:  # PIL raises many types for malformed headers
         raise InvalidImage(f"Invalid image file: {exc}") from None
 
+    if formats is not None and im.format not in formats:
+        received = f"image/{(im.format or 'unknown').lower()}"
+        raise UnsupportedFormat(
+            f"Invalid image format. Supported: {', '.join(sorted(set(formats.values())))}",
+            {"field": "image", "received": received})
     width, height = im.size
     if width <= 0 or height <= 0:
         raise InvalidImage("Invalid image file: zero-sized image")
@@ -113,7 +122,9 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 # Shotgun API (spec 003): accepted input formats and their MIME types.
-SHOTGUN_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# (MPO is how Pillow names the JPEGs phone cameras write with a multi-picture marker.)
+SHOTGUN_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
+                         "WEBP": "image/webp"}
 
 
 def encode_image(pixels: np.ndarray, fmt: str = "png") -> bytes:

@@ -9,12 +9,14 @@ on `metadata`; `connect()` creates whichever are missing.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
 metadata = MetaData()
@@ -56,5 +58,20 @@ def connect(url: str) -> tuple[Engine, AbstractContextManager]:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(parsed, pool_pre_ping=True)
-    metadata.create_all(engine)
+    _create_tables(engine)
     return engine, serial
+
+
+def _create_tables(engine: Engine, tries: int = 5) -> None:
+    """Create missing tables; several processes starting together may race on the same table,
+    so 'already exists' from a concurrent creator means: look again."""
+    for attempt in range(tries):
+        try:
+            metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            if "already exists" not in str(exc).lower() and "duplicate" not in str(exc).lower():
+                raise
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))

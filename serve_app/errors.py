@@ -5,6 +5,9 @@ route family that was called:
 
 - Image API v1 (spec 000), paths under /image/ and /video/: `{"message": ...}` with the error's
   own status code.
+- HD image API (spec 000), paths under /image/hd/: `{"detail": ...}`.
+- Job workflow, uploads and downloads (specs 001/002), paths under /v1/ and /api/:
+  `{"error": {"code", "message", "request_id"}}` with the error's own status code.
 - Shotgun API (spec 003) and the service routes: `{"error": {"type", "message", "details"}}`,
   with the status code that spec gives each type (e.g. every bad parameter is a 400).
 """
@@ -12,6 +15,7 @@ route family that was called:
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,20 +52,52 @@ _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def _is_image_api_v1(request: Request) -> bool:
-    return request.url.path.startswith(("/image/", "/video/"))
+def _family(request: Request) -> str:
+    path = request.url.path
+    if path.startswith("/image/hd/"):
+        return "detail"
+    if path.startswith(("/image/", "/video/")):
+        return "message"
+    if path.startswith(("/v1/", "/api/")):
+        return "code"
+    return "type"
+
+
+def request_id(request: Request) -> str:
+    """The client's X-Request-ID if it sent a sane one, else a new id (kept on the request)."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        sent = request.headers.get("x-request-id", "")
+        rid = sent if 0 < len(sent) <= 128 and sent.isprintable() else f"req_{uuid.uuid4().hex}"
+        request.state.request_id = rid
+    return rid
 
 
 def render(request: Request, exc: ServiceError) -> JSONResponse:
-    if _is_image_api_v1(request):
+    family = _family(request)
+    if family == "message":
         return JSONResponse({"message": exc.message}, status_code=exc.status_code)
+    if family == "detail":
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    if family == "code":
+        body = {"error": {"code": exc.code, "message": exc.message,
+                          "request_id": request_id(request)}}
+        # spec 002 knows no 422: a bad field is a 400 invalid_request there
+        status = 400 if isinstance(exc, InvalidParameter) else exc.status_code
+        return JSONResponse(body, status_code=status)
     error_type, status = next((t, s) for cls, t, s in _SHOTGUN_TYPES if isinstance(exc, cls))
     body = {"error": {"type": error_type, "message": exc.message, "details": exc.details or {}}}
     return JSONResponse(body, status_code=status)
 
 
+_UNION_TAGS = {"str", "bytes", "int", "float", "bool", "list", "dict", "none"}
+
+
 def _field(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if p not in ("body", "query", "form"))
+    """Dotted field path without request sections or pydantic's union-branch tags."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "form")]
+    parts = [p for p in parts if p not in _UNION_TAGS and "[" not in p]
+    return ".".join(parts)
 
 
 def _describe_validation(errors: list[dict]) -> str:
@@ -106,8 +142,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if _is_image_api_v1(request):
-            return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
+        family = _family(request)
+        if family in ("message", "detail"):
+            return JSONResponse({family: str(exc.detail)}, status_code=exc.status_code)
+        if family == "code":
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                                     "invalid_request")
+            body = {"error": {"code": code, "message": str(exc.detail),
+                              "request_id": request_id(request)}}
+            return JSONResponse(body, status_code=exc.status_code)
         error_type = _HTTP_TYPES.get(exc.status_code, "validation_error")
         body = {"error": {"type": error_type, "message": str(exc.detail), "details": {}}}
         return JSONResponse(body, status_code=exc.status_code)

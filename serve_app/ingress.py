@@ -47,14 +47,24 @@ def _replica_counts() -> dict[str, tuple[int, str]]:
 
 
 class CpuSlots:
-    """Heavy pixel work in worker threads, at most `n` jobs at once (bounds CPU and memory)."""
+    """Heavy pixel work in worker threads, at most `n` jobs at once (bounds CPU and memory).
+
+    A slot is freed when the thread finishes, not when the awaiting request goes away: a
+    cancelled request's job keeps running (threads cannot be stopped) and keeps its slot.
+    """
 
     def __init__(self, n: int) -> None:
         self._slots = asyncio.Semaphore(n)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        async with self._slots:
-            return await asyncio.to_thread(fn, *args)
+        await self._slots.acquire()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.shield(future)
 
 
 @serve.ingress(app)

@@ -13,8 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*\.(png|webp)$")
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*\.(png|webp)")
+_MAX_NAME = 160
 _SWEEP_EVERY_S = 60.0
 
 
@@ -30,7 +31,7 @@ class ResultLinks:
 
     def save(self, job_id: str, name: str, data: bytes) -> str:
         """Store one result; returns its path below the links route (`<job_id>/<name>`)."""
-        if not (_JOB_ID.match(job_id) and _NAME.match(name)):
+        if not _valid(job_id, name):
             raise ValueError(f"bad result name {job_id}/{name}")
         folder = self.root / job_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -42,12 +43,12 @@ class ResultLinks:
 
     def find(self, job_id: str, name: str) -> tuple[Path, float] | None:
         """The file and its remaining lifetime in seconds, or None (unknown, expired, bad name)."""
-        if not (_JOB_ID.match(job_id) and _NAME.match(name)):
+        if not _valid(job_id, name):
             return None
         path = self.root / job_id / name
         try:
             age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
+        except OSError:
             return None
         remaining = self.ttl_s - age
         return (path, remaining) if remaining > 0 else None
@@ -72,3 +73,8 @@ class ResultLinks:
         if now - self._last_sweep >= _SWEEP_EVERY_S:
             self._last_sweep = now
             self.sweep()
+
+
+def _valid(job_id: str, name: str) -> bool:
+    return (len(name) <= _MAX_NAME and _JOB_ID.fullmatch(job_id) is not None
+            and _NAME.fullmatch(name) is not None)

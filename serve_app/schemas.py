@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -160,8 +160,14 @@ class _ImageSource(BaseModel):
     output_format: OutputFormat = Field("png", description="`png` (default) or `webp`.")
 
 
+ModelId = Annotated[str, Field(min_length=1, max_length=128)]
+# No NUL or other control characters (PostgreSQL text cannot hold NUL); newlines allowed in notes.
+SafeText = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
 class RemoveBackgroundRequest(_ImageSource):
-    include_models: list[str] = Field(
+    include_models: list[ModelId] = Field(
         default_factory=lambda: ["all"], min_length=1, max_length=64,
         description='`["all"]` (default) or model ids from GET /models.',
     )
@@ -173,7 +179,7 @@ class UpscaleRequest(_ImageSource):
 
 
 class ProcessRequest(_ImageSource):
-    bg_models: list[str] = Field(default_factory=lambda: ["all"], min_length=1, max_length=64)
+    bg_models: list[ModelId] = Field(default_factory=lambda: ["all"], min_length=1, max_length=64)
     upscale_factor: Literal[2, 4] = 4
 
 
@@ -243,10 +249,11 @@ class ProcessResponse(BaseModel):
 
 
 class SelectionRequest(BaseModel):
-    job_id: str = Field(max_length=64)
-    selected_model_id: str = Field(max_length=128)
-    image_category: str | None = Field(None, max_length=64)
-    notes: str | None = Field(None, max_length=2000)
+    job_id: str = Field(pattern=UUID_PATTERN, description="job_id of a /remove-background or "
+                        "/process response.")
+    selected_model_id: ModelId
+    image_category: str | None = Field(None, max_length=64, pattern=SafeText)
+    notes: str | None = Field(None, max_length=2000, pattern=SafeText)
 
 
 class SelectionResponse(BaseModel):
@@ -264,3 +271,4 @@ class WinRateRow(BaseModel):
 
 class SelectionStats(BaseModel):
     rows: list[WinRateRow]
+

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     shotgun_max_bytes: int = Field(50 * 1024 * 1024, gt=0)
     shotgun_max_pixels: int = Field(25_000_000, gt=0)  # decoded input, like remove.bg's 25 MP
     upscale_max_output_pixels: int = Field(8192 * 8192, gt=0)
+    process_max_output_pixels: int = Field(2 * 8192 * 8192, gt=0)  # all of one /process reply
     # How long result links (`image_url` in shotgun rows) stay downloadable; 0 disables links.
     result_ttl_s: int = Field(3600, ge=0)
     # Absolute base for result links (e.g. https://bg.example.com); default: the request's own.

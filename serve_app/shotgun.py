@@ -18,11 +18,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import ray
-from fastapi import Request
+from fastapi import Query, Request
 from pydantic import BaseModel, ValidationError
 
 from pipelines import effects
@@ -57,6 +57,7 @@ from serve_app.schemas import (
     ProcessResult,
     RemoveBackgroundRequest,
     RemoveBackgroundResponse,
+    SafeText,
     SelectionRequest,
     SelectionResponse,
     SelectionStats,
@@ -169,7 +170,7 @@ class ShotgunApi:
         model_ids = self._select_models(req.bg_models, "bg_models")
         image = await self._load_image(req)
         factor = req.upscale_factor
-        self._check_upscale(image, factor)
+        self._check_upscale(image, factor, len(model_ids))
         job_id = str(uuid.uuid4())
 
         def finish(model_id: str, mask: np.ndarray) -> tuple[str, tuple[int, ...]]:
@@ -245,7 +246,9 @@ class ShotgunApi:
 
     @app.get("/selections/stats", response_model=SelectionStats,
              summary="Win rates per model and image category (from /log-selection)")
-    async def http_selection_stats(self, category: str | None = None) -> SelectionStats:
+    async def http_selection_stats(
+        self, category: Annotated[str | None, Query(max_length=64, pattern=SafeText)] = None,
+    ) -> SelectionStats:
         return await self.selection_stats(category)
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -259,10 +262,13 @@ class ShotgunApi:
         async def one(model_id: str) -> _Outcome:
             started = time.perf_counter()
             outcome = _Outcome(model_id, 0.0)
+            response = None
             try:
                 handle = self._handle(model_id)
+                response = handle.segment.remote(ref)
                 async with asyncio.timeout(timeout):
-                    mask, outcome.compute_s = await handle.segment.remote(ref)
+                    mask, outcome.compute_s = await response
+                response = None
                 outcome.stage = "finish"
                 outcome.value = await self.cpu.run(finish, model_id, mask)
             except TimeoutError:
@@ -272,6 +278,9 @@ class ShotgunApi:
             except Exception:  # noqa: BLE001 - one model's failure is reported in its row
                 log.exception("shotgun: model %s failed (%s)", model_id, outcome.stage)
                 outcome.error = "Model failed with an internal error"
+            finally:
+                if response is not None:  # timed out or cancelled: stop the replica's work too
+                    response.cancel()
             outcome.elapsed_s = time.perf_counter() - started
             return outcome
 
@@ -283,7 +292,7 @@ class ShotgunApi:
             # whose files are absent are left out quietly
             chosen = [m for m in self.setup.shotgun.models or self.handles
                       if m in self.handles or m in self.missing]
-            if not chosen:
+            if not any(m in self.handles for m in chosen):
                 raise ModelUnavailable("No models are being served.", {"missing": self.missing})
             return chosen
         if "all" in requested:
@@ -312,7 +321,7 @@ class ShotgunApi:
             if len(body) > limit:
                 raise too_large
         try:
-            return model.model_validate_json(bytes(body))
+            return model.model_validate_json(body)
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise InvalidRequest("Request body is not valid JSON.", {"field": None}) from None
@@ -321,6 +330,10 @@ class ShotgunApi:
     async def _load_image(self, req: RemoveBackgroundRequest | UpscaleRequest | ProcessRequest
                           ) -> DecodedImage:
         max_bytes = self.settings.shotgun_max_bytes
+        if req.image == "" or req.image == b"":
+            req = req.model_copy(update={"image": None})
+        if req.image_url == "":
+            req = req.model_copy(update={"image_url": None})
         if req.image is not None and req.image_url is not None:
             raise InvalidRequest("Give either image or image_url, not both.",
                                  {"field": "image_url"})
@@ -337,14 +350,16 @@ class ShotgunApi:
             raise PayloadTooLarge(f"Image exceeds the {max_bytes // (1024 * 1024)} MB limit.",
                                   {"field": "image", "limit_bytes": max_bytes,
                                    "received_bytes": len(data)})
-        return await asyncio.to_thread(_decode_supported, data, self.settings.shotgun_max_pixels)
+        return await self.cpu.run(_decode_supported, data, self.settings.shotgun_max_pixels)
 
     def _fetch_policy(self) -> FetchPolicy:
         s = self.settings
         return FetchPolicy.from_strings(s.shotgun_max_bytes, s.url_fetch_timeout_s,
                                         s.url_fetch_max_redirects, s.url_allowed_networks)
 
-    def _check_upscale(self, image: DecodedImage, factor: int) -> None:
+    def _check_upscale(self, image: DecodedImage, factor: int, results: int = 1) -> None:
+        """Each output within `upscale_max_output_pixels`; all of a /process request's outputs
+        (held together for the response) within `process_max_output_pixels`."""
         width, height = image.size
         pixels, limit = width * height * factor * factor, self.settings.upscale_max_output_pixels
         if pixels > limit:
@@ -352,6 +367,13 @@ class ShotgunApi:
                 f"Upscaling {width}x{height} by {factor} gives {pixels:,} pixels; "
                 f"the limit is {limit:,}.",
                 {"field": "image", "output_pixels": pixels, "limit_pixels": limit},
+            )
+        total, budget = pixels * results, self.settings.process_max_output_pixels
+        if results > 1 and total > budget:
+            raise PayloadTooLarge(
+                f"{results} results of {pixels:,} pixels each exceed the {budget:,}-pixel budget "
+                "of one request; select fewer models or a smaller factor.",
+                {"field": "bg_models", "output_pixels": total, "limit_pixels": budget},
             )
 
     def _cost(self, outcome: _Outcome) -> float:
@@ -361,7 +383,11 @@ class ShotgunApi:
         runs = [ModelRun(o.model_id, "success" if o.error is None else "error",
                          _ms(o.elapsed_s), self._cost(o) if o.error is None else 0.0)
                 for o in outcomes]
-        await asyncio.to_thread(self.store.record_job, job_id, kind, runs)
+        try:
+            await asyncio.to_thread(self.store.record_job, job_id, kind, runs)
+        except Exception:  # noqa: BLE001 - the results are computed: return them regardless
+            log.exception("shotgun job %s could not be recorded; /log-selection will not know it",
+                          job_id)
 
     @staticmethod
     def _raise_if_all_failed(job_id: str, rows: list[ModelResult | ModelFailure]) -> None:
@@ -396,16 +422,13 @@ def _b64decode(text: str, max_bytes: int) -> bytes:
 def _decode_supported(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode a PNG, JPEG or WebP (spec 003's formats) with a pixel limit."""
     try:
-        image = decode_image(data, max_pixels)
+        return decode_image(data, max_pixels, formats=SHOTGUN_INPUT_FORMATS)
     except ImageTooLarge:
         raise PayloadTooLarge(f"Image has more than {max_pixels:,} pixels.",
                               {"field": "image", "limit_pixels": max_pixels}) from None
+    except UnsupportedFormat as exc:
+        raise UnsupportedFormat("Invalid image format. Supported: PNG, JPG, WEBP",
+                                exc.details) from None
     except InvalidImage as exc:
         raise InvalidImage(f"Invalid image format: {exc.message.removeprefix('Invalid image file: ')}"
                            ". Supported: PNG, JPG, WEBP", {"field": "image"}) from None
-    if image.format not in SHOTGUN_INPUT_FORMATS:
-        received = f"image/{(image.format or 'unknown').lower()}"
-        raise UnsupportedFormat("Invalid image format. Supported: PNG, JPG, WEBP",
-                                {"field": "image", "received": received})
-    return image
-

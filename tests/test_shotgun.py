@@ -299,7 +299,8 @@ def test_log_selection_and_win_rates(client):
     assert_error(bad, 400, "validation_error", "selected_model_id")
     bad = client.post("/log-selection", json={"job_id": first, "selected_model_id": "tiny-human"})
     assert_error(bad, 400, "validation_error", "selected_model_id")
-    bad = client.post("/log-selection", json={"job_id": "0" * 36, "selected_model_id": "tiny"})
+    unknown = "00000000-0000-0000-0000-000000000000"
+    bad = client.post("/log-selection", json={"job_id": unknown, "selected_model_id": "tiny"})
     assert_error(bad, 400, "validation_error", "job_id")
     bad = client.post("/log-selection", json={"selected_model_id": "tiny"})
     assert_error(bad, 400, "validation_error", "job_id")
@@ -362,11 +363,20 @@ def timing_url(base_url, tmp_path_factory):
         def __init__(self, delay_s: float, fail: bool = False) -> None:
             self.delay_s, self.fail = delay_s, fail
 
+        cancelled = 0
+
         async def segment(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-            await asyncio.sleep(self.delay_s)
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                type(self).cancelled += 1
+                raise
             if self.fail:
                 raise RuntimeError("this model is broken on purpose")
             return np.full(image.shape[:2], 255, np.uint8), self.delay_s
+
+        def cancellations(self) -> int:
+            return type(self).cancelled
 
     tiny = load_catalog(tiny_catalog(tmp_path_factory.mktemp("cat"))).get("tiny")
     catalog = [tiny.model_copy(update={"id": m, "name": m}).model_dump(mode="json")
@@ -417,6 +427,11 @@ def test_failing_and_hung_models_do_not_sink_the_others(client, timing_url):
                                     "cost_usd": 0.0}
     assert rows["sleep-hung"]["error"] == "Model timed out after 2s"
     assert 2000 <= rows["sleep-hung"]["processing_time_ms"] < 3000
+    hung = serve.get_deployment_handle("sleep-hung", app_name="timing")
+    deadline = time.monotonic() + 10
+    while hung.cancellations.remote().result(timeout_s=10) < 1:  # the replica stopped waiting
+        assert time.monotonic() < deadline, "the timed-out call was not cancelled on the replica"
+        time.sleep(0.2)
     assert body["total_cost_usd"] == pytest.approx(0.3 * PRICE_PER_S)
 
     resp = client.post(f"{timing_url}/remove-background",
@@ -444,3 +459,54 @@ def test_compositing_runs_at_most_n_jobs_at_once():
 
     assert asyncio.run(main()) == list(range(8))
     assert peak == 2
+
+
+def test_a_cancelled_request_keeps_its_slot_until_the_work_ends():
+    async def main():
+        slots = CpuSlots(1)
+        finished = threading.Event()
+
+        def slow():
+            time.sleep(0.3)
+            finished.set()
+
+        task = asyncio.create_task(slots.run(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()  # the client went away; the thread cannot be stopped
+        started = time.perf_counter()
+        await slots.run(lambda: None)  # must wait for `slow` to end, not run beside it
+        assert finished.is_set() and time.perf_counter() - started > 0.15
+
+    asyncio.run(main())
+
+
+def test_phone_camera_jpeg_mpo_is_accepted(client):
+    im = Image.fromarray(disk_image(80, 60))
+    buf = io.BytesIO()
+    im.save(buf, format="MPO", save_all=True, append_images=[im])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    resp = shotgun(client, image=b64(buf.getvalue()), include_models=["tiny"])
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"job_id": "a\u0000b", "selected_model_id": "tiny"}, "job_id"),
+    ({"job_id": "00000000-0000-0000-0000-000000000000", "selected_model_id": "tiny",
+      "notes": "nul\u0000"}, "notes"),
+])
+def test_selection_text_with_nul_is_a_400_not_a_database_error(client, body, field):
+    assert_error(client.post("/log-selection", json=body), 400, "validation_error", field)
+
+
+def test_stats_category_with_nul_is_a_400(client):
+    assert_error(client.get("/selections/stats", params={"category": "a\u0000"}), 400,
+                 "validation_error")
+
+
+def test_overlong_result_names_are_404(client):
+    resp = client.get(f"/results/{'0' * 8}-0000-0000-0000-{'0' * 12}/{'a' * 300}.png")
+    assert_error(resp, 404, "not_found")
+
+
+def test_union_field_is_named_plainly(client):
+    assert_error(shotgun(client, image=5), 400, "validation_error", "image")
