@@ -17,6 +17,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from deployments.jobs import JobWorker
 from deployments.segmentation import SegmentationModel
 from pipelines.catalog import Catalog, load_catalog
 from pipelines.weights import find_weights
@@ -132,6 +133,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     ingress_opts = config.ingress.model_dump(exclude_none=True)
     if "autoscaling_config" in ingress_opts:
         ingress_opts.pop("num_replicas")
+    if config.jobs.num_replicas > 0:
+        placement["JobWorker"] = (config.jobs.ray_actor_options, config.jobs.num_replicas)
     placement["Ingress"] = (config.ingress.ray_actor_options,
                             config.ingress.num_replicas if isinstance(config.ingress.num_replicas, int) else 1)
     if config.validate_resources and ray.is_initialized():
@@ -140,10 +143,21 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         log.warning("serving %d of %d models; missing: %s", len(handles), len(config.models),
                     ", ".join(missing))
 
-    setup = IngressSetup(default_model=config.default_model or config.models[0],
-                         shotgun=config.shotgun, model_pools=model_pools,
-                         pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())})
+    default = config.default_model or config.models[0]
+    tier_models = {"original": default}
+    for model_id, tier in model_pools.items():
+        tier_models.setdefault(tier.value, model_id)
+    tier_models |= config.jobs.tier_models
+    setup = IngressSetup(default_model=default, shotgun=config.shotgun, model_pools=model_pools,
+                         pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())},
+                         tier_models=tier_models)
+    worker = None
+    if config.jobs.num_replicas > 0:
+        worker = serve.deployment(
+            JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
+            ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
+        ).bind(handles)
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
-        setup.model_dump(mode="json"),
+        setup.model_dump(mode="json"), worker,
     )

@@ -95,6 +95,17 @@ class ShotgunOptions(_Options):
     model_timeout_s: float = Field(30.0, gt=0, le=600)
 
 
+class WorkerOptions(_Options):
+    """The job worker deployment (async HD images and /v1/jobs)."""
+
+    num_replicas: int = Field(1, ge=0)  # 0: no worker, the async APIs are off
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    # Model for each /v1/jobs tier; default: `original` = the default model, and for pro,
+    # light, human the first served model of that tier.
+    tier_models: dict[Literal["original", "pro", "light", "human"], str] = Field(
+        default_factory=dict)
+
+
 class AppConfig(_Options):
     """The `args` of the Serve application (validated before anything is deployed)."""
 
@@ -106,6 +117,7 @@ class AppConfig(_Options):
     model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ingress: IngressOptions = IngressOptions()
     shotgun: ShotgunOptions = ShotgunOptions()
+    jobs: WorkerOptions = WorkerOptions()
     # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
     # Turn off on autoscaling clusters whose nodes appear on demand.
     validate_resources: bool = True
@@ -138,6 +150,7 @@ class IngressSetup(_Options):
 
     default_model: str
     shotgun: ShotgunOptions = ShotgunOptions()
+    tier_models: dict[str, str] = Field(default_factory=dict)  # /v1/jobs model tier -> model id
     # pool (tier) of each served model, and each pool's options (before per-model overrides)
     model_pools: dict[str, Tier] = Field(default_factory=dict)
     pools: dict[Tier, PoolOptions] = Field(default_factory=dict)

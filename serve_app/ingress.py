@@ -2,9 +2,10 @@
 
 Requests are decoded and checked here (size limits, parameters, model ids); masks are computed
 by each model's own deployment (`DeploymentHandle`); effects are composited here at full
-resolution. The routes come from two mixins, one per contract: `ImageApiV1` (spec 000) and
-`ShotgunApi` (spec 003, which fans out to several model deployments at once). Each route has a
-typed method twin for Python callers of `serve.get_app_handle(...)`.
+resolution. The routes come from mixins, one per contract: `ImageApiV1` (spec 000),
+`ShotgunApi` (spec 003, which fans out to several model deployments at once) and `JobsApi`
+(async jobs: HD images, /v1/jobs, uploads and downloads; the `JobWorker` deployment runs them).
+Typed method twins serve Python callers of `serve.get_app_handle(...)`.
 """
 
 import asyncio
@@ -22,7 +23,10 @@ from pipelines.catalog import Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from serve_app.app import VERSION, app
 from serve_app.config import IngressSetup
+from serve_app.artifacts import artifact_store
 from serve_app.image_api import ImageApiV1
+from serve_app.jobs import JobStore
+from serve_app.jobs_api import JobsApi
 from serve_app.results import ResultLinks
 from serve_app.schemas import Health, ModelHealth, ModelInfo, PoolHealth
 from serve_app.settings import get_settings
@@ -68,13 +72,14 @@ class CpuSlots:
 
 
 @serve.ingress(app)
-class Ingress(ImageApiV1, ShotgunApi):
+class Ingress(ImageApiV1, ShotgunApi, JobsApi):
     def __init__(
         self,
         models: dict[str, DeploymentHandle],
         catalog: list[dict[str, Any]],
         missing: dict[str, str],
         setup: dict[str, Any],
+        worker: DeploymentHandle | None = None,
     ) -> None:
         self.handles = models
         self.catalog = {m["id"]: m for m in catalog}
@@ -84,6 +89,9 @@ class Ingress(ImageApiV1, ShotgunApi):
         self.default_model = self.setup.default_model
         self.settings = get_settings()
         self.store = Store.from_settings(self.settings)
+        self.jobs = JobStore.from_settings(self.settings)
+        self.artifacts = artifact_store(self.settings)
+        self.worker = worker
         data_dir = self.settings.data_dir.expanduser().resolve()
         self.links = ResultLinks(data_dir / "results", self.settings.result_ttl_s)
         # Compositing and encoding are CPU- and memory-heavy (peak ~90 bytes per pixel: 2.2 GB

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
 
@@ -272,3 +274,69 @@ class WinRateRow(BaseModel):
 class SelectionStats(BaseModel):
     rows: list[WinRateRow]
 
+
+
+# ---- Async jobs: HD image (spec 000), /v1/jobs (spec 001), uploads (spec 002) ----------------
+JobTier = Literal["original", "pro", "light", "human"]
+
+
+class HdSubmitted(BaseModel):
+    message: str = "Image submitted for processing"
+    uuid: str
+    status: Literal["processing"] = "processing"
+
+
+class HdProcessing(BaseModel):
+    message: str = "Task is still processing"
+    uuid: str
+    status: Literal["processing"] = "processing"
+
+
+class CreateJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    video_url: str | None = Field(None, max_length=2048)
+    image_url: str | None = Field(None, max_length=2048)
+    upload_id: str | None = Field(None, max_length=64, description="From POST /api/upload.")
+    model: JobTier = Field("original", description="Model tier: original (the default model), "
+                           "pro, light or human.")
+    output_format: Literal["png", "webp"] = "png"
+    background: Background = Field(default_factory=Background)
+    composition: Composition | None = None
+    auto_start: bool = True
+    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_secret: str | None = Field(None, max_length=256)
+
+
+class StartJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: JobTier | None = None
+    text_prompt: str | None = Field(None, max_length=1000,
+                                    description="Stored with the job; prompted segmentation is "
+                                    "not available in this version.")
+    background: Background | None = None
+    composition: Composition | None = None
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: Literal["created", "processing", "completed", "failed"]
+    kind: str
+    model: str
+    model_id: str
+    output_format: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    output_url: str | None = Field(description="Download link while the output exists.")
+    output_expires_at: datetime | None
+    error: str | None
+
+
+class UploadView(BaseModel):
+    upload_id: str
+    filename: str
+    media_type: str
+    kind: str
+    size_bytes: int

@@ -62,6 +62,8 @@ def base_url(tmp_path_factory, tiny_model):
         "BGR_SHOTGUN_MAX_BYTES": str(SHOTGUN_LIMIT),
         "BGR_UPSCALE_MAX_OUTPUT_PIXELS": str(2048 * 2048),
         "BGR_URL_ALLOWED_NETWORKS": '["127.0.0.1/32"]',  # the tests' own image server
+        "BGR_JOB_POLL_S": "0.2",
+        "BGR_JOB_LEASE_S": "2",  # a lost worker's job is resumed within seconds
         "RAY_AUTH_MODE": "disabled",
     }
     if HAVE_SHARED:
@@ -88,6 +90,7 @@ def base_url(tmp_path_factory, tiny_model):
         "model_overrides": {"tiny": {"num_replicas": 2, "max_ongoing_requests": 8,
                                      "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}},
         "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+        "jobs": {"ray_actor_options": {"num_cpus": 0.25}},
     })
     _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/"), 240)
     yield f"http://127.0.0.1:{port}"

@@ -1,0 +1,183 @@
+"""The job worker deployment: runs async jobs (HD images, /v1/jobs) from the durable store.
+
+Requests never run jobs: the ingress writes a job row and pokes a worker (`wake`). Each replica
+runs one polling thread that claims queued jobs (a lease in the database, renewed while the job
+runs) and executes at most `job_concurrency` at once in a thread pool; model calls go to the
+model deployments through their handles. If a replica dies, its leases expire and another
+replica (or the restarted app) resumes the job; see `serve_app.jobs`. The same thread delivers
+due webhooks (retried with backoff, every attempt recorded) and deletes expired outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import ray
+from ray.serve.handle import DeploymentHandle
+
+from pipelines import webhooks
+from pipelines.compose import Background, Composition
+from pipelines.errors import ServiceError
+from pipelines.fetch import FetchPolicy, fetch_url
+from pipelines.render import render_image_job
+from serve_app.artifacts import artifact_store
+from serve_app.db import now
+from serve_app.jobs import COMPLETED, Job, JobStore
+from serve_app.settings import get_settings
+
+log = logging.getLogger("bgremove")
+_MAINTENANCE_EVERY_S = 30.0
+
+
+class JobWorker:
+    def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0) -> None:
+        self.models = models
+        self.model_timeout_s = model_timeout_s
+        self.settings = get_settings()
+        self.store = JobStore.from_settings(self.settings)
+        self.artifacts = artifact_store(self.settings)
+        self.worker_id = f"worker-{uuid.uuid4().hex[:10]}"
+        s = self.settings
+        self.fetch_policy = FetchPolicy.from_strings(s.hd_max_upload_bytes, s.url_fetch_timeout_s,
+                                                     s.url_fetch_max_redirects,
+                                                     s.url_allowed_networks)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._slots = threading.Semaphore(s.job_concurrency)
+        self._pool = ThreadPoolExecutor(s.job_concurrency, thread_name_prefix="job")
+        self._thread = threading.Thread(target=self._loop, name="job-worker", daemon=True)
+        self._thread.start()
+        log.info("job worker %s: up to %d jobs at once", self.worker_id, s.job_concurrency)
+
+    # ---- Serve hooks and handle methods -----------------------------------------------------
+    def wake(self) -> None:
+        """Look for work now (called by the ingress after it queued a job)."""
+        self._wake.set()
+
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("job worker thread died")
+
+    def __del__(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        last_maintenance = 0.0
+        while not self._stop.is_set():
+            try:
+                while self._slots.acquire(blocking=False):
+                    job = self.store.claim(self.worker_id, self.settings.job_lease_s)
+                    if job is None:
+                        self._slots.release()
+                        break
+                    self._pool.submit(self._run, job)
+                self._deliver_webhooks()
+                if time.monotonic() - last_maintenance > _MAINTENANCE_EVERY_S:
+                    last_maintenance = time.monotonic()
+                    self._maintenance()
+            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+                log.exception("job worker loop")
+            self._wake.wait(self.settings.job_poll_s)
+            self._wake.clear()
+
+    def _run(self, job: Job) -> None:
+        lease = self.settings.job_lease_s
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(lease / 3):
+                if not self.store.heartbeat(job.job_id, self.worker_id, lease):
+                    log.warning("job %s: lease lost", job.job_id)
+                    return
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
+        try:
+            key, media_type = self._process(job)
+            if not self.store.complete(job.job_id, self.worker_id, key, media_type,
+                                       self.settings.job_output_ttl_s):
+                self.artifacts.delete(key)  # taken over meanwhile: the other worker's output wins
+            log.info("job %s completed (%s)", job.job_id, media_type)
+        except ServiceError as exc:
+            self.store.fail(job.job_id, exc.message, worker_id=self.worker_id)
+            log.info("job %s failed: %s", job.job_id, exc.message)
+        except Exception as exc:  # noqa: BLE001 - recorded as the job's failure reason
+            log.exception("job %s failed", job.job_id)
+            self.store.fail(job.job_id, f"Processing failed ({type(exc).__name__})",
+                            worker_id=self.worker_id)
+        finally:
+            done.set()
+            self._slots.release()
+            self._wake.set()
+
+    def _process(self, job: Job) -> tuple[str, str]:
+        if job.kind != "image":
+            raise ServiceError(f"No processor for {job.kind} jobs in this deployment.")
+        if job.input_key is not None:
+            with self.artifacts.open(job.input_key) as f:
+                data = f.read()
+        else:
+            data = asyncio.run(fetch_url(job.input_url, self.fetch_policy))
+        params = job.params
+        handle = self.models.get(params["model_id"])
+        if handle is None:
+            raise ServiceError(f"Model '{params['model_id']}' is not served by this deployment.")
+
+        def segment(rgb: np.ndarray) -> np.ndarray:
+            ref = ray.put(rgb)
+            mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
+            return mask
+
+        fmt = params.get("output_format", "png")
+        composition = params.get("composition")
+        output, media_type = render_image_job(
+            data, segment, max_pixels=self.settings.hd_max_pixels, output_format=fmt,
+            background=Background.model_validate(params.get("background") or {}),
+            composition=Composition.model_validate(composition) if composition else None,
+        )
+        key = f"jobs/{job.job_id}/output.{fmt}"
+        self.artifacts.put_bytes(key, output)
+        return key, media_type
+
+    # ---- webhooks and retention -------------------------------------------------------------
+    def _deliver_webhooks(self) -> None:
+        for job in self.store.due_webhooks():
+            event = "job_completed" if job.state == COMPLETED else "job_failed"
+            results: Any = ({"output_url": self.output_url(job.job_id),
+                             "media_type": job.output_media_type} if job.state == COMPLETED
+                            else {"error": job.error})
+            payload = webhooks.build_payload(event, job.job_id, [results], job.webhook_secret)
+            attempt = job.webhook_attempts + 1
+            delivery_id = f"{job.job_id}-{event}"  # the same for every retry: receivers dedupe
+            result = asyncio.run(webhooks.deliver(
+                job.webhook_url, payload, job.webhook_secret, self.fetch_policy,
+                delivery_id=delivery_id))
+            retry = result.retryable and attempt < webhooks.MAX_ATTEMPTS
+            next_at = now() + timedelta(seconds=webhooks.retry_delay_s(attempt)) if retry else None
+            self.store.record_delivery(job.job_id, delivery_id, event, attempt,
+                                       result.ok, result.status_code, result.error,
+                                       result.duration_ms, next_at)
+
+    def output_url(self, job_id: str) -> str:
+        base = (self.settings.public_base_url or "").rstrip("/")
+        return f"{base}/api/download/{job_id}"
+
+    def _maintenance(self) -> None:
+        for job_id in self.store.expired_outputs():
+            key = self.store.drop_output(job_id)
+            if key:
+                self.artifacts.delete(key)
+        retention = self.settings.job_output_ttl_s
+        self.artifacts.sweep(retention, prefix="uploads/")
+        self.artifacts.sweep(retention, prefix="inputs/")
+

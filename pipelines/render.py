@@ -1,0 +1,39 @@
+"""An async image job's output from its input bytes: decode, segment, cut out, compose, encode.
+
+Pure Python: the mask comes from a `segment` callable (in the service, the model deployment's
+handle). Memory stays bounded for large images: the cut-out's edge decontamination runs in
+strips (`effects.estimate_foreground`), and intermediate arrays are dropped as soon as the next
+stage has what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from pipelines import effects
+from pipelines.compose import Background, Composition, compose
+from pipelines.errors import ImageTooLarge
+from pipelines.images import decode_image, encode_image
+
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
+
+
+def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *,
+                     max_pixels: int, output_format: str = "png",
+                     background: Background | None = None,
+                     composition: Composition | None = None) -> tuple[bytes, str]:
+    """Encoded output and its media type. Raises the project's errors for bad input."""
+    try:
+        image = decode_image(data, max_pixels)
+    except ImageTooLarge:
+        raise ImageTooLarge(f"Image has more than {max_pixels:,} pixels.") from None
+    mask = segment(image.rgb)
+    if image.alpha is not None:  # keep transparency the input already had
+        mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
+    cut = effects.cutout(image.rgb, mask)
+    del image, mask
+    out = compose(cut, background or Background(), composition)
+    del cut
+    return encode_image(out, output_format), MEDIA_TYPES[output_format]

@@ -1,0 +1,263 @@
+"""Async jobs over HTTP: HD images (spec 000), the /v1/jobs workflow (spec 001), uploads and
+downloads (spec 002).
+
+Routes only write and read the durable job store (`serve_app.jobs`) and the artifact store; the
+work is done by the `JobWorker` deployment, which the ingress pokes after queueing a job. A
+mixin of `serve_app.ingress.Ingress`.
+"""
+
+import asyncio
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import File, Form, Header, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+
+from pipelines.errors import InvalidRequest, NotFound, PayloadTooLarge, StateConflict
+from pipelines.images import SHOTGUN_INPUT_FORMATS
+from serve_app.app import app
+from serve_app.errors import validation_error
+from serve_app.jobs import COMPLETED, FAILED, Job, TransitionError
+from serve_app.schemas import (
+    CreateJobRequest,
+    HdProcessing,
+    HdSubmitted,
+    JobView,
+    StartJobRequest,
+    UploadView,
+)
+from serve_app.uploads import receive_upload
+
+log = logging.getLogger("bgremove")
+_JSON_LIMIT = 256 * 1024
+HD_FORMATS = SHOTGUN_INPUT_FORMATS | {"TIFF": "image/tiff", "BMP": "image/bmp"}
+
+
+def _detail(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+class JobsApi:
+    # ---- HD image (spec 000) ----------------------------------------------------------------
+    @app.post("/image/hd/submit/v1", status_code=202, response_model=HdSubmitted,
+              summary="Submit an image of any size for asynchronous background removal")
+    async def hd_submit(self, request: Request, image: Annotated[UploadFile, File()],
+                        model: Annotated[str | None, Form()] = None):
+        limit = self.settings.hd_max_upload_bytes
+        declared = request.headers.get("content-length")
+        if (declared and declared.isdigit() and int(declared) > limit + 64 * 1024) or (
+                image.size is not None and image.size > limit):
+            return _detail(413, f"Image file is larger than {limit} bytes.")
+        model_id = model or self.default_model
+        if model_id not in self.handles:
+            return _detail(400, f"Model '{model_id}' is not available.")
+        job_id = str(uuid.uuid4())
+        key = f"inputs/{job_id}/input"
+        try:
+            problem = await asyncio.to_thread(self._store_hd_input, image.file, key)
+        except Exception as exc:  # noqa: BLE001 - the documented 500 body
+            log.exception("HD submit failed")
+            return _detail(500, f"Failed to submit image: {type(exc).__name__}")
+        if problem is not None:
+            return _detail(400, problem)
+        await asyncio.to_thread(
+            self.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key, start=True,
+            params={"model": "original", "model_id": model_id, "output_format": "png"})
+        self._wake_worker()
+        return HdSubmitted(uuid=job_id)
+
+    def _store_hd_input(self, src, key: str) -> str | None:
+        """Check the upload's header (format, pixel count) and copy it into the artifact store;
+        returns the 400 message when it is not an acceptable image."""
+        src.seek(0)
+        try:
+            with Image.open(src) as im:
+                fmt, (width, height) = im.format, im.size
+        except Exception:  # noqa: BLE001 - PIL raises many types for junk
+            return "Invalid image file"
+        if fmt not in HD_FORMATS or width <= 0 or height <= 0:
+            return "Invalid image file"
+        if width * height > self.settings.hd_max_pixels:
+            return (f"Image too large: {width}x{height} is over the HD limit of "
+                    f"{self.settings.hd_max_pixels:,} pixels")
+        src.seek(0)
+        with self.artifacts.writer(key) as out:
+            while chunk := src.read(1024 * 1024):
+                out.write(chunk)
+        return None
+
+    @app.get("/image/hd/result/{uuid}", summary="The HD result: 202 while processing, then PNG",
+             responses={200: {"content": {"image/png": {}}}, 202: {"model": HdProcessing}})
+    async def hd_result(self, uuid: str):
+        job = await asyncio.to_thread(self.jobs.get, uuid)
+        if job is None or job.api != "hd":
+            return _detail(404, "Task not found")
+        if job.state == FAILED:
+            return _detail(500, "Image processing failed")
+        if job.state != COMPLETED:
+            return JSONResponse(HdProcessing(uuid=uuid).model_dump(), status_code=202)
+        return self._output_response(job, missing=lambda: _detail(
+            404, "Processed image file not found"), download_name=None)
+
+    # ---- /v1/jobs (spec 001) ----------------------------------------------------------------
+    @app.post("/v1/jobs", status_code=201, response_model=JobView,
+              summary="Create a job (optionally started at once)")
+    async def create_job(self, request: Request,
+                         idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+        req = await self._job_json(request, CreateJobRequest)
+        return await self.submit_job(req, idempotency_key=idempotency_key)
+
+    async def submit_job(self, req: CreateJobRequest, idempotency_key: str | None = None):
+        """Create a job from a typed request (also the Python handle API)."""
+        sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
+        if len(sources) != 1:
+            raise InvalidRequest("Give exactly one of video_url, image_url or upload_id.")
+        input_key = input_url = None
+        kind = "image"
+        if req.upload_id:
+            upload = await asyncio.to_thread(self.jobs.get_upload, req.upload_id)
+            if upload is None:
+                raise NotFound(f"Upload '{req.upload_id}' not found.")
+            input_key, kind = upload["key"], upload["kind"]
+        elif req.video_url:
+            kind = "video"
+        else:
+            input_url = req.image_url
+        if kind == "video":
+            raise InvalidRequest("Video jobs are not available in this version of the service; "
+                                 "image jobs are (image_url or an uploaded image).")
+        params = {"model": req.model, "model_id": self._tier_model(req.model),
+                  "output_format": req.output_format,
+                  "background": req.background.model_dump(mode="json"),
+                  "composition": (req.composition.model_dump(mode="json")
+                                  if req.composition else None)}
+        job, created = await asyncio.to_thread(
+            self.jobs.create, api="v1", kind=kind, params=params, input_key=input_key,
+            input_url=input_url, start=req.auto_start, idempotency_key=idempotency_key,
+            webhook_url=req.webhook_url, webhook_secret=req.webhook_secret)
+        if created and req.auto_start:
+            self._wake_worker()
+        view = self._view(job)
+        return view if created else JSONResponse(view.model_dump(mode="json"), status_code=200)
+
+    @app.post("/v1/jobs/{job_id}/start", response_model=JobView,
+              summary="Start a created job with its model, background and composition")
+    async def start_job(self, job_id: str, request: Request):
+        req = await self._job_json(request, StartJobRequest)
+        update: dict[str, Any] = {}
+        if req.model is not None:
+            update |= {"model": req.model, "model_id": self._tier_model(req.model)}
+        if req.background is not None:
+            update["background"] = req.background.model_dump(mode="json")
+        if req.composition is not None:
+            update["composition"] = req.composition.model_dump(mode="json")
+        if req.text_prompt is not None:
+            update["text_prompt"] = req.text_prompt
+        try:
+            job = await asyncio.to_thread(self.jobs.start, job_id, update)
+        except KeyError:
+            raise NotFound("Job not found") from None
+        except TransitionError as exc:
+            raise StateConflict(f"Job is {exc.state}; only a created job can be started "
+                                "(create a new job to retry a failed one).") from None
+        self._wake_worker()
+        return self._view(job)
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, summary="Poll a job")
+    async def get_job(self, job_id: str) -> JobView:
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job is None or job.api != "v1":
+            raise NotFound("Job not found")
+        return self._view(job)
+
+    # ---- uploads and downloads (spec 002) ---------------------------------------------------
+    @app.post("/api/upload", status_code=201, response_model=UploadView,
+              summary="Upload an image or video (streamed to storage, up to 500 MB)")
+    async def upload(self, request: Request) -> UploadView:
+        info = await receive_upload(request, self.artifacts, self.settings.upload_max_bytes)
+        await asyncio.to_thread(self.jobs.add_upload, info.upload_id, info.key, info.filename,
+                                info.media_type, info.kind, info.size)
+        return UploadView(upload_id=info.upload_id, filename=info.filename,
+                          media_type=info.media_type, kind=info.kind, size_bytes=info.size)
+
+    @app.get("/api/download/{job_id}", summary="Download a completed job's output (once)",
+             responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
+    async def download(self, job_id: str):
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job is None:
+            raise NotFound("Job not found")
+        if job.state != COMPLETED:
+            raise InvalidRequest("Job not completed", {"status": job.state})
+
+        def missing():
+            raise NotFound("Output not found: it was already downloaded or has expired.")
+
+        return self._output_response(job, missing=missing,
+                                     download_name=f"{job.job_id}.{job.params['output_format']}")
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _output_response(self, job: Job, missing, download_name: str | None) -> Response:
+        """Stream the output file, then delete it (outputs are cleaned up after download)."""
+        path = self.artifacts.local_path(job.output_key) if job.output_key else None
+        if path is None or not path.exists():
+            return missing()
+
+        def cleanup() -> None:
+            key = self.jobs.drop_output(job.job_id)
+            if key:
+                self.artifacts.delete(key)
+
+        headers = {"Cache-Control": "no-cache"}
+        if download_name:
+            headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
+        return FileResponse(path, media_type=job.output_media_type, headers=headers,
+                            background=BackgroundTask(cleanup))
+
+    def _view(self, job: Job) -> JobView:
+        output_url = None
+        if job.state == COMPLETED and job.output_key:
+            base = (self.settings.public_base_url or "").rstrip("/")
+            output_url = f"{base}/api/download/{job.job_id}"
+        return JobView(
+            job_id=job.job_id, status=job.state, kind=job.kind, model=job.params.get("model", ""),
+            model_id=job.params.get("model_id", ""),
+            output_format=job.params.get("output_format", "png"), created_at=job.created_at,
+            started_at=job.started_at, completed_at=job.completed_at, output_url=output_url,
+            output_expires_at=job.output_expires_at if output_url else None,
+            error=job.error,
+        )
+
+    def _tier_model(self, tier: str) -> str:
+        model_id = self.setup.tier_models.get(tier)
+        if model_id is None or model_id not in self.handles:
+            raise InvalidRequest(
+                f"No model is served for tier '{tier}' in this deployment.",
+                {"field": "model", "received": tier,
+                 "available": sorted(t for t, m in self.setup.tier_models.items()
+                                     if m in self.handles)})
+        return model_id
+
+    def _wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake.remote()  # fire and forget: the worker also polls
+
+    async def _job_json(self, request: Request, model):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > _JSON_LIMIT:
+            raise PayloadTooLarge(f"Request body is larger than {_JSON_LIMIT} bytes.")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _JSON_LIMIT:
+                raise PayloadTooLarge(f"Request body is larger than {_JSON_LIMIT} bytes.")
+        try:
+            return model.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise InvalidRequest("Request body is not valid JSON.") from None
+            raise validation_error(exc) from None
+

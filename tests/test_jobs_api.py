@@ -1,0 +1,270 @@
+"""Async jobs against the real Ray Serve app: HD images (spec 000), /v1/jobs (spec 001), uploads,
+downloads and errors (spec 002), webhooks (spec 003), and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import disk_image, png_bytes, tiny_catalog
+from pipelines import webhooks
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from pipelines.catalog import load_catalog  # noqa: E402
+from serve_app.ingress import Ingress  # noqa: E402
+from serve_app.jobs import JobStore  # noqa: E402
+from serve_app.settings import get_settings  # noqa: E402
+
+pytestmark = pytest.mark.serve
+
+
+def wait_for(fn, timeout=60.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(interval)
+
+
+def hd_submit(client, data: bytes, base: str = ""):
+    return client.post(f"{base}/image/hd/submit/v1", files={"image": ("big.png", data, "image/png")})
+
+
+def hd_wait(client, uuid: str, base: str = "", timeout: float = 60.0):
+    def done():
+        r = client.get(f"{base}/image/hd/result/{uuid}")
+        return r if r.status_code != 202 else None
+    return wait_for(done, timeout)
+
+
+def assert_002(resp, status: int, code: str, message: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}
+    assert body["error"]["code"] == code and body["error"]["request_id"]
+    if message is not None:
+        assert body["error"]["message"] == message
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def jobs_db(base_url):
+    store = JobStore.from_settings(get_settings())  # the same database the app uses
+    yield store
+    store.close()
+
+
+# ---- HD image (spec 000) --------------------------------------------------------------------
+def test_hd_image_above_the_regular_limit(client, jobs_db):
+    img = disk_image(2100, 1400)  # over 2048x2048 in pixels: the regular endpoints refuse it
+    resp = hd_submit(client, png_bytes(img))
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["message"] == "Image submitted for processing" and body["status"] == "processing"
+    pending = client.get(f"/image/hd/result/{body['uuid']}")
+    if pending.status_code == 202:
+        assert pending.json() == {"message": "Task is still processing", "uuid": body["uuid"],
+                                  "status": "processing"}
+    done = hd_wait(client, body["uuid"])
+    assert done.status_code == 200 and done.headers["content-type"] == "image/png"
+    assert done.headers["cache-control"] == "no-cache"
+    out = np.asarray(Image.open(io.BytesIO(done.content)))
+    assert out.shape == (1400, 2100, 4) and out[700, 1050, 3] > 240 and out[5, 5, 3] < 10
+    # outputs are cleaned up after download
+    again = wait_for(lambda: (r := client.get(f"/image/hd/result/{body['uuid']}")).status_code
+                     == 404 and r)
+    assert again.json() == {"detail": "Processed image file not found"}
+    trail = [(e.from_state, e.to_state) for e in jobs_db.events(body["uuid"])]
+    assert trail[0] == (None, "created") and trail[-1] == ("processing", "completed")
+
+
+def test_hd_errors_have_the_documented_bodies(client):
+    assert client.get("/image/hd/result/00000000-0000-0000-0000-000000000000").json() == {
+        "detail": "Task not found"}
+    bad = hd_submit(client, b"not an image at all")
+    assert bad.status_code == 400 and bad.json() == {"detail": "Invalid image file"}
+
+
+def test_hd_job_that_fails_reports_500(client, jobs_db):
+    truncated = png_bytes(disk_image(300, 200))[:400]  # a valid header, then nothing
+    resp = hd_submit(client, truncated)
+    assert resp.status_code == 202, resp.text
+    failed = hd_wait(client, resp.json()["uuid"])
+    assert failed.status_code == 500 and failed.json() == {"detail": "Image processing failed"}
+    assert "corrupt or truncated" in jobs_db.get(resp.json()["uuid"]).error
+
+
+# ---- /v1/jobs, uploads, downloads -----------------------------------------------------------
+def test_upload_create_start_poll_download(client):
+    up = client.post("/api/upload", files={"file": ("me.png", png_bytes(disk_image(120, 80)),
+                                                    "image/png")})
+    assert up.status_code == 201, up.text
+    upload = up.json()
+    assert upload["media_type"] == "image/png" and upload["kind"] == "image"
+    created = client.post("/v1/jobs", json={"upload_id": upload["upload_id"], "model": "light",
+                                            "auto_start": False})
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert job["status"] == "created" and job["model_id"] == "tiny" and job["output_url"] is None
+    early = client.get(f"/api/download/{job['job_id']}")
+    assert_002(early, 400, "invalid_request", "Job not completed")
+
+    started = client.post(f"/v1/jobs/{job['job_id']}/start", json={
+        "model": "light", "background": {"type": "color", "color": "#0000ff"},
+        "composition": {"canvas": {"width": 300, "height": 100},
+                        "foreground": {"anchor": "left", "scale": 1, "offset": {"x": 10, "y": 0}}},
+    })
+    assert started.status_code == 200 and started.json()["status"] in ("processing", "completed")
+    again = client.post(f"/v1/jobs/{job['job_id']}/start", json={})
+    assert_002(again, 409, "conflict")
+
+    final = wait_for(lambda: (r := client.get(f"/v1/jobs/{job['job_id']}").json())["status"]
+                     in ("completed", "failed") and r)
+    assert final["status"] == "completed", final
+    assert final["completed_at"] >= final["started_at"] >= final["created_at"]
+    assert final["output_url"].endswith(f"/api/download/{job['job_id']}")
+    got = client.get(final["output_url"])
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert "attachment" in got.headers["content-disposition"]
+    out = np.asarray(Image.open(io.BytesIO(got.content)))
+    assert out.shape == (100, 300, 3)  # the canvas, opaque: colour background
+    np.testing.assert_allclose(out[50, 290], (0, 0, 255), atol=3)  # right edge: background
+    assert out[50, 10 + 60, 0] > 150  # the subject (bright disk), anchored left + 10 px
+    gone = client.get(final["output_url"])
+    assert_002(gone, 404, "not_found")
+
+
+def test_idempotent_create(client):
+    body = {"image_url": "http://127.0.0.1:9/never-fetched.png", "auto_start": False}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me-1"})
+    second = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me-1"})
+    assert first.status_code == 201 and second.status_code == 200
+    assert first.json()["job_id"] == second.json()["job_id"]
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({}, 400, "invalid_request"),                                       # no input
+    ({"video_url": "https://example.com/a.mp4"}, 400, "invalid_request"),  # no video pipeline yet
+    ({"image_url": "https://example.com/a.png", "model": "ultra"}, 400, "invalid_request"),
+    ({"image_url": "https://example.com/a.png", "surprise": 1}, 400, "invalid_request"),
+    ({"upload_id": "00000000-0000-0000-0000-000000000000"}, 404, "not_found"),
+])
+def test_create_job_errors_in_the_002_shape(client, body, status, code):
+    assert_002(client.post("/v1/jobs", json=body), status, code)
+
+
+def test_unknown_job_and_bad_upload(client):
+    assert_002(client.get("/v1/jobs/nope"), 404, "not_found", "Job not found")
+    assert_002(client.get("/api/download/nope"), 404, "not_found", "Job not found")
+    gif = client.post("/api/upload", files={"file": ("a.gif", png_bytes(disk_image(), "GIF"),
+                                                     "image/gif")})
+    assert_002(gif, 400, "invalid_request", "Invalid file type")
+    rid = client.get("/v1/jobs/nope", headers={"X-Request-ID": "req-abc"}).json()
+    assert rid["error"]["request_id"] == "req-abc"
+
+
+# ---- image_url input and a signed webhook ---------------------------------------------------
+@pytest.fixture(scope="module")
+def local_server():
+    """Serves a PNG at /photo.png and records POSTs to /hook."""
+    photo = png_bytes(disk_image(90, 60))
+    hooks: list[tuple[dict, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            hooks.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", hooks
+    server.shutdown()
+
+
+def test_image_url_job_with_a_signed_webhook(client, local_server, jobs_db):
+    url, hooks = local_server
+    resp = client.post("/v1/jobs", json={"image_url": f"{url}/photo.png",
+                                         "webhook_url": f"{url}/hook", "webhook_secret": "s3cret"})
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["job_id"]
+    headers, body = wait_for(lambda: next(((h, b) for h, b in hooks
+                                           if json.loads(b)["job_id"] == job_id), None))
+    payload = json.loads(body)
+    assert payload["event"] == "job_completed" and payload["results"][0]["media_type"] == "image/png"
+    assert webhooks.verify_body_signature(payload, "s3cret")
+    assert webhooks.verify_header_signature(body, headers["x-webhook-timestamp"],
+                                            headers["x-webhook-signature"], "s3cret")
+    assert not webhooks.verify_body_signature(payload, "other")
+    deliveries = wait_for(lambda: jobs_db.deliveries(job_id))
+    assert deliveries[0]["ok"] and deliveries[0]["status_code"] == 200
+    assert jobs_db.get(job_id).webhook_state == "delivered"
+
+
+# ---- a worker killed mid-job ----------------------------------------------------------------
+def test_job_survives_the_app_being_killed_mid_job(client, base_url, tmp_path_factory):
+    tiny = load_catalog(tiny_catalog(tmp_path_factory.mktemp("cat"))).get("tiny")
+    # Its own data folder (database, artifacts): the session app's worker must not see its jobs.
+    data_dir = tmp_path_factory.mktemp("restart-data")
+    own = {"runtime_env": {"env_vars": {"BGR_DATA_DIR": str(data_dir)}}}
+    jobs_db = JobStore(f"sqlite:///{data_dir / 'bgremove.db'}")
+
+    def deploy(delay_s: float):
+        @serve.deployment(name="slow-model", ray_actor_options={"num_cpus": 0.05})
+        class SlowModel:
+            async def segment(self, image):
+                await asyncio.sleep(delay_s)
+                return np.full(image.shape[:2], 255, np.uint8), delay_s
+
+        from deployments.jobs import JobWorker
+
+        handles = {"slow-model": SlowModel.bind()}
+        worker = serve.deployment(JobWorker, name="JobWorker",
+                                  ray_actor_options={"num_cpus": 0.05, **own}).bind(handles)
+        catalog = [tiny.model_copy(update={"id": "slow-model"}).model_dump(mode="json")]
+        setup = {"default_model": "slow-model", "model_pools": {"slow-model": "light"},
+                 "pools": {"light": {}}}
+        ingress = serve.deployment(Ingress, name="Ingress",
+                                   ray_actor_options={"num_cpus": 0.05, **own})
+        serve.run(ingress.bind(handles, catalog, {}, setup, worker), name="restart",
+                  route_prefix="/restart")
+
+    deploy(delay_s=60.0)  # the first model never finishes in time
+    resp = hd_submit(client, png_bytes(disk_image(64, 48)), base="/restart")
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["uuid"]
+    wait_for(lambda: jobs_db.get(job_id).lease_owner)  # a worker holds it: mid-job
+    serve.delete("restart")  # kill the app: model, worker and ingress replicas go away
+    assert jobs_db.get(job_id).state == "processing"
+
+    deploy(delay_s=0.1)  # the app comes back
+    done = hd_wait(client, job_id, base="/restart", timeout=60)
+    assert done.status_code == 200, done.text
+    job = jobs_db.get(job_id)
+    assert job.state == "completed" and job.attempts == 2
+    assert any("lease expired" in e.reason for e in jobs_db.events(job_id))
+    serve.delete("restart")
+    jobs_db.close()
