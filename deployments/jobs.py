@@ -117,6 +117,12 @@ class JobWorker:
                             worker_id=self.worker_id)
         finally:
             done.set()
+            if job.input_key and job.input_key.startswith("inputs/"):
+                try:  # a job's private input (HD submit) is not needed once the job has ended
+                    if self.store.get(job.job_id).state in ("completed", "failed"):
+                        self.artifacts.delete(job.input_key)
+                except Exception:  # noqa: BLE001 - retention sweeps it later
+                    log.exception("job %s: input cleanup", job.job_id)
             self._slots.release()
             self._wake.set()
 

@@ -88,6 +88,8 @@ def test_hd_image_above_the_regular_limit(client, jobs_db):
     assert again.json() == {"detail": "Processed image file not found"}
     trail = [(e.from_state, e.to_state) for e in jobs_db.events(body["uuid"])]
     assert trail[0] == (None, "created") and trail[-1] == ("processing", "completed")
+    artifacts = get_settings().data_dir / "artifacts"
+    assert not list(artifacts.glob(f"*/{body['uuid']}/*"))  # no input or output left behind
 
 
 def test_hd_errors_have_the_documented_bodies(client):
