@@ -59,7 +59,7 @@ def _planes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if has_alpha:
         rgba = np.asarray(im.convert("RGBA"))
         return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3])
-    return np.asarray(im.convert("RGB")), None
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), None
 
 
 def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS,
@@ -97,7 +97,8 @@ def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS,
         fmt = im.format
         im.seek(0)  # first frame of animations
         im.load()
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
+            im = ImageOps.exif_transpose(im)
         rgb, alpha = _planes(im)
     except Exception as exc:
         raise InvalidImage(f"Invalid image file: corrupt or truncated data ({exc})") from None
