@@ -109,10 +109,14 @@ class JobsApi:
     async def create_job(self, request: Request,
                          idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
         req = await self._job_json(request, CreateJobRequest)
-        return await self.submit_job(req, idempotency_key=idempotency_key)
+        view, created = await self.submit_job(req, idempotency_key=idempotency_key)
+        # 201 for a new job; 200 when an Idempotency-Key retry returns the existing one
+        return view if created else JSONResponse(view.model_dump(mode="json"), status_code=200)
 
-    async def submit_job(self, req: CreateJobRequest, idempotency_key: str | None = None):
-        """Create a job from a typed request (also the Python handle API)."""
+    async def submit_job(self, req: CreateJobRequest,
+                         idempotency_key: str | None = None) -> tuple[JobView, bool]:
+        """Create a job (also the Python handle API): its view, and False when the idempotency
+        key had already created it."""
         sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
         if len(sources) != 1:
             raise InvalidRequest("Give exactly one of video_url, image_url or upload_id.")
@@ -141,8 +145,7 @@ class JobsApi:
             webhook_url=req.webhook_url, webhook_secret=req.webhook_secret)
         if created and req.auto_start:
             self._wake_worker()
-        view = self._view(job)
-        return view if created else JSONResponse(view.model_dump(mode="json"), status_code=200)
+        return self._view(job), created
 
     @app.post("/v1/jobs/{job_id}/start", response_model=JobView,
               summary="Start a created job with its model, background and composition")

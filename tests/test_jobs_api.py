@@ -183,6 +183,7 @@ def local_server():
     """Serves a PNG at /photo.png and records POSTs to /hook."""
     photo = png_bytes(disk_image(90, 60))
     hooks: list[tuple[dict, bytes]] = []
+    flaky_calls: list[int] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -193,6 +194,12 @@ def local_server():
 
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/flaky-hook" and not flaky_calls:  # fails once, then works
+                flaky_calls.append(1)
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             hooks.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(200)
             self.send_header("Content-Length", "0")
@@ -224,6 +231,18 @@ def test_image_url_job_with_a_signed_webhook(client, local_server, jobs_db):
     deliveries = wait_for(lambda: jobs_db.deliveries(job_id))
     assert deliveries[0]["ok"] and deliveries[0]["status_code"] == 200
     assert jobs_db.get(job_id).webhook_state == "delivered"
+
+
+def test_failed_webhook_delivery_is_retried_and_recorded(client, local_server, jobs_db):
+    url, hooks = local_server
+    resp = client.post("/v1/jobs", json={"image_url": f"{url}/photo.png",
+                                         "webhook_url": f"{url}/flaky-hook"})
+    job_id = resp.json()["job_id"]
+    wait_for(lambda: jobs_db.get(job_id).webhook_state == "delivered", timeout=30)
+    attempts = [(d["attempt"], d["ok"], d["status_code"]) for d in jobs_db.deliveries(job_id)]
+    assert attempts == [(1, False, 503), (2, True, 200)]
+    payload = json.loads(next(b for _, b in hooks if json.loads(b)["job_id"] == job_id))
+    assert payload["signature"] is None  # no secret given: unsigned, same shape
 
 
 # ---- a worker killed mid-job ----------------------------------------------------------------
