@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from pipelines import webhooks
 from pipelines.compose import Background, Composition
-from pipelines.errors import ServiceError
+from pipelines.errors import FetchError, ServiceError
 from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.render import render_image_job
 from serve_app.artifacts import artifact_store
@@ -55,6 +55,9 @@ class JobWorker:
         self._pool = ThreadPoolExecutor(s.job_concurrency, thread_name_prefix="job")
         self._thread = threading.Thread(target=self._loop, name="job-worker", daemon=True)
         self._thread.start()
+        # Webhooks have their own thread and event loop: a slow receiver never delays claiming.
+        self._hooks = threading.Thread(target=self._webhook_loop, name="job-webhooks", daemon=True)
+        self._hooks.start()
         log.info("job worker %s: up to %d jobs at once", self.worker_id, s.job_concurrency)
 
     # ---- Serve hooks and handle methods -----------------------------------------------------
@@ -63,7 +66,7 @@ class JobWorker:
         self._wake.set()
 
     def check_health(self) -> None:
-        if not self._thread.is_alive():
+        if not (self._thread.is_alive() and self._hooks.is_alive()):
             raise RuntimeError("job worker thread died")
 
     def __del__(self) -> None:
@@ -76,12 +79,15 @@ class JobWorker:
         while not self._stop.is_set():
             try:
                 while self._slots.acquire(blocking=False):
-                    job = self.store.claim(self.worker_id, self.settings.job_lease_s)
+                    try:
+                        job = self.store.claim(self.worker_id, self.settings.job_lease_s)
+                    except BaseException:
+                        self._slots.release()
+                        raise
                     if job is None:
                         self._slots.release()
                         break
                     self._pool.submit(self._run, job)
-                self._deliver_webhooks()
                 if time.monotonic() - last_maintenance > _MAINTENANCE_EVERY_S:
                     last_maintenance = time.monotonic()
                     self._maintenance()
@@ -96,9 +102,12 @@ class JobWorker:
 
         def heartbeat() -> None:
             while not done.wait(lease / 3):
-                if not self.store.heartbeat(job.job_id, self.worker_id, lease):
-                    log.warning("job %s: lease lost", job.job_id)
-                    return
+                try:
+                    if not self.store.heartbeat(job.job_id, self.worker_id, lease):
+                        log.warning("job %s: lease lost", job.job_id)
+                        return
+                except Exception:  # noqa: BLE001 - a database hiccup: try again next beat
+                    log.exception("job %s: heartbeat", job.job_id)
 
         beat = threading.Thread(target=heartbeat, daemon=True)
         beat.start()
@@ -106,7 +115,7 @@ class JobWorker:
             key, media_type = self._process(job)
             if not self.store.complete(job.job_id, self.worker_id, key, media_type,
                                        self.settings.job_output_ttl_s):
-                self.artifacts.delete(key)  # taken over meanwhile: the other worker's output wins
+                self.artifacts.delete(key)  # taken over meanwhile: only our own attempt's file
             log.info("job %s completed (%s)", job.job_id, media_type)
         except ServiceError as exc:
             self.store.fail(job.job_id, exc.message, worker_id=self.worker_id)
@@ -133,7 +142,11 @@ class JobWorker:
             with self.artifacts.open(job.input_key) as f:
                 data = f.read()
         else:
-            data = asyncio.run(fetch_url(job.input_url, self.fetch_policy))
+            try:
+                data = _run_async(fetch_url(job.input_url, self.fetch_policy))
+            except FetchError as exc:  # the reason, not what internal names resolve to
+                reason = (exc.details or {}).get("reason", "failed")
+                raise FetchError(f"image_url could not be fetched ({reason}).") from None
         params = job.params
         handle = self.models.get(params["model_id"])
         if handle is None:
@@ -151,13 +164,24 @@ class JobWorker:
             background=Background.model_validate(params.get("background") or {}),
             composition=Composition.model_validate(composition) if composition else None,
         )
-        key = f"jobs/{job.job_id}/output.{fmt}"
+        # One key per attempt: a worker that lost its lease never touches the new owner's file.
+        key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
         self.artifacts.put_bytes(key, output)
         return key, media_type
 
     # ---- webhooks and retention -------------------------------------------------------------
-    def _deliver_webhooks(self) -> None:
-        for job in self.store.due_webhooks():
+    def _webhook_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        while not self._stop.is_set():
+            try:
+                self._deliver_webhooks(loop)
+            except Exception:  # noqa: BLE001 - keep delivering
+                log.exception("webhook loop")
+            self._stop.wait(self.settings.job_poll_s)
+
+    def _deliver_webhooks(self, loop: asyncio.AbstractEventLoop) -> None:
+        timeout = self.fetch_policy.timeout_s
+        for job in self.store.claim_webhooks(hold_s=timeout * 3):
             event = "job_completed" if job.state == COMPLETED else "job_failed"
             results: Any = ({"output_url": self.output_url(job.job_id),
                              "media_type": job.output_media_type} if job.state == COMPLETED
@@ -165,7 +189,7 @@ class JobWorker:
             payload = webhooks.build_payload(event, job.job_id, [results], job.webhook_secret)
             attempt = job.webhook_attempts + 1
             delivery_id = f"{job.job_id}-{event}"  # the same for every retry: receivers dedupe
-            result = asyncio.run(webhooks.deliver(
+            result = loop.run_until_complete(webhooks.deliver(
                 job.webhook_url, payload, job.webhook_secret, self.fetch_policy,
                 delivery_id=delivery_id))
             retry = result.retryable and attempt < webhooks.MAX_ATTEMPTS
@@ -187,3 +211,13 @@ class JobWorker:
         self.artifacts.sweep(retention, prefix="uploads/")
         self.artifacts.sweep(retention, prefix="inputs/")
 
+
+
+def _run_async(coro):
+    """Run a coroutine from a worker thread on a private loop. Unlike `asyncio.run`, closing
+    does not wait for the loop's executor (a slow DNS lookup cannot outlast the fetch timeout)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()

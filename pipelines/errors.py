@@ -121,3 +121,10 @@ class StateConflict(ServiceError):
 
     status_code = 409
     code = "conflict"
+
+
+class ServiceUnavailable(ServiceError):
+    """A capability this deployment does not run (e.g. async jobs with no worker)."""
+
+    status_code = 503
+    code = "service_unavailable"

@@ -18,6 +18,9 @@ from pipelines.errors import ImageTooLarge
 from pipelines.images import decode_image, encode_image
 
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
+# What async jobs accept; anything else is refused from its header, before decoding (no EPS).
+JOB_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
+                     "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
 
 
 def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *,
@@ -26,7 +29,7 @@ def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *
                      composition: Composition | None = None) -> tuple[bytes, str]:
     """Encoded output and its media type. Raises the project's errors for bad input."""
     try:
-        image = decode_image(data, max_pixels)
+        image = decode_image(data, max_pixels, formats=JOB_INPUT_FORMATS)
     except ImageTooLarge:
         raise ImageTooLarge(f"Image has more than {max_pixels:,} pixels.") from None
     mask = segment(image.rgb)

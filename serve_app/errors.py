@@ -34,6 +34,7 @@ from pipelines.errors import (
     PayloadTooLarge,
     ProcessingError,
     ServiceError,
+    ServiceUnavailable,
 )
 
 log = logging.getLogger("bgremove")
@@ -47,6 +48,7 @@ _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
     (ProcessingError, "processing_error", 422),
     (InvalidRequest, "validation_error", 400),
     (ModelUnavailable, "service_unavailable", 503),
+    (ServiceUnavailable, "service_unavailable", 503),
     (ServiceError, "internal_error", 500),
 ]
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
@@ -77,8 +79,9 @@ def render(request: Request, exc: ServiceError) -> JSONResponse:
     family = _family(request)
     if family == "message":
         return JSONResponse({"message": exc.message}, status_code=exc.status_code)
-    if family == "detail":
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    if family == "detail":  # spec 000's HD endpoints document 400s, not 422s
+        status = 400 if isinstance(exc, InvalidParameter) else exc.status_code
+        return JSONResponse({"detail": exc.message}, status_code=status)
     if family == "code":
         body = {"error": {"code": exc.code, "message": exc.message,
                           "request_id": request_id(request)}}

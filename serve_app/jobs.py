@@ -330,12 +330,25 @@ class JobStore:
                 .limit(limit)).scalars())
 
     # ---- webhooks ---------------------------------------------------------------------------
-    def due_webhooks(self, limit: int = 20) -> list[Job]:
+    def claim_webhooks(self, hold_s: float, limit: int = 20) -> list[Job]:
+        """Due webhook deliveries, each taken by this caller alone: its next attempt time moves
+        `hold_s` ahead, so another worker replica does not send it at the same time."""
+        t = now()
         with self._serial, self.engine.connect() as conn:
-            rows = conn.execute(select(jobs).where(and_(
-                jobs.c.webhook_state == "pending", jobs.c.webhook_next_at <= now()))
+            rows = conn.execute(select(jobs.c.job_id, jobs.c.webhook_attempts).where(and_(
+                jobs.c.webhook_state == "pending", jobs.c.webhook_next_at <= t))
                 .order_by(jobs.c.webhook_next_at).limit(limit)).all()
-        return [Job.from_row(r) for r in rows]
+        claimed = []
+        for row in rows:
+            with self._serial, self.engine.begin() as conn:
+                done = conn.execute(update(jobs).where(and_(
+                    jobs.c.job_id == row.job_id, jobs.c.webhook_state == "pending",
+                    jobs.c.webhook_attempts == row.webhook_attempts,
+                    jobs.c.webhook_next_at <= t)).values(
+                        webhook_next_at=t + timedelta(seconds=hold_s)))
+            if done.rowcount == 1:
+                claimed.append(row.job_id)
+        return [job for job in map(self.get, claimed) if job is not None]
 
     def record_delivery(self, job_id: str, delivery_id: str, event: str, attempt: int, ok: bool,
                         status_code: int | None, error: str | None, duration_ms: int,
@@ -348,7 +361,9 @@ class JobStore:
             conn.execute(webhook_deliveries.insert().values(
                 job_id=job_id, delivery_id=delivery_id, event=event, attempt=attempt, ok=ok,
                 status_code=status_code, error=error, duration_ms=duration_ms, at=t))
-            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
+            # only the attempt that follows the last recorded one moves the state on
+            conn.execute(update(jobs).where(and_(
+                jobs.c.job_id == job_id, jobs.c.webhook_attempts == attempt - 1)).values(
                 webhook_state=state, webhook_attempts=attempt, webhook_next_at=next_at,
                 updated_at=t))
 

@@ -8,17 +8,24 @@ mixin of `serve_app.ingress.Ingress`.
 
 import asyncio
 import logging
+import re
 import uuid
 from typing import Annotated, Any
 
 from fastapi import File, Form, Header, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from pipelines.errors import InvalidRequest, NotFound, PayloadTooLarge, StateConflict
-from pipelines.images import SHOTGUN_INPUT_FORMATS
+from pipelines.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    StateConflict,
+)
+from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from serve_app.app import app
 from serve_app.errors import validation_error
 from serve_app.jobs import COMPLETED, FAILED, Job, TransitionError
@@ -34,7 +41,12 @@ from serve_app.uploads import receive_upload
 
 log = logging.getLogger("bgremove")
 _JSON_LIMIT = 256 * 1024
-HD_FORMATS = SHOTGUN_INPUT_FORMATS | {"TIFF": "image/tiff", "BMP": "image/bmp"}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _is_id(value: str) -> bool:
+    """Job and upload ids are UUIDs; anything else (NUL, odd characters) is simply unknown."""
+    return _UUID.fullmatch(value) is not None
 
 
 def _detail(status: int, message: str) -> JSONResponse:
@@ -52,6 +64,8 @@ class JobsApi:
         if (declared and declared.isdigit() and int(declared) > limit + 64 * 1024) or (
                 image.size is not None and image.size > limit):
             return _detail(413, f"Image file is larger than {limit} bytes.")
+        if self.worker is None:
+            return _detail(503, "Asynchronous processing is not enabled in this deployment.")
         model_id = model or self.default_model
         if model_id not in self.handles:
             return _detail(400, f"Model '{model_id}' is not available.")
@@ -59,14 +73,16 @@ class JobsApi:
         key = f"inputs/{job_id}/input"
         try:
             problem = await asyncio.to_thread(self._store_hd_input, image.file, key)
+            if problem is not None:
+                return _detail(400, problem)
+            await asyncio.to_thread(
+                self.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key,
+                start=True, params={"model": "original", "model_id": model_id,
+                                    "output_format": "png"})
         except Exception as exc:  # noqa: BLE001 - the documented 500 body
             log.exception("HD submit failed")
+            await asyncio.to_thread(self.artifacts.delete, key)
             return _detail(500, f"Failed to submit image: {type(exc).__name__}")
-        if problem is not None:
-            return _detail(400, problem)
-        await asyncio.to_thread(
-            self.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key, start=True,
-            params={"model": "original", "model_id": model_id, "output_format": "png"})
         self._wake_worker()
         return HdSubmitted(uuid=job_id)
 
@@ -93,7 +109,7 @@ class JobsApi:
     @app.get("/image/hd/result/{uuid}", summary="The HD result: 202 while processing, then PNG",
              responses={200: {"content": {"image/png": {}}}, 202: {"model": HdProcessing}})
     async def hd_result(self, uuid: str):
-        job = await asyncio.to_thread(self.jobs.get, uuid)
+        job = await asyncio.to_thread(self.jobs.get, uuid) if _is_id(uuid) else None
         if job is None or job.api != "hd":
             return _detail(404, "Task not found")
         if job.state == FAILED:
@@ -117,20 +133,28 @@ class JobsApi:
                          idempotency_key: str | None = None) -> tuple[JobView, bool]:
         """Create a job (also the Python handle API): its view, and False when the idempotency
         key had already created it."""
+        self._require_worker()
+        self._check_canvas(req.composition)
         sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
         if len(sources) != 1:
             raise InvalidRequest("Give exactly one of video_url, image_url or upload_id.")
         input_key = input_url = None
         kind = "image"
         if req.upload_id:
-            upload = await asyncio.to_thread(self.jobs.get_upload, req.upload_id)
-            if upload is None:
-                raise NotFound(f"Upload '{req.upload_id}' not found.")
+            upload = (await asyncio.to_thread(self.jobs.get_upload, req.upload_id)
+                      if _is_id(req.upload_id) else None)
+            if upload is None or not await asyncio.to_thread(self.artifacts.exists, upload["key"]):
+                raise NotFound(f"Upload '{req.upload_id}' not found (or expired).")
             input_key, kind = upload["key"], upload["kind"]
+            if kind == "image" and upload["size"] > self.settings.hd_max_upload_bytes:
+                raise InvalidRequest(f"Image uploads for jobs are limited to "
+                                     f"{self.settings.hd_max_upload_bytes} bytes.")
         elif req.video_url:
             kind = "video"
         else:
             input_url = req.image_url
+            if not input_url.lower().startswith(("http://", "https://")):
+                raise InvalidRequest("image_url must be an http(s) URL.")
         if kind == "video":
             raise InvalidRequest("Video jobs are not available in this version of the service; "
                                  "image jobs are (image_url or an uploaded image).")
@@ -150,7 +174,11 @@ class JobsApi:
     @app.post("/v1/jobs/{job_id}/start", response_model=JobView,
               summary="Start a created job with its model, background and composition")
     async def start_job(self, job_id: str, request: Request):
+        if not _is_id(job_id):
+            raise NotFound("Job not found")
+        self._require_worker()
         req = await self._job_json(request, StartJobRequest)
+        self._check_canvas(req.composition)
         update: dict[str, Any] = {}
         if req.model is not None:
             update |= {"model": req.model, "model_id": self._tier_model(req.model)}
@@ -172,7 +200,7 @@ class JobsApi:
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, summary="Poll a job")
     async def get_job(self, job_id: str) -> JobView:
-        job = await asyncio.to_thread(self.jobs.get, job_id)
+        job = await asyncio.to_thread(self.jobs.get, job_id) if _is_id(job_id) else None
         if job is None or job.api != "v1":
             raise NotFound("Job not found")
         return self._view(job)
@@ -190,7 +218,7 @@ class JobsApi:
     @app.get("/api/download/{job_id}", summary="Download a completed job's output (once)",
              responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
     async def download(self, job_id: str):
-        job = await asyncio.to_thread(self.jobs.get, job_id)
+        job = await asyncio.to_thread(self.jobs.get, job_id) if _is_id(job_id) else None
         if job is None:
             raise NotFound("Job not found")
         if job.state != COMPLETED:
@@ -204,21 +232,35 @@ class JobsApi:
 
     # ---- helpers ------------------------------------------------------------------------------
     def _output_response(self, job: Job, missing, download_name: str | None) -> Response:
-        """Stream the output file, then delete it (outputs are cleaned up after download)."""
-        path = self.artifacts.local_path(job.output_key) if job.output_key else None
-        if path is None or not path.exists():
+        """Stream the output, then delete it (outputs are cleaned up after download) - but only
+        once the whole file was sent; the file is opened first, so a concurrent cleanup cannot
+        turn this response into an error."""
+        try:
+            f = self.artifacts.open(job.output_key) if job.output_key else None
+        except (FileNotFoundError, ValueError):
+            f = None
+        if f is None:
             return missing()
+        sent_all = False
+
+        def chunks():
+            nonlocal sent_all
+            with f:
+                while chunk := f.read(1024 * 1024):
+                    yield chunk
+            sent_all = True
 
         def cleanup() -> None:
-            key = self.jobs.drop_output(job.job_id)
-            if key:
-                self.artifacts.delete(key)
+            if sent_all:
+                key = self.jobs.drop_output(job.job_id)
+                if key:
+                    self.artifacts.delete(key)
 
         headers = {"Cache-Control": "no-cache"}
         if download_name:
             headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
-        return FileResponse(path, media_type=job.output_media_type, headers=headers,
-                            background=BackgroundTask(cleanup))
+        return StreamingResponse(chunks(), media_type=job.output_media_type, headers=headers,
+                                 background=BackgroundTask(cleanup))
 
     def _view(self, job: Job) -> JobView:
         output_url = None
@@ -243,6 +285,17 @@ class JobsApi:
                  "available": sorted(t for t, m in self.setup.tier_models.items()
                                      if m in self.handles)})
         return model_id
+
+    def _require_worker(self) -> None:
+        if self.worker is None:
+            raise ServiceUnavailable("Asynchronous processing is not enabled in this deployment.")
+
+    def _check_canvas(self, composition) -> None:
+        canvas = composition.canvas if composition is not None else None
+        if canvas is not None and canvas.width * canvas.height > self.settings.hd_max_pixels:
+            raise InvalidRequest(f"composition.canvas is larger than "
+                                 f"{self.settings.hd_max_pixels:,} pixels.",
+                                 {"field": "composition.canvas"})
 
     def _wake_worker(self) -> None:
         if self.worker is not None:

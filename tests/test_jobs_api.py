@@ -167,6 +167,26 @@ def test_create_job_errors_in_the_002_shape(client, body, status, code):
     assert_002(client.post("/v1/jobs", json=body), status, code)
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs/a%00b", "/api/download/a%00b",
+                                  "/v1/jobs/" + "x" * 500])
+def test_odd_ids_are_simply_unknown(client, path):
+    assert_002(client.get(path), 404, "not_found")
+
+
+def test_hd_odd_ids_and_missing_field(client):
+    assert client.get("/image/hd/result/a%00b").json() == {"detail": "Task not found"}
+    assert client.post("/image/hd/submit/v1").status_code == 400
+
+
+@pytest.mark.parametrize("body", [
+    {"image_url": "file:///etc/passwd"},
+    {"image_url": "https://example.com/a.png",
+     "composition": {"canvas": {"width": 16384, "height": 16384}}},  # over BGR_HD_MAX_PIXELS
+])
+def test_job_inputs_refused_at_create(client, body):
+    assert_002(client.post("/v1/jobs", json=body), 400, "invalid_request")
+
+
 def test_unknown_job_and_bad_upload(client):
     assert_002(client.get("/v1/jobs/nope"), 404, "not_found", "Job not found")
     assert_002(client.get("/api/download/nope"), 404, "not_found", "Job not found")

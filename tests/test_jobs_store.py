@@ -109,11 +109,11 @@ def test_webhook_bookkeeping(jobs):
     job = new(jobs, start=True, webhook_url="https://hooks.example.com/x", webhook_secret="s")
     jobs.claim("w1", 30)
     jobs.complete(job.job_id, "w1", "k", "image/png", 60)
-    [due] = jobs.due_webhooks()
+    [due] = jobs.claim_webhooks(hold_s=30)
     assert due.job_id == job.job_id and due.webhook_state == "pending"
     jobs.record_delivery(job.job_id, "d1", "job_completed", 1, False, 500, "HTTP 500", 12,
                          next_at=now() + timedelta(seconds=60))
-    assert jobs.due_webhooks() == []  # not before its next attempt
+    assert jobs.claim_webhooks(hold_s=30) == []  # not before its next attempt
     jobs.record_delivery(job.job_id, "d1", "job_completed", 2, True, 200, None, 8, next_at=None)
     assert jobs.get(job.job_id).webhook_state == "delivered"
     assert [(d["attempt"], d["ok"], d["status_code"]) for d in jobs.deliveries(job.job_id)] == [
@@ -137,3 +137,17 @@ def test_survives_reopening(db_url):
     second = JobStore(db_url)
     assert second.get(job.job_id).state == PROCESSING
     second.close()
+
+
+def test_a_due_webhook_is_claimed_by_one_worker_only(jobs):
+    job = new(jobs, start=True, webhook_url="https://hooks.example.com/x")
+    jobs.claim("w1", 30)
+    jobs.complete(job.job_id, "w1", "k", "image/png", 60)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: jobs.claim_webhooks(hold_s=30), range(4)))
+    assert sum(len(g) for g in got) == 1
+    # a late duplicate report of attempt 1 cannot reopen a delivered webhook
+    jobs.record_delivery(job.job_id, "d", "job_completed", 1, True, 200, None, 5, None)
+    jobs.record_delivery(job.job_id, "d", "job_completed", 1, False, 500, "x", 5,
+                         next_at=now())
+    assert jobs.get(job.job_id).webhook_state == "delivered"
