@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from pipelines.errors import (
@@ -26,8 +25,7 @@ from pipelines.errors import (
     StateConflict,
 )
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
-from serve_app.app import app
-from serve_app.errors import validation_error
+from serve_app.app import app, read_json
 from serve_app.jobs import COMPLETED, FAILED, Job, TransitionError
 from serve_app.schemas import (
     CreateJobRequest,
@@ -302,18 +300,5 @@ class JobsApi:
             self.worker.wake.remote()  # fire and forget: the worker also polls
 
     async def _job_json(self, request: Request, model):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > _JSON_LIMIT:
-            raise PayloadTooLarge(f"Request body is larger than {_JSON_LIMIT} bytes.")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > _JSON_LIMIT:
-                raise PayloadTooLarge(f"Request body is larger than {_JSON_LIMIT} bytes.")
-        try:
-            return model.model_validate_json(body or b"{}")
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise InvalidRequest("Request body is not valid JSON.") from None
-            raise validation_error(exc) from None
-
+        return await read_json(request, model, _JSON_LIMIT, PayloadTooLarge(
+            f"Request body is larger than {_JSON_LIMIT} bytes."), empty=b"{}")

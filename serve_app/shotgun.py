@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 import ray
 from fastapi import Query, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from pipelines import effects
 from pipelines.errors import (
@@ -46,8 +46,7 @@ from pipelines.images import (
     flatten,
     upscale,
 )
-from serve_app.app import app
-from serve_app.errors import validation_error
+from serve_app.app import app, read_json
 from serve_app.schemas import (
     Dimensions,
     ModelFailure,
@@ -307,25 +306,10 @@ class ShotgunApi:
         return list(dict.fromkeys(requested))  # unique, in the order asked
 
     async def _read_json(self, request: Request, model: type[Body]) -> Body:
-        """Read the body with a size limit (before it is all in memory), then validate it."""
         limit = self.settings.shotgun_max_bytes * 4 // 3 + 64 * 1024  # base64 plus fields
-        too_large = PayloadTooLarge(
+        return await read_json(request, model, limit, PayloadTooLarge(
             f"Request body is larger than {limit} bytes (images up to "
-            f"{self.settings.shotgun_max_bytes // (1024 * 1024)} MB).", {"limit_bytes": limit})
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise InvalidRequest("Request body is not valid JSON.", {"field": None}) from None
-            raise validation_error(exc) from None
+            f"{self.settings.shotgun_max_bytes // (1024 * 1024)} MB).", {"limit_bytes": limit}))
 
     async def _load_image(self, req: RemoveBackgroundRequest | UpscaleRequest | ProcessRequest
                           ) -> DecodedImage:
