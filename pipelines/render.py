@@ -8,7 +8,9 @@ stage has what it needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from pipelines.compose import Background, Composition, compose
 from pipelines.errors import ImageTooLarge
 from pipelines.images import decode_image, encode_image
 
+T = TypeVar("T")
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 # What async jobs accept; anything else is refused from its header, before decoding (no EPS).
 JOB_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
@@ -40,3 +43,22 @@ def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *
     out = compose(cut, background or Background(), composition)
     del cut
     return encode_image(out, output_format), MEDIA_TYPES[output_format]
+
+
+def iter_masks(frames: Iterable[T], submit: Callable[[T], Callable[[], np.ndarray]],
+               window: int = 16) -> Iterator[tuple[T, np.ndarray]]:
+    """Masks for a stream of frames, in order, with up to `window` frames in flight at once.
+
+    `submit(frame)` starts the mask computation (e.g. a call to a model deployment, which may
+    batch it with other frames and run on any of its replicas) and returns a function that
+    blocks until that mask is ready. Only `window` frames are held, whatever the clip's length.
+    """
+    pending: deque[tuple[T, Callable[[], np.ndarray]]] = deque()
+    for frame in frames:
+        pending.append((frame, submit(frame)))
+        if len(pending) >= window:
+            head, wait = pending.popleft()
+            yield head, wait()
+    while pending:
+        head, wait = pending.popleft()
+        yield head, wait()
