@@ -9,12 +9,14 @@ stage has what it needs.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+import cv2
 import numpy as np
 
-from pipelines import effects
+from pipelines import effects, video
 from pipelines.compose import Background, Composition, compose
 from pipelines.errors import ImageTooLarge
 from pipelines.images import decode_image, encode_image
@@ -62,3 +64,79 @@ def iter_masks(frames: Iterable[T], submit: Callable[[T], Callable[[], np.ndarra
     while pending:
         head, wait = pending.popleft()
         yield head, wait()
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    frames: int
+    original_duration_s: float
+    processed_duration_s: float
+    width: int
+    height: int
+    audio_error: str | None
+
+
+def _over(fg: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    a = alpha.astype(np.float32)[:, :, None] * np.float32(1 / 255)
+    out = fg.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def fit_background(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A background image scaled to cover width x height and centre-cropped (no distortion)."""
+    h, w = image.shape[:2]
+    scale = max(width / w, height / h)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1
+                         else cv2.INTER_LINEAR)
+    y, x = (size[1] - height) // 2, (size[0] - width) // 2
+    return np.ascontiguousarray(resized[y:y + height, x:x + width])
+
+
+def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[], np.ndarray]], *,
+                 output_format: str, background: Background | None = None,
+                 background_image: np.ndarray | None = None,
+                 composition: Composition | None = None, max_duration_s: float | None = None,
+                 window: int = 16, smoother: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                 | None = None, decontaminate: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None) -> VideoResult:
+    """Stream `src` through segmentation into `dst`: frames are decoded one by one, their masks
+    computed `window` at a time (`submit`, see `iter_masks`), smoothed over time, composited
+    (transparent, colour, image, optional canvas composition) and encoded as they come back.
+
+    Background priority: `background_image` over a colour `background` over transparency.
+    Audio is kept (trimmed the same way) where the container allows.
+    """
+    info = video.probe(src)
+    width, height = info.display_size
+    if composition is not None and composition.canvas is not None:
+        width, height = composition.canvas.width, composition.canvas.height
+    total = video.duration_ceiling_frames(
+        video.processed_duration(info.duration_s, max_duration_s), info.fps)
+    bg_pixels = None
+    if background_image is not None:
+        bg_pixels = fit_background(background_image, width, height)
+    elif background is not None and background.type == "color":
+        bg_pixels = np.empty((height, width, 3), np.uint8)
+        bg_pixels[:] = background.rgb
+    frames = video.iter_frames(src, max_duration_s)
+    count = 0
+    with video.VideoWriter(dst, output_format, width, height, info.fps, audio_from=src,
+                           max_duration_s=max_duration_s) as writer:
+        for frame, mask in iter_masks(frames, lambda f: submit(f.rgb), window):
+            if smoother is not None:
+                mask = smoother(frame.rgb, mask)
+            fg = effects.estimate_foreground(frame.rgb, mask) if decontaminate else frame.rgb
+            rgba = np.dstack([fg, mask])
+            if composition is not None:
+                rgba = compose(rgba, Background(), composition)
+            out = rgba if bg_pixels is None else _over(rgba[:, :, :3], rgba[:, :, 3], bg_pixels)
+            writer.write(out)
+            count += 1
+            if on_progress is not None:
+                on_progress(count, max(total, count))
+        audio_error = writer.audio_error
+    return VideoResult(frames=count, original_duration_s=info.duration_s,
+                       processed_duration_s=video.processed_duration(info.duration_s,
+                                                                     max_duration_s),
+                       width=width, height=height, audio_error=audio_error)
