@@ -83,6 +83,14 @@ webhook_deliveries = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
+job_progress = Table(  # frames done / total of a running video job (updated every few frames)
+    "job_progress", metadata,
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), primary_key=True),
+    Column("current", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 uploads = Table(
     "uploads", metadata,
     Column("upload_id", String(36), primary_key=True),
@@ -373,6 +381,22 @@ class JobStore:
                                 .where(webhook_deliveries.c.job_id == job_id)
                                 .order_by(webhook_deliveries.c.id)).all()
         return [dict(r._mapping) for r in rows]
+
+    # ---- progress -----------------------------------------------------------------------------
+    def set_progress(self, job_id: str, current: int, total: int) -> None:
+        t = now()
+        with self._serial, self.engine.begin() as conn:
+            done = conn.execute(update(job_progress).where(job_progress.c.job_id == job_id)
+                                .values(current=current, total=total, updated_at=t))
+            if done.rowcount == 0:
+                conn.execute(job_progress.insert().values(job_id=job_id, current=current,
+                                                          total=total, updated_at=t))
+
+    def get_progress(self, job_id: str) -> tuple[int, int] | None:
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(select(job_progress.c.current, job_progress.c.total)
+                               .where(job_progress.c.job_id == job_id)).first()
+        return (row.current, row.total) if row else None
 
     # ---- uploads ----------------------------------------------------------------------------
     def add_upload(self, upload_id: str, key: str, filename: str, media_type: str, kind: str,

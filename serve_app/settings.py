@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     job_poll_s: float = Field(1.0, gt=0)
     job_output_ttl_s: int = Field(24 * 3600, gt=0)  # outputs are deleted after download or this
     hd_max_pixels: int = Field(100_000_000, gt=0)
+    # Video (spec 000): longer clips are trimmed to this many seconds (with a warning).
+    video_max_duration_s: float = Field(4.0, gt=0)
+    video_window: int = Field(16, ge=1, le=256)  # frames in flight to the model deployments
+    video_smoothing: bool = True  # temporal mask smoothing (pipelines/temporal.py)
+    video_edge_decontamination: bool = False  # Blur-Fusion per frame (slower, cleaner edges)
     hd_max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
     url_allowed_networks: list[str] = Field(default_factory=list)
