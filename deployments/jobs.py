@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,9 @@ from pipelines import webhooks
 from pipelines.compose import Background, Composition
 from pipelines.errors import FetchError, ServiceError
 from pipelines.fetch import FetchPolicy, fetch_url
-from pipelines.render import render_image_job
+from pipelines.images import decode_image
+from pipelines.render import render_image_job, render_video
+from pipelines.temporal import MaskSmoother
 from serve_app.artifacts import artifact_store
 from serve_app.db import now
 from serve_app.jobs import COMPLETED, Job, JobStore
@@ -35,6 +40,7 @@ from serve_app.settings import get_settings
 
 log = logging.getLogger("bgremove")
 _MAINTENANCE_EVERY_S = 30.0
+VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/quicktime"}
 
 
 class JobWorker:
@@ -127,15 +133,24 @@ class JobWorker:
         finally:
             done.set()
             if job.input_key and job.input_key.startswith("inputs/"):
-                try:  # a job's private input (HD submit) is not needed once the job has ended
+                try:  # a job's private inputs (HD/video submit) are not needed once it ended
                     if self.store.get(job.job_id).state in ("completed", "failed"):
-                        self.artifacts.delete(job.input_key)
+                        self.artifacts.delete_prefix(f"inputs/{job.job_id}/")
                 except Exception:  # noqa: BLE001 - retention sweeps it later
                     log.exception("job %s: input cleanup", job.job_id)
             self._slots.release()
             self._wake.set()
 
+    def _model(self, job: Job) -> DeploymentHandle:
+        handle = self.models.get(job.params["model_id"])
+        if handle is None:
+            raise ServiceError(f"Model '{job.params['model_id']}' is not served by this "
+                               "deployment.")
+        return handle
+
     def _process(self, job: Job) -> tuple[str, str]:
+        if job.kind == "video":
+            return self._process_video(job)
         if job.kind != "image":
             raise ServiceError(f"No processor for {job.kind} jobs in this deployment.")
         if job.input_key is not None:
@@ -148,9 +163,7 @@ class JobWorker:
                 reason = (exc.details or {}).get("reason", "failed")
                 raise FetchError(f"image_url could not be fetched ({reason}).") from None
         params = job.params
-        handle = self.models.get(params["model_id"])
-        if handle is None:
-            raise ServiceError(f"Model '{params['model_id']}' is not served by this deployment.")
+        handle = self._model(job)
 
         def segment(rgb: np.ndarray) -> np.ndarray:
             ref = ray.put(rgb)
@@ -168,6 +181,49 @@ class JobWorker:
         key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
         self.artifacts.put_bytes(key, output)
         return key, media_type
+
+    def _process_video(self, job: Job) -> tuple[str, str]:
+        """Stream the video through the model deployment (frames `video_window` at a time, so
+        concurrent jobs' frames share the model's batches and every replica can take frames)."""
+        params, settings = job.params, self.settings
+        handle = self._model(job)
+        fmt = params["output_format"]
+
+        def submit(rgb: np.ndarray):
+            response = handle.segment.remote(rgb)
+            return lambda: response.result(timeout_s=self.model_timeout_s)[0]
+
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if done == total or time.monotonic() - last[0] > 0.5:
+                last[0] = time.monotonic()
+                self.store.set_progress(job.job_id, done, total)
+
+        background_image = None
+        if params.get("bg_image_key"):
+            with self.artifacts.open(params["bg_image_key"]) as f:
+                background_image = decode_image(f.read(), settings.hd_max_pixels).rgb
+        composition = params.get("composition")
+        with tempfile.TemporaryDirectory(prefix="bgr-video-") as tmp:
+            src = self.artifacts.local_path(job.input_key)
+            if src is None:  # a store without local files: work on a local copy
+                src = Path(tmp) / "input"
+                with self.artifacts.open(job.input_key) as f, open(src, "wb") as out:
+                    shutil.copyfileobj(f, out)
+            dst = Path(tmp) / f"output.{fmt}"
+            render_video(
+                str(src), str(dst), submit, output_format=fmt,
+                background=Background.model_validate(params.get("background") or {}),
+                background_image=background_image,
+                composition=Composition.model_validate(composition) if composition else None,
+                max_duration_s=params.get("max_duration_s"), window=settings.video_window,
+                smoother=MaskSmoother() if settings.video_smoothing else None,
+                decontaminate=settings.video_edge_decontamination, on_progress=progress)
+            key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
+            with open(dst, "rb") as f, self.artifacts.writer(key) as out:
+                shutil.copyfileobj(f, out)
+        return key, VIDEO_MEDIA_TYPES[fmt]
 
     # ---- webhooks and retention -------------------------------------------------------------
     def _webhook_loop(self) -> None:

@@ -5,7 +5,7 @@ route family that was called:
 
 - Image API v1 (spec 000), paths under /image/ and /video/: `{"message": ...}` with the error's
   own status code.
-- HD image API (spec 000), paths under /image/hd/: `{"detail": ...}`.
+- HD image and video APIs (spec 000), paths under /image/hd/ and /video/: `{"detail": ...}`.
 - Job workflow, uploads and downloads (specs 001/002), paths under /v1/ and /api/:
   `{"error": {"code", "message", "request_id"}}` with the error's own status code.
 - Shotgun API (spec 003) and the service routes: `{"error": {"type", "message", "details"}}`,
@@ -56,9 +56,9 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 def _family(request: Request) -> str:
     path = request.url.path
-    if path.startswith("/image/hd/"):
+    if path.startswith(("/image/hd/", "/video/")):
         return "detail"
-    if path.startswith(("/image/", "/video/")):
+    if path.startswith("/image/"):
         return "message"
     if path.startswith(("/v1/", "/api/")):
         return "code"

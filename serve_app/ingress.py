@@ -31,6 +31,7 @@ from serve_app.results import ResultLinks
 from serve_app.schemas import Health, ModelHealth, ModelInfo, PoolHealth
 from serve_app.settings import get_settings
 from serve_app.shotgun import ShotgunApi
+from serve_app.video_api import VideoApi
 from serve_app.store import Store
 
 log = logging.getLogger("bgremove")
@@ -72,7 +73,7 @@ class CpuSlots:
 
 
 @serve.ingress(app)
-class Ingress(ImageApiV1, ShotgunApi, JobsApi):
+class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi):
     def __init__(
         self,
         models: dict[str, DeploymentHandle],

@@ -229,7 +229,8 @@ class JobsApi:
                                      download_name=f"{job.job_id}.{job.params['output_format']}")
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _output_response(self, job: Job, missing, download_name: str | None) -> Response:
+    def _output_response(self, job: Job, missing, download_name: str | None,
+                         extra_headers: dict[str, str] | None = None) -> Response:
         """Stream the output, then delete it (outputs are cleaned up after download) - but only
         once the whole file was sent; the file is opened first, so a concurrent cleanup cannot
         turn this response into an error."""
@@ -254,7 +255,7 @@ class JobsApi:
                 if key:
                     self.artifacts.delete(key)
 
-        headers = {"Cache-Control": "no-cache"}
+        headers = {"Cache-Control": "no-cache", **(extra_headers or {})}
         if download_name:
             headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
         return StreamingResponse(chunks(), media_type=job.output_media_type, headers=headers,

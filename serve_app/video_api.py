@@ -1,0 +1,154 @@
+"""Video API v1 (spec 000): submit a clip, poll its progress, download the result.
+
+The clip is stored and probed here (a clear 400 for anything that is not a readable video),
+the background image, if any, is fetched and checked here; the `JobWorker` deployment does the
+rest (`pipelines.render.render_video`). A mixin of `serve_app.ingress.Ingress`.
+"""
+
+import asyncio
+import logging
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import File, Form, UploadFile
+from fastapi.responses import JSONResponse
+
+from pipelines import video
+from pipelines.errors import InvalidImage, InvalidRequest, ServiceError
+from pipelines.fetch import FetchPolicy, fetch_url
+from pipelines.images import decode_image
+from serve_app.app import app
+from serve_app.jobs import COMPLETED, FAILED
+
+log = logging.getLogger("bgremove")
+_RGB = re.compile(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*")
+BG_COLOR_MESSAGE = "bg_color must be in format 'R,G,B' (e.g., '255,0,0')"
+
+
+def _detail(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+class VideoApi:
+    @app.post("/video/submit/v1", status_code=202,
+              summary="Submit a video (the first seconds are processed, see the warning)")
+    async def video_submit(self, video_file: Annotated[UploadFile, File(alias="video")],
+                           bg_color: Annotated[str | None, Form()] = None,
+                           bg_image_url: Annotated[str | None, Form()] = None,
+                           model: Annotated[str | None, Form()] = None,
+                           output_format: Annotated[str | None, Form()] = None):
+        if self.worker is None:
+            return _detail(503, "Asynchronous processing is not enabled in this deployment.")
+        settings = self.settings
+        if video_file.size is not None and video_file.size > settings.upload_max_bytes:
+            return _detail(400, "File too large")
+        background = {"type": "transparent"}
+        if bg_color:  # bg_color wins over bg_image_url
+            m = _RGB.fullmatch(bg_color)
+            if m is None or any(int(v) > 255 for v in m.groups()):
+                return _detail(400, BG_COLOR_MESSAGE)
+            background = {"type": "color", "color": ",".join(m.groups())}
+        transparent = background["type"] == "transparent" and not bg_image_url
+        fmt = output_format or ("webm" if transparent else "mp4")
+        if fmt not in ("webm", "mp4", "mov"):
+            return _detail(400, "output_format must be webm, mp4 or mov")
+        if fmt == "mp4" and transparent:
+            return _detail(400, "mp4 cannot carry transparency: give bg_color or bg_image_url, "
+                                "or use webm or mov")
+        model_id = model or self.default_model
+        if model_id not in self.handles:
+            return _detail(400, f"Model '{model_id}' is not available.")
+
+        job_id = str(uuid.uuid4())
+        key = f"inputs/{job_id}/input"
+        try:
+            await asyncio.to_thread(self._store_upload, video_file.file, key)
+            path = self.artifacts.local_path(key)
+            info = await asyncio.to_thread(video.probe, str(path))
+        except InvalidRequest as exc:  # "File must be a video" or the decoder's reason
+            await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+            return _detail(400, exc.message)
+        except Exception as exc:  # noqa: BLE001 - the documented 500 body
+            log.exception("video submit failed")
+            await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+            return _detail(500, f"Failed to submit video: {type(exc).__name__}")
+
+        bg_key = None
+        if bg_image_url and not bg_color:
+            problem = await self._fetch_background(bg_image_url, f"inputs/{job_id}/background")
+            if problem is not None:
+                await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+                return _detail(400, problem)
+            bg_key = f"inputs/{job_id}/background"
+
+        limit = settings.video_max_duration_s
+        params = {"model": "original", "model_id": model_id, "output_format": fmt,
+                  "background": background, "bg_image_key": bg_key, "max_duration_s": limit,
+                  "original_duration_s": info.duration_s}
+        await asyncio.to_thread(self.jobs.create, api="video", kind="video", job_id=job_id,
+                                input_key=key, start=True, params=params)
+        self._wake_worker()
+        body = {"message": "Video submitted for processing", "uuid": job_id,
+                "status": "processing", "duration": video.format_duration(info.duration_s)}
+        if video.is_trimmed(info.duration_s, limit):
+            body["warning"] = video.submit_trim_warning(info.duration_s, limit)
+            body["processed_duration"] = video.format_limit(limit)
+        return JSONResponse(body, status_code=202)
+
+    def _store_upload(self, src, key: str) -> None:
+        src.seek(0)
+        with self.artifacts.writer(key) as out:
+            while chunk := src.read(1024 * 1024):
+                out.write(chunk)
+
+    async def _fetch_background(self, url: str, key: str) -> str | None:
+        s = self.settings
+        policy = FetchPolicy.from_strings(s.hd_max_upload_bytes, s.url_fetch_timeout_s,
+                                          s.url_fetch_max_redirects, s.url_allowed_networks)
+        try:
+            data = await fetch_url(url, policy)
+        except ServiceError as exc:
+            return f"Failed to download background image: {exc.message}"
+        try:
+            await asyncio.to_thread(decode_image, data, s.hd_max_pixels)
+        except (InvalidImage, InvalidRequest):
+            return "URL must point to an image file"
+        await asyncio.to_thread(self.artifacts.put_bytes, key, data)
+        return None
+
+    @app.get("/video/result/{uuid}", summary="Progress (202) or the processed video (200)",
+             responses={200: {"content": {"video/webm": {}, "video/mp4": {}}}})
+    async def video_result(self, uuid: str):
+        job = await asyncio.to_thread(self.jobs.get, uuid) if _is_uuid(uuid) else None
+        if job is None or job.api != "video":
+            return JSONResponse({"message": "Task not found", "status": "not_found"},
+                                status_code=404)
+        if job.state == FAILED:
+            return JSONResponse({"message": "Video processing failed", "uuid": uuid,
+                                 "status": "failed"}, status_code=500)
+        if job.state != COMPLETED:
+            body = {"message": "Video is still processing", "uuid": uuid, "status": "processing"}
+            progress = await asyncio.to_thread(self.jobs.get_progress, uuid)
+            if progress is not None:
+                done, total = progress
+                body |= {"current_frame": done, "total_frames": total,
+                         "progress_percentage": round(100.0 * done / max(total, 1), 1)}
+            return JSONResponse(body, status_code=202)
+        fmt = job.params["output_format"]
+        original, limit = job.params["original_duration_s"], job.params["max_duration_s"]
+        # exactly as spec 000 writes it (unquoted: the name is a uuid and an extension)
+        headers = {"Content-Disposition": f"attachment; filename=processed_{uuid}.{fmt}"}
+        if video.is_trimmed(original, limit):
+            headers |= {"X-Video-Warning": video.header_trim_warning(original, limit),
+                       "X-Original-Duration": video.format_duration(original),
+                       "X-Processed-Duration": video.format_duration(
+                           video.processed_duration(original, limit))}
+        return self._output_response(
+            job, missing=lambda: _detail(404, "Processed video file not found"),
+            download_name=None, extra_headers=headers)
+
+
+def _is_uuid(value: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                        value) is not None
