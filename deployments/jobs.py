@@ -11,6 +11,7 @@ due webhooks (retried with backoff, every attempt recorded) and deletes expired 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -157,11 +158,7 @@ class JobWorker:
             with self.artifacts.open(job.input_key) as f:
                 data = f.read()
         else:
-            try:
-                data = _run_async(fetch_url(job.input_url, self.fetch_policy))
-            except FetchError as exc:  # the reason, not what internal names resolve to
-                reason = (exc.details or {}).get("reason", "failed")
-                raise FetchError(f"image_url could not be fetched ({reason}).") from None
+            data = self._fetch(job.input_url, self.fetch_policy.max_bytes)
         params = job.params
         handle = self._model(job)
 
@@ -181,6 +178,14 @@ class JobWorker:
         key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
         self.artifacts.put_bytes(key, output)
         return key, media_type
+
+    def _fetch(self, url: str, max_bytes: int) -> bytes:
+        policy = dataclasses.replace(self.fetch_policy, max_bytes=max_bytes)
+        try:
+            return _run_async(fetch_url(url, policy))
+        except FetchError as exc:  # the reason, not what internal names resolve to
+            reason = (exc.details or {}).get("reason", "failed")
+            raise FetchError(f"The input URL could not be fetched ({reason}).") from None
 
     def _process_video(self, job: Job) -> tuple[str, str]:
         """Stream the video through the model deployment (frames `video_window` at a time, so
@@ -206,11 +211,14 @@ class JobWorker:
                 background_image = decode_image(f.read(), settings.hd_max_pixels).rgb
         composition = params.get("composition")
         with tempfile.TemporaryDirectory(prefix="bgr-video-") as tmp:
-            src = self.artifacts.local_path(job.input_key)
-            if src is None:  # a store without local files: work on a local copy
+            src = self.artifacts.local_path(job.input_key) if job.input_key else None
+            if src is None:  # a URL, or a store without local files: work on a local copy
                 src = Path(tmp) / "input"
-                with self.artifacts.open(job.input_key) as f, open(src, "wb") as out:
-                    shutil.copyfileobj(f, out)
+                if job.input_key:
+                    with self.artifacts.open(job.input_key) as f, open(src, "wb") as out:
+                        shutil.copyfileobj(f, out)
+                else:
+                    src.write_bytes(self._fetch(job.input_url, settings.upload_max_bytes))
             dst = Path(tmp) / f"output.{fmt}"
             render_video(
                 str(src), str(dst), submit, output_format=fmt,

@@ -148,16 +148,21 @@ class JobsApi:
                 raise InvalidRequest(f"Image uploads for jobs are limited to "
                                      f"{self.settings.hd_max_upload_bytes} bytes.")
         elif req.video_url:
-            kind = "video"
+            kind, input_url = "video", req.video_url
         else:
             input_url = req.image_url
-            if not input_url.lower().startswith(("http://", "https://")):
-                raise InvalidRequest("image_url must be an http(s) URL.")
-        if kind == "video":
-            raise InvalidRequest("Video jobs are not available in this version of the service; "
-                                 "image jobs are (image_url or an uploaded image).")
+        if input_url is not None and not input_url.lower().startswith(("http://", "https://")):
+            raise InvalidRequest("The input URL must be an http(s) URL.")
+        fmt = req.output_format or ("webm" if kind == "video" else "png")
+        allowed = ("webm", "mp4", "mov") if kind == "video" else ("png", "webp")
+        if fmt not in allowed:
+            raise InvalidRequest(f"output_format {fmt!r} is not available for {kind} jobs; "
+                                 f"use one of {', '.join(allowed)}.")
+        if fmt == "mp4" and req.background.type == "transparent":
+            raise InvalidRequest("mp4 cannot carry transparency: give a colour background, or "
+                                 "use webm or mov.")
         params = {"model": req.model, "model_id": self._tier_model(req.model),
-                  "output_format": req.output_format,
+                  "output_format": fmt, "max_duration_s": None,
                   "background": req.background.model_dump(mode="json"),
                   "composition": (req.composition.model_dump(mode="json")
                                   if req.composition else None)}

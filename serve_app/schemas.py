@@ -300,7 +300,9 @@ class CreateJobRequest(BaseModel):
     upload_id: str | None = Field(None, max_length=64, description="From POST /api/upload.")
     model: JobTier = Field("original", description="Model tier: original (the default model), "
                            "pro, light or human.")
-    output_format: Literal["png", "webp"] = "png"
+    output_format: Literal["png", "webp", "webm", "mp4", "mov"] | None = Field(
+        None, description="Images: png (default) or webp. Videos: webm (default, VP9 with "
+        "alpha), mp4 (H.264, needs a colour background) or mov (ProRes 4444 with alpha).")
     background: Background = Field(default_factory=Background)
     composition: Composition | None = None
     auto_start: bool = True

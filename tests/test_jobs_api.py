@@ -158,7 +158,9 @@ def test_idempotent_create(client):
 
 @pytest.mark.parametrize("body, status, code", [
     ({}, 400, "invalid_request"),                                       # no input
-    ({"video_url": "https://example.com/a.mp4"}, 400, "invalid_request"),  # no video pipeline yet
+    ({"video_url": "https://example.com/a.mp4", "output_format": "png"}, 400, "invalid_request"),
+    ({"video_url": "https://example.com/a.mp4", "output_format": "mp4"}, 400,
+     "invalid_request"),  # mp4 has no alpha: a colour background is required
     ({"image_url": "https://example.com/a.png", "model": "ultra"}, 400, "invalid_request"),
     ({"image_url": "https://example.com/a.png", "surprise": 1}, 400, "invalid_request"),
     ({"upload_id": "00000000-0000-0000-0000-000000000000"}, 404, "not_found"),
@@ -309,3 +311,31 @@ def test_job_survives_the_app_being_killed_mid_job(client, base_url, tmp_path_fa
     assert any("lease expired" in e.reason for e in jobs_db.events(job_id))
     serve.delete("restart")
     jobs_db.close()
+
+
+def test_video_job_from_an_upload_as_prores_with_alpha(client, tmp_path):
+    from test_video_api import make_clip
+
+    from pipelines import video
+
+    up = client.post("/api/upload", files={"file": ("clip.mp4", make_clip(1.0), "video/mp4")})
+    assert up.status_code == 201 and up.json()["kind"] == "video", up.text
+    created = client.post("/v1/jobs", json={"upload_id": up.json()["upload_id"],
+                                            "output_format": "mov", "composition": {
+                                                "canvas": {"width": 128, "height": 96},
+                                                "foreground": {"anchor": "center"}}})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["job_id"]
+    final = wait_for(lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"]
+                     in ("completed", "failed") and r, timeout=90)
+    assert final["status"] == "completed", final
+    got = client.get(final["output_url"])
+    assert got.status_code == 200 and got.headers["content-type"] == "video/quicktime"
+    path = tmp_path / "out.mov"
+    path.write_bytes(got.content)
+    container = __import__("av").open(str(path))
+    frames = [f.to_ndarray(format="rgba") for f in container.decode(video=0)]
+    container.close()
+    assert len(frames) == 10 and frames[0].shape == (96, 128, 4)
+    assert frames[0][48, 64, 3] > 200 and frames[0][2, 2, 3] < 30  # subject centred, alpha kept
+    assert video.probe(str(path)).fps == 10
