@@ -53,6 +53,8 @@ class SegmentationModel:
         self._batching = False
         self._batch: dict[str, Any] = {}
         self._in_flight = 0
+        self._images = 0  # served by this replica, and the largest batch it ran (describe())
+        self._largest_batch = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live tuning from the Serve config's `user_config` (batch size and wait)."""
@@ -89,6 +91,7 @@ class SegmentationModel:
             "model_id": self.spec.id, "pool": self.spec.tier.value,
             "deployment": ctx.deployment, "replica_id": ctx.replica_id.unique_id,
             **self._settings, "batch": self._batch,
+            "images": self._images, "largest_batch": self._largest_batch,
             "resources": ray.get_runtime_context().get_assigned_resources(),
         }
 
@@ -98,6 +101,8 @@ class SegmentationModel:
 
     async def _infer(self, images: list[np.ndarray], solo: bool = False) -> list[tuple[np.ndarray, float]]:
         # Inference releases the GIL; a worker thread keeps the event loop free meanwhile.
+        self._images += len(images)
+        self._largest_batch = max(self._largest_batch, len(images))
         async with self._slots:
             started = time.perf_counter()
             masks = await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)

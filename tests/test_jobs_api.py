@@ -339,3 +339,31 @@ def test_video_job_from_an_upload_as_prores_with_alpha(client, tmp_path):
     assert len(frames) == 10 and frames[0].shape == (96, 128, 4)
     assert frames[0][48, 64, 3] > 200 and frames[0][2, 2, 3] < 30  # subject centred, alpha kept
     assert video.probe(str(path)).fps == 10
+
+
+def test_one_video_is_spread_over_replicas_and_batched(client):
+    """The video's frames go to the model deployment a window at a time: a batching pool runs
+    them in batches, and a pool with two replicas has both working on the same clip."""
+    from test_video_api import make_clip
+
+    up = client.post("/api/upload", files={"file": ("clip.mp4", make_clip(3.0), "video/mp4")})
+    upload_id = up.json()["upload_id"]
+    for tier in ("light", "pro"):  # tiny: 2 replicas, batches of 4; tiny-pro: 1, batches of 4
+        resp = client.post("/v1/jobs", json={"upload_id": upload_id, "model": tier})
+        job_id = resp.json()["job_id"]
+        final = wait_for(lambda j=job_id: (r := client.get(f"/v1/jobs/{j}").json())["status"]
+                         in ("completed", "failed") and r, timeout=90)
+        assert final["status"] == "completed", final
+
+    def replicas(name):
+        handle = serve.get_deployment_handle(name, app_name="bgremove")
+        seen = {}
+        for _ in range(30):  # each call lands on one replica; collect them all
+            d = handle.describe.remote().result(timeout_s=30)
+            seen[d["replica_id"]] = d
+        return seen
+
+    light = replicas("tiny")
+    assert len(light) == 2 and all(d["images"] > 0 for d in light.values())
+    pro = replicas("tiny-pro")
+    assert max(d["largest_batch"] for d in pro.values()) > 1  # frames were batched
