@@ -37,8 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from docs_section import write_section  # noqa: E402
 MEDIA_DIR = Path(os.environ.get("BENCH_MEDIA_DIR", REPO.parent / "shared" / "media"))
 DOC_BEGIN, DOC_END = "<!-- bench_hd_memory:start -->", "<!-- bench_hd_memory:end -->"
 DOC_HEAD = """## HD image memory (issue 4)
@@ -213,15 +215,7 @@ def machine() -> str:
 
 
 def write_doc(path: Path, section: str) -> None:
-    """Replace the text between the markers, or append a new section with them."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + DOC_HEAD + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section(path, DOC_BEGIN, DOC_END, DOC_HEAD, section)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -31,11 +31,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_matte import REPO, OursServer, busy_seconds, cpu_delta, own_cpu, wait_for_quiet  # noqa: E402
+from docs_section import write_section  # noqa: E402
 
 SERVE_YAML = REPO / "bench" / "bench_shotgun.yaml"
 ALL = ["u2netp-fp16w", "mediapipe-selfie", "mediapipe-selfie-landscape", "mediapipe-meet",
@@ -206,14 +208,7 @@ def machine() -> str:
 
 
 def write_doc(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + DOC_HEAD + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section(path, DOC_BEGIN, DOC_END, DOC_HEAD, section)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

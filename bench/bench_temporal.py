@@ -31,11 +31,13 @@ import sys
 import time
 from pathlib import Path
 
+
 import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from docs_section import write_section  # noqa: E402
 SHARED = Path(os.environ.get("BENCH_SHARED_DIR", REPO.parent / "shared"))
 
 from pipelines.temporal import MaskSmoother, mean_abs_alpha_change  # noqa: E402
@@ -214,15 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_doc(path: Path, section: str) -> None:
-    """Replace the text between the markers, or append a new section with them."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + DOC_HEAD + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section(path, DOC_BEGIN, DOC_END, DOC_HEAD, section)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 import av
 import httpx
 import numpy as np
@@ -38,6 +39,7 @@ from bench_matte import REPO, OursServer, wait_for_quiet  # noqa: E402
 from bench_shotgun import machine  # noqa: E402
 
 sys.path.insert(0, str(REPO))
+from docs_section import write_section  # noqa: E402
 SERVE_YAML = REPO / "bench" / "bench_video.yaml"
 MODEL = "u2netp"
 COLOR = (0, 128, 255)
@@ -293,13 +295,7 @@ def report(ours: dict, naive: dict, prof: dict) -> tuple[str, list[dict]]:
 
 
 def write_doc(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + DOC_HEAD + section + "\n"
-    path.write_text(text)
+    write_section(path, DOC_BEGIN, DOC_END, DOC_HEAD, section)
 
 
 def parse_args(argv):

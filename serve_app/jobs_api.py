@@ -9,6 +9,7 @@ mixin of `serve_app.ingress.Ingress`.
 import asyncio
 import logging
 import re
+import shutil
 import uuid
 from typing import Annotated, Any
 
@@ -42,12 +43,12 @@ _JSON_LIMIT = 256 * 1024
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _is_id(value: str) -> bool:
+def is_id(value: str) -> bool:
     """Job and upload ids are UUIDs; anything else (NUL, odd characters) is simply unknown."""
     return _UUID.fullmatch(value) is not None
 
 
-def _detail(status: int, message: str) -> JSONResponse:
+def detail(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
@@ -61,18 +62,18 @@ class JobsApi:
         declared = request.headers.get("content-length")
         if (declared and declared.isdigit() and int(declared) > limit + 64 * 1024) or (
                 image.size is not None and image.size > limit):
-            return _detail(413, f"Image file is larger than {limit} bytes.")
+            return detail(413, f"Image file is larger than {limit} bytes.")
         if self.worker is None:
-            return _detail(503, "Asynchronous processing is not enabled in this deployment.")
+            return detail(503, "Asynchronous processing is not enabled in this deployment.")
         model_id = model or self.default_model
         if model_id not in self.handles:
-            return _detail(400, f"Model '{model_id}' is not available.")
+            return detail(400, f"Model '{model_id}' is not available.")
         job_id = str(uuid.uuid4())
         key = f"inputs/{job_id}/input"
         try:
             problem = await asyncio.to_thread(self._store_hd_input, image.file, key)
             if problem is not None:
-                return _detail(400, problem)
+                return detail(400, problem)
             await asyncio.to_thread(
                 self.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key,
                 start=True, params={"model": "original", "model_id": model_id,
@@ -80,7 +81,7 @@ class JobsApi:
         except Exception as exc:  # noqa: BLE001 - the documented 500 body
             log.exception("HD submit failed")
             await asyncio.to_thread(self.artifacts.delete, key)
-            return _detail(500, f"Failed to submit image: {type(exc).__name__}")
+            return detail(500, f"Failed to submit image: {type(exc).__name__}")
         self._wake_worker()
         return HdSubmitted(uuid=job_id)
 
@@ -98,23 +99,26 @@ class JobsApi:
         if width * height > self.settings.hd_max_pixels:
             return (f"Image too large: {width}x{height} is over the HD limit of "
                     f"{self.settings.hd_max_pixels:,} pixels")
+        self._store_upload(src, key)
+        return None
+
+    def _store_upload(self, src, key: str) -> None:
+        """Copy a spooled upload into the artifact store (atomically)."""
         src.seek(0)
         with self.artifacts.writer(key) as out:
-            while chunk := src.read(1024 * 1024):
-                out.write(chunk)
-        return None
+            shutil.copyfileobj(src, out, 1024 * 1024)
 
     @app.get("/image/hd/result/{uuid}", summary="The HD result: 202 while processing, then PNG",
              responses={200: {"content": {"image/png": {}}}, 202: {"model": HdProcessing}})
     async def hd_result(self, uuid: str):
-        job = await asyncio.to_thread(self.jobs.get, uuid) if _is_id(uuid) else None
+        job = await asyncio.to_thread(self.jobs.get, uuid) if is_id(uuid) else None
         if job is None or job.api != "hd":
-            return _detail(404, "Task not found")
+            return detail(404, "Task not found")
         if job.state == FAILED:
-            return _detail(500, "Image processing failed")
+            return detail(500, "Image processing failed")
         if job.state != COMPLETED:
             return JSONResponse(HdProcessing(uuid=uuid).model_dump(), status_code=202)
-        return self._output_response(job, missing=lambda: _detail(
+        return self._output_response(job, missing=lambda: detail(
             404, "Processed image file not found"), download_name=None)
 
     # ---- /v1/jobs (spec 001) ----------------------------------------------------------------
@@ -140,7 +144,7 @@ class JobsApi:
         kind = "image"
         if req.upload_id:
             upload = (await asyncio.to_thread(self.jobs.get_upload, req.upload_id)
-                      if _is_id(req.upload_id) else None)
+                      if is_id(req.upload_id) else None)
             if upload is None or not await asyncio.to_thread(self.artifacts.exists, upload["key"]):
                 raise NotFound(f"Upload '{req.upload_id}' not found (or expired).")
             input_key, kind = upload["key"], upload["kind"]
@@ -177,7 +181,7 @@ class JobsApi:
     @app.post("/v1/jobs/{job_id}/start", response_model=JobView,
               summary="Start a created job with its model, background and composition")
     async def start_job(self, job_id: str, request: Request):
-        if not _is_id(job_id):
+        if not is_id(job_id):
             raise NotFound("Job not found")
         self._require_worker()
         req = await self._job_json(request, StartJobRequest)
@@ -203,7 +207,7 @@ class JobsApi:
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, summary="Poll a job")
     async def get_job(self, job_id: str) -> JobView:
-        job = await asyncio.to_thread(self.jobs.get, job_id) if _is_id(job_id) else None
+        job = await asyncio.to_thread(self.jobs.get, job_id) if is_id(job_id) else None
         if job is None or job.api != "v1":
             raise NotFound("Job not found")
         return self._view(job)
@@ -221,7 +225,7 @@ class JobsApi:
     @app.get("/api/download/{job_id}", summary="Download a completed job's output (once)",
              responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
     async def download(self, job_id: str):
-        job = await asyncio.to_thread(self.jobs.get, job_id) if _is_id(job_id) else None
+        job = await asyncio.to_thread(self.jobs.get, job_id) if is_id(job_id) else None
         if job is None:
             raise NotFound("Job not found")
         if job.state != COMPLETED:

@@ -20,14 +20,11 @@ from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.images import decode_image
 from serve_app.app import app
 from serve_app.jobs import COMPLETED, FAILED
+from serve_app.jobs_api import detail, is_id
 
 log = logging.getLogger("bgremove")
 _RGB = re.compile(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*")
 BG_COLOR_MESSAGE = "bg_color must be in format 'R,G,B' (e.g., '255,0,0')"
-
-
-def _detail(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
 
 
 class VideoApi:
@@ -39,26 +36,26 @@ class VideoApi:
                            model: Annotated[str | None, Form()] = None,
                            output_format: Annotated[str | None, Form()] = None):
         if self.worker is None:
-            return _detail(503, "Asynchronous processing is not enabled in this deployment.")
+            return detail(503, "Asynchronous processing is not enabled in this deployment.")
         settings = self.settings
         if video_file.size is not None and video_file.size > settings.upload_max_bytes:
-            return _detail(400, "File too large")
+            return detail(400, "File too large")
         background = {"type": "transparent"}
         if bg_color:  # bg_color wins over bg_image_url
             m = _RGB.fullmatch(bg_color)
             if m is None or any(int(v) > 255 for v in m.groups()):
-                return _detail(400, BG_COLOR_MESSAGE)
+                return detail(400, BG_COLOR_MESSAGE)
             background = {"type": "color", "color": ",".join(m.groups())}
         transparent = background["type"] == "transparent" and not bg_image_url
         fmt = output_format or ("webm" if transparent else "mp4")
         if fmt not in ("webm", "mp4", "mov"):
-            return _detail(400, "output_format must be webm, mp4 or mov")
+            return detail(400, "output_format must be webm, mp4 or mov")
         if fmt == "mp4" and transparent:
-            return _detail(400, "mp4 cannot carry transparency: give bg_color or bg_image_url, "
+            return detail(400, "mp4 cannot carry transparency: give bg_color or bg_image_url, "
                                 "or use webm or mov")
         model_id = model or self.default_model
         if model_id not in self.handles:
-            return _detail(400, f"Model '{model_id}' is not available.")
+            return detail(400, f"Model '{model_id}' is not available.")
 
         job_id = str(uuid.uuid4())
         key = f"inputs/{job_id}/input"
@@ -68,18 +65,18 @@ class VideoApi:
             info = await asyncio.to_thread(video.probe, str(path))
         except InvalidRequest as exc:  # "File must be a video" or the decoder's reason
             await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
-            return _detail(400, exc.message)
+            return detail(400, exc.message)
         except Exception as exc:  # noqa: BLE001 - the documented 500 body
             log.exception("video submit failed")
             await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
-            return _detail(500, f"Failed to submit video: {type(exc).__name__}")
+            return detail(500, f"Failed to submit video: {type(exc).__name__}")
 
         bg_key = None
         if bg_image_url and not bg_color:
             problem = await self._fetch_background(bg_image_url, f"inputs/{job_id}/background")
             if problem is not None:
                 await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
-                return _detail(400, problem)
+                return detail(400, problem)
             bg_key = f"inputs/{job_id}/background"
 
         limit = settings.video_max_duration_s
@@ -95,12 +92,6 @@ class VideoApi:
             body["warning"] = video.submit_trim_warning(info.duration_s, limit)
             body["processed_duration"] = video.format_limit(limit)
         return JSONResponse(body, status_code=202)
-
-    def _store_upload(self, src, key: str) -> None:
-        src.seek(0)
-        with self.artifacts.writer(key) as out:
-            while chunk := src.read(1024 * 1024):
-                out.write(chunk)
 
     async def _fetch_background(self, url: str, key: str) -> str | None:
         s = self.settings
@@ -120,7 +111,7 @@ class VideoApi:
     @app.get("/video/result/{uuid}", summary="Progress (202) or the processed video (200)",
              responses={200: {"content": {"video/webm": {}, "video/mp4": {}}}})
     async def video_result(self, uuid: str):
-        job = await asyncio.to_thread(self.jobs.get, uuid) if _is_uuid(uuid) else None
+        job = await asyncio.to_thread(self.jobs.get, uuid) if is_id(uuid) else None
         if job is None or job.api != "video":
             return JSONResponse({"message": "Task not found", "status": "not_found"},
                                 status_code=404)
@@ -145,10 +136,6 @@ class VideoApi:
                        "X-Processed-Duration": video.format_duration(
                            video.processed_duration(original, limit))}
         return self._output_response(
-            job, missing=lambda: _detail(404, "Processed video file not found"),
+            job, missing=lambda: detail(404, "Processed video file not found"),
             download_name=None, extra_headers=headers)
 
-
-def _is_uuid(value: str) -> bool:
-    return re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                        value) is not None
