@@ -405,7 +405,13 @@ class OursServer(Server):
 
     def healthy(self, client: httpx.Client) -> bool:
         r = client.get(f"{self.base}/health")
-        return r.status_code == 200 and r.json().get("status") == "healthy"
+        if r.status_code != 200:
+            return False
+        missing = {m: h.get("detail") for m, h in r.json()["models"].items()
+                   if h["status"] == "missing"}
+        if missing:  # loud: no point waiting for a model whose file is not there
+            raise RuntimeError(f"models missing: {missing}")
+        return r.json().get("status") == "healthy"
 
     def stop(self) -> None:
         super().stop()

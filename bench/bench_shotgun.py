@@ -146,15 +146,6 @@ class ShotgunServer(OursServer):
                    BGR_DATA_DIR=str(self.workdir / "data"), BGR_RESULT_TTL_S="0")
         return cmd, env
 
-    def healthy(self, client: httpx.Client) -> bool:
-        r = client.get(f"{self.base}/health")
-        if r.status_code != 200:
-            return False
-        missing = {m: h.get("detail") for m, h in r.json()["models"].items()
-                   if h["status"] == "missing"}
-        if missing:  # loud: no point waiting for a model whose file is not there
-            raise RuntimeError(f"models missing: {missing}")
-        return r.json()["status"] == "healthy"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,15 +82,6 @@ class VideoServer(OursServer):
                    BGR_VIDEO_MAX_DURATION_S=str(DURATION_S))
         return cmd, env
 
-    def healthy(self, client: httpx.Client) -> bool:
-        r = client.get(f"{self.base}/health")
-        if r.status_code != 200:
-            return False
-        missing = {m: h.get("detail") for m, h in r.json()["models"].items()
-                   if h["status"] == "missing"}
-        if missing:
-            raise RuntimeError(f"models missing: {missing}")
-        return r.json()["status"] == "healthy"
 
 
 def one_job(client: httpx.Client, base: str, clip: bytes, color: bool, out: Path,

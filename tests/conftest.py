@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import os
 import pwd
@@ -9,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -180,6 +183,30 @@ def db_url(request, tmp_path):
     yield server.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def static_http_server(payloads: dict[str, bytes]):
+    """A local HTTP server answering GET `path` with `payloads[path]` (404 otherwise); yields
+    its base URL. For tests of `image_url`-style inputs (127.0.0.1 is allowed in the harness)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            data = payloads.get(self.path, b"")
+            self.send_response(200 if data else 404)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
 
 
 # The session's Ray Serve app (imported last: serve_harness imports this module's helpers).

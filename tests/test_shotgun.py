@@ -8,13 +8,20 @@ import base64
 import io
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes, tiny_catalog
+from conftest import (
+    SHARED_MEDIA,
+    SHARED_MODELS,
+    disk_image,
+    needs_shared,
+    png_bytes,
+    static_http_server,
+    tiny_catalog,
+)
 from serve_harness import APP, SHOTGUN_LIMIT
 
 ray = pytest.importorskip("ray")
@@ -182,23 +189,8 @@ def test_image_over_the_byte_limit_is_413(client):
 # ---- image_url ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_server():
-    payload = png_bytes(disk_image(90, 60))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with static_http_server({"/photo.png": png_bytes(disk_image(90, 60))}) as url:
+        yield url
 
 
 def test_image_url_from_an_allowed_server(client, image_server):

@@ -4,15 +4,13 @@ alpha or a background, the 4 s trim and its texts, and every documented 400."""
 from __future__ import annotations
 
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import av
 import numpy as np
 import pytest
 
-from conftest import disk_image, png_bytes
+from conftest import disk_image, png_bytes, static_http_server
 from pipelines import video
 
 pytestmark = pytest.mark.serve
@@ -99,23 +97,9 @@ def test_long_clip_is_trimmed_with_the_documented_texts(client, tmp_path):
 
 @pytest.fixture(scope="module")
 def files_server():
-    payloads = {"/bg.png": png_bytes(disk_image(40, 30)), "/notes.txt": b"just some text"}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            data = payloads.get(self.path, b"")
-            self.send_response(200 if data else 404)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with static_http_server({"/bg.png": png_bytes(disk_image(40, 30)),
+                             "/notes.txt": b"just some text"}) as url:
+        yield url
 
 
 def test_background_image_from_a_url(client, files_server):
