@@ -29,6 +29,7 @@ class SegmentationModel:
         intra_op_threads: int = 0,
         concurrent_inferences: int = 1,
         solo_intra_op_threads: int = 0,
+        precision: str = "auto",
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         self.segmenter = OnnxSegmenter(
@@ -37,6 +38,7 @@ class SegmentationModel:
             providers=providers or ["CPUExecutionProvider"],
             intra_op_threads=intra_op_threads,
             solo_threads=solo_intra_op_threads,
+            precision=precision,
         )
         # A session's first runs allocate its memory arena (u2netp: 463 vs 306 ms for the first
         # and second call here): pay that at start-up, not on a user's first request.
@@ -49,7 +51,8 @@ class SegmentationModel:
         self._slots = asyncio.Semaphore(concurrent_inferences)
         self._settings = {"providers": self.segmenter.providers, "intra_op_threads": intra_op_threads,
                           "concurrent_inferences": concurrent_inferences,
-                          "solo_intra_op_threads": solo_intra_op_threads}
+                          "solo_intra_op_threads": solo_intra_op_threads,
+                          "precision": self.segmenter.precision}
         self._batching = False
         self._batch: dict[str, Any] = {}
         self._in_flight = 0

@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipelines.catalog import ModelSpec, Postprocess, Preprocess
 from pipelines.errors import InferenceError, ModelFileMissing
+from pipelines.precision import half_precision, resolve_precision
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -91,10 +92,15 @@ class OnnxSegmenter:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
         solo_threads: int = 0,
+        precision: str = "auto",
     ) -> None:
         """`solo_threads` > 0 opens a second session with that many threads, used for a call
         that runs alone (`predict_batch(..., solo=True)`): one request gets every core, while
-        concurrent requests each run single-threaded side by side."""
+        concurrent requests each run single-threaded side by side.
+
+        `precision`: `fp16` runs a half-precision copy of the graph (made in memory, float32
+        in and out), `fp32` the file as it is, `auto` fp16 on a GPU provider and fp32 on CPU.
+        """
         path = Path(weights_path)
         if not path.is_file():
             raise ModelFileMissing(
@@ -104,11 +110,13 @@ class OnnxSegmenter:
         self.spec = spec
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        self.precision = resolve_precision(precision, chosen[0])
+        graph: str | bytes = half_precision(path) if self.precision == "fp16" else str(path)
         self.session = ort.InferenceSession(
-            str(path), sess_options=session_options(intra_op_threads), providers=chosen
+            graph, sess_options=session_options(intra_op_threads), providers=chosen
         )
         self.solo_session = (
-            ort.InferenceSession(str(path), sess_options=session_options(solo_threads),
+            ort.InferenceSession(graph, sess_options=session_options(solo_threads),
                                  providers=chosen)
             if solo_threads > 0 and solo_threads != intra_op_threads else self.session
         )

@@ -125,9 +125,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
         model_pools[model_id] = spec.tier
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
-            spec.model_dump(mode="json"), str(path), pool.providers, pool.intra_op_threads,
-            pool.concurrent_inferences, pool.solo_intra_op_threads,
-        )
+            spec.model_dump(mode="json"), str(path), **pool.backend_options())
         log.info("model %s: %s pool, weights %s", model_id, spec.tier.value, path)
 
     ingress_opts = config.ingress.model_dump(exclude_none=True)

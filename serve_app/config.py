@@ -39,6 +39,8 @@ class PoolOptions(_Options):
     concurrent_inferences: int = Field(1, ge=1, le=64)
     # Threads for a request that has the replica to itself (0: same session as the others).
     solo_intra_op_threads: int = Field(0, ge=0)
+    # fp16 runs a half-precision copy of the graph; auto = fp16 on a GPU provider, fp32 on CPU.
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
 
     @model_validator(mode="after")
     def _batch_fits(self) -> PoolOptions:
@@ -50,6 +52,11 @@ class PoolOptions(_Options):
         if self.autoscaling_config is not None or self.num_replicas == "auto":
             return int((self.autoscaling_config or {}).get("min_replicas", 1))
         return int(self.num_replicas)
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword arguments of `SegmentationModel` (how a replica runs its model)."""
+        return self.model_dump(include={"providers", "intra_op_threads", "concurrent_inferences",
+                                        "solo_intra_op_threads", "precision"})
 
     def serve_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {

@@ -22,10 +22,11 @@ HAVE_SHARED = SHARED_MODELS.is_dir()
 
 
 # Three pools with different options; the pro pool is pinned to nodes that offer the custom
-# resource `pro_pool` (on a cluster: the GPU worker group), as a KubeRay config would do.
+# resource `pro_pool` (on a cluster: the GPU worker group), as a KubeRay config would do. The
+# pro pool runs the GPU backend's half-precision graph, here on the CPU provider (its twin).
 POOLS = {
     "pro": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"pro_pool": 1}},
-            "providers": ["CPUExecutionProvider"], "max_ongoing_requests": 16,
+            "providers": ["CPUExecutionProvider"], "precision": "fp16", "max_ongoing_requests": 16,
             "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}},
     "light": {"ray_actor_options": {"num_cpus": 0.25}},
     "human": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 1,

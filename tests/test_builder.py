@@ -23,6 +23,12 @@ def test_tier_defaults_pool_overrides_and_model_overrides_merge_in_order():
     opts = pro.serve_options()
     assert opts["user_config"] == {"batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}}
     assert opts["num_replicas"] == 1 and "autoscaling_config" not in opts
+    # what each replica is constructed with (SegmentationModel's keyword arguments)
+    assert pro.backend_options() == {
+        "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "intra_op_threads": 0,
+        "concurrent_inferences": 1, "solo_intra_op_threads": 0, "precision": "auto"}
+    fp16 = AppConfig.model_validate({"models": ["u2netp"], "pools": {"light": {"precision": "fp16"}}})
+    assert fp16.pool_for("u2netp", Tier.light).backend_options()["precision"] == "fp16"
 
 
 def test_autoscaling_replaces_fixed_replicas():

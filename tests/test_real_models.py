@@ -19,9 +19,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def segment(model_id: str, photo: str) -> np.ndarray:
+def segment(model_id: str, photo: str, precision: str = "auto") -> np.ndarray:
     spec = load_catalog().get(model_id)
-    seg = OnnxSegmenter(spec, SHARED_MODELS / spec.weights.file)
+    seg = OnnxSegmenter(spec, SHARED_MODELS / spec.weights.file, precision=precision)
     return seg.predict(decode_image((SHARED_MEDIA / photo).read_bytes()).rgb)
 
 
@@ -55,6 +55,17 @@ def test_u2netp_coffee_mask_matches_reference():
     ref = np.asarray(Image.open(REF / "u2netp_fp16w_320x320__coffee_mask.png"))
     assert mask.shape == ref.shape == (400, 600)
     assert iou(mask, ref) >= 0.95
+
+
+@pytest.mark.parametrize("model_id, photo", [
+    ("u2netp-fp16w", "coffee.png"), ("u2netp-fp16w", "astronaut.png"),
+    ("sinet-portrait", "astronaut.png"), ("mediapipe-meet", "astronaut.png"),
+])
+def test_half_precision_graph_gives_the_same_cut_out(model_id, photo):
+    """The GPU backend's fp16 graph, run here by the CPU provider, against the fp32 model."""
+    fp32, fp16 = segment(model_id, photo, "fp32"), segment(model_id, photo, "fp16")
+    assert iou(fp32, fp16) >= 0.99
+    assert np.abs(fp32.astype(int) - fp16.astype(int)).mean() < 1.0  # of 255
 
 
 def test_u2netp_raw_output_matches_original_fp32_model():

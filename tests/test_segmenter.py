@@ -79,3 +79,67 @@ def test_solo_session_gives_the_same_masks(tiny_model):
     assert seg.solo_session is not seg.session
     img = disk_image(96, 64)
     np.testing.assert_array_equal(seg.predict_batch([img], solo=True)[0], seg.predict(img))
+
+
+# ---- half precision (the GPU backend's graph, run here by onnxruntime's CPU provider) ----------
+
+def test_auto_precision_is_fp32_on_cpu_and_fp16_on_gpu_providers(tiny_model):
+    from pipelines.precision import resolve_precision
+    assert resolve_precision("auto", "CPUExecutionProvider") == "fp32"
+    assert resolve_precision("auto", "CUDAExecutionProvider") == "fp16"
+    assert resolve_precision("fp16", "CPUExecutionProvider") == "fp16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", "CPUExecutionProvider")
+    seg = OnnxSegmenter(tiny_spec(), tiny_model, providers=["CUDAExecutionProvider"])
+    # no CUDA here: the CPU provider is chosen, and auto follows the provider actually used
+    assert seg.providers == ["CPUExecutionProvider"] and seg.precision == "fp32"
+
+
+def test_fp16_graph_computes_in_half_precision_and_matches_fp32(tiny_model):
+    import onnx
+    from onnx import TensorProto
+
+    from pipelines.precision import half_precision
+    half = onnx.load_from_string(half_precision(tiny_model))
+    # float32 in and out, float16 inside
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert half.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert any(i.data_type == TensorProto.FLOAT16 for i in half.graph.initializer)
+
+    fp32 = OnnxSegmenter(tiny_spec(), tiny_model, precision="fp32")
+    fp16 = OnnxSegmenter(tiny_spec(), tiny_model, precision="fp16")
+    assert fp16.precision == "fp16"
+    images = [disk_image(96, 64), disk_image(40, 50, fg=(250, 250, 250))]
+    for a, b in zip(fp32.predict_batch(images), fp16.predict_batch(images)):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 2  # fp16 rounding, not a different answer
+        assert b[b.shape[0] // 2, b.shape[1] // 2] > 240
+
+
+def test_fold_fp16_storage_turns_cast_weights_into_float32(tmp_path):
+    """Exports that store weights as float16 and Cast them to float32 on load are folded first
+    (the converter would otherwise emit casts of the wrong type)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipelines.precision import fold_fp16_storage, half_precision
+    w = numpy_helper.from_array(np.full((1,), 2.0, np.float16), "w16")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+
+    folded = onnx.load(path)
+    assert fold_fp16_storage(folded) == 1
+    assert [n.op_type for n in folded.graph.node] == ["Mul"]
+    assert [(i.name, i.data_type) for i in folded.graph.initializer] == [("w", TensorProto.FLOAT)]
+
+    import onnxruntime as ort
+    session = ort.InferenceSession(half_precision(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.array([[1.5]], np.float32)})[0]
+    assert out.dtype == np.float32 and out[0, 0] == pytest.approx(3.0)

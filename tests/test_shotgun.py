@@ -319,6 +319,7 @@ def test_pool_replicas_run_with_their_pools_resources(base_url):
     human = serve.get_deployment_handle("tiny-human", app_name=APP).describe.remote().result(timeout_s=30)
     assert pro["pool"] == "pro" and pro["resources"] == {"CPU": 0.25, "pro_pool": 1.0}
     assert pro["batch"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
+    assert pro["precision"] == "fp16" and human["precision"] == "fp32"  # auto on CPU: fp32
     assert human["pool"] == "human" and human["resources"] == {"CPU": 0.25}
     assert human["concurrent_inferences"] == 2 and human["intra_op_threads"] == 1
     assert human["batch"]["max_batch_size"] == 1
