@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Where job inputs/outputs live (serve_app.artifacts): unset -> <data_dir>/artifacts;
     # file:///abs/path -> that folder (shared storage when several nodes serve).
     artifacts_url: str | None = None
+    # Public base URL at which that store's files can be read (a web server or CDN in front of
+    # the folder or bucket). When set, GET /video/result answers with this JSON `upload_link`
+    # (spec 000) instead of streaming the file; outputs then live for `job_output_ttl_s`.
+    artifacts_public_url: str | None = None
     # Streamed video/image uploads (POST /api/upload, spec 002: 400 "File too large" above).
     upload_max_bytes: int = Field(500 * 1024 * 1024, gt=0)
 

@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse
@@ -128,6 +129,17 @@ class VideoApi:
             return JSONResponse(body, status_code=202)
         fmt = job.params["output_format"]
         original, limit = job.params["original_duration_s"], job.params["max_duration_s"]
+        public = self.settings.artifacts_public_url
+        if public and job.output_key:  # the "upload_link" form: the store serves the file
+            body = {"message": "Video processing completed successfully", "uuid": uuid,
+                    "status": "success",
+                    "upload_link": f"{public.rstrip('/')}/{quote(job.output_key)}"}
+            if video.is_trimmed(original, limit):
+                body |= {"warning": video.result_trim_warning(original, limit),
+                         "original_duration": video.format_duration(original),
+                         "processed_duration": video.format_duration(
+                             video.processed_duration(original, limit))}
+            return JSONResponse(body)
         # exactly as spec 000 writes it (unquoted: the name is a uuid and an extension)
         headers = {"Content-Disposition": f"attachment; filename=processed_{uuid}.{fmt}"}
         if video.is_trimmed(original, limit):
