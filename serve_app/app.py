@@ -1,14 +1,17 @@
-"""The FastAPI application every route is declared on, the service version, and the one reader
-of size-limited JSON request bodies."""
+"""The FastAPI application every route is declared on, the service version, the one reader of
+size-limited JSON request bodies, and the body-size cap every request is read under."""
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.errors import InvalidRequest, PayloadTooLarge
-from serve_app.errors import install_error_handlers, validation_error
+from pipelines.errors import FileTooLarge, InvalidRequest, PayloadTooLarge, ServiceError
+from serve_app.errors import BodyTooLarge, install_error_handlers, validation_error
+from serve_app.settings import Settings, get_settings
+from serve_app.uploads import FORM_OVERHEAD_BYTES
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -26,6 +29,55 @@ app = FastAPI(
     "`image` or an `image_url`; several models at once, every result returned to compare.",
 )
 install_error_handlers(app)
+
+def body_limit(path: str, s: Settings) -> tuple[int, ServiceError]:
+    """The most a request to `path` may send, and the error (in its family's terms) beyond."""
+    def file_limit(n: int) -> tuple[int, ServiceError]:  # specs 000 (HD, video) and 002
+        return n + FORM_OVERHEAD_BYTES, FileTooLarge("File too large", {"limit_bytes": n})
+
+    if path.startswith("/video/") or path.startswith("/api/"):
+        return file_limit(s.upload_max_bytes)
+    if path.startswith("/image/hd/"):
+        return file_limit(s.hd_max_upload_bytes)
+    if path.startswith("/image/"):
+        return s.max_upload_bytes + FORM_OVERHEAD_BYTES, PayloadTooLarge(
+            f"Image file is larger than {s.max_upload_bytes} bytes.")
+    limit = s.shotgun_max_bytes * 4 // 3 + FORM_OVERHEAD_BYTES  # base64 image plus fields
+    return limit, PayloadTooLarge(f"Request body is larger than {limit} bytes.",
+                                  {"limit_bytes": limit})
+
+
+class BodyLimitMiddleware:
+    """Caps every request body by its route family's limit while it is read, so no handler,
+    form parser or spool file ever takes in more (a declared Content-Length over the limit is
+    refused before a byte is read). The handlers still check their exact per-field limits."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, error = body_limit(scope["path"], get_settings())
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            if declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge(error)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(error)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+app.add_middleware(BodyLimitMiddleware)
 
 
 async def read_json(request: Request, model: type[Body], limit: int, too_large: PayloadTooLarge,

@@ -54,6 +54,15 @@ _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body is read past its route's cap (`serve_app.app`). An
+    HTTPException so that FastAPI's form parsing passes it on; rendered as `error`."""
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(status_code=error.status_code, detail=error.message)
+        self.error = error
+
+
 def _family(request: Request) -> str:
     path = request.url.path
     if path.startswith(("/image/hd/", "/video/")):
@@ -145,6 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):
+            return render(request, exc.error)
         family = _family(request)
         if family in ("message", "detail"):
             return JSONResponse({family: str(exc.detail)}, status_code=exc.status_code)
