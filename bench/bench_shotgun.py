@@ -143,7 +143,8 @@ class ShotgunServer(OursServer):
         (self.workdir / "models").mkdir(exist_ok=True)  # empty: only ../shared/models is used
         env.update(BGR_MODELS_DIR=str(self.workdir / "models"),
                    BGR_EXTRA_MODELS_DIR=str(self.args.models_dir),
-                   BGR_DATA_DIR=str(self.workdir / "data"), BGR_RESULT_TTL_S="0")
+                   BGR_DATA_DIR=str(self.workdir / "data"), BGR_RESULT_TTL_S="0",
+                   BGR_AUTH_ENABLED="false")
         return cmd, env
 
 

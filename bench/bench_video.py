@@ -79,7 +79,7 @@ class VideoServer(OursServer):
     def command(self):
         cmd, env = super().command()
         env.update(BGR_MODELS_DIR=str(self.args.models_dir), BGR_DATA_DIR=str(self.workdir / "data"),
-                   BGR_VIDEO_MAX_DURATION_S=str(DURATION_S))
+                   BGR_VIDEO_MAX_DURATION_S=str(DURATION_S), BGR_AUTH_ENABLED="false")
         return cmd, env
 
 

@@ -109,6 +109,32 @@ class InvalidFileType(InvalidRequest):
     accepted type; details carry `received` and `allowed`."""
 
 
+class Unauthorized(ServiceError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class InsufficientCredits(ServiceError):
+    """The key's credit balance cannot cover the operation (refused before any work)."""
+
+    status_code = 402
+    code = "insufficient_credits"
+
+
+class RateLimited(ServiceError):
+    """Too many requests in the key's window, or too many of its jobs at once; details carry
+    `retry_after_s`, sent as the Retry-After header too."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    @property
+    def retry_after_s(self) -> int:
+        return int((self.details or {}).get("retry_after_s", 1))
+
+
 class NotFound(ServiceError):
     """A job, upload or output that does not exist (or no longer does)."""
 

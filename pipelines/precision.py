@@ -35,28 +35,44 @@ def resolve_precision(precision: str, provider: str) -> str:
 def fold_fp16_storage(model: onnx.ModelProto) -> int:
     """Replace `Cast(float16 initializer -> float32)` nodes by float32 initializers, in place.
 
-    Returns how many were folded. A graph without such casts is left unchanged.
+    Returns how many were folded. A graph without such casts is left unchanged; so is a cast
+    whose source is also a graph input (old IR versions list weights there: feedable values).
     """
     graph = model.graph
+    inputs = {i.name for i in graph.input}
     inits = {init.name: init for init in graph.initializer}
-    kept, folded = [], []
+    kept, folded, sources = [], [], set()
     for node in graph.node:
         source = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
         to = next((a.i for a in node.attribute if a.name == "to"), None)
-        if source is not None and source.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT:
+        if (source is not None and source.name not in inputs
+                and source.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT):
             array = numpy_helper.to_array(source).astype(np.float32)
             folded.append(numpy_helper.from_array(array, node.output[0]))
+            sources.add(source.name)
         else:
             kept.append(node)
     if not folded:
         return 0
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    initializers = [i for i in graph.initializer if i.name in used] + folded
+    # A source stays when anything else still reads it (another node, a subgraph, an output).
+    still_read = _names_read(graph)
+    initializers = [i for i in graph.initializer
+                    if i.name not in sources or i.name in still_read] + folded
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     return len(folded)
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= _names_read(sub)
+    return names
 
 
 def half_precision(path: str | Path) -> bytes:
@@ -67,6 +83,8 @@ def half_precision(path: str | Path) -> bytes:
     fold_fp16_storage(model)
     with warnings.catch_warnings():  # one line per weight below fp16's range: clamped, fine
         warnings.simplefilter("ignore", UserWarning)
+        # Values beyond fp16's range are clamped to its largest finite value (the converter's
+        # default clamps at 1e4, which would change constants between 1e4 and 65504).
         half = float16.convert_float_to_float16(model, keep_io_types=True,
-                                                check_fp16_ready=False)
+                                                check_fp16_ready=False, max_finite_val=65504.0)
     return half.SerializeToString()

@@ -9,7 +9,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.errors import FileTooLarge, InvalidRequest, PayloadTooLarge, ServiceError
-from serve_app.errors import BodyTooLarge, install_error_handlers, validation_error
+from serve_app.errors import (
+    BodyTooLarge, install_error_handlers, render, route_path, validation_error,
+)
+from serve_app.platform import PlatformMiddleware
 from serve_app.settings import Settings, get_settings
 from serve_app.uploads import FORM_OVERHEAD_BYTES
 
@@ -32,16 +35,13 @@ install_error_handlers(app)
 
 def body_limit(path: str, s: Settings) -> tuple[int, ServiceError]:
     """The most a request to `path` may send, and the error (in its family's terms) beyond."""
-    def file_limit(n: int) -> tuple[int, ServiceError]:  # specs 000 (HD, video) and 002
-        return n + FORM_OVERHEAD_BYTES, FileTooLarge("File too large", {"limit_bytes": n})
-
-    if path.startswith("/video/") or path.startswith("/api/"):
-        return file_limit(s.upload_max_bytes)
-    if path.startswith("/image/hd/"):
-        return file_limit(s.hd_max_upload_bytes)
-    if path.startswith("/image/"):
-        return s.max_upload_bytes + FORM_OVERHEAD_BYTES, PayloadTooLarge(
-            f"Image file is larger than {s.max_upload_bytes} bytes.")
+    if path.startswith("/video/") or path.startswith("/api/"):  # specs 000 (video) and 002
+        return s.upload_max_bytes + FORM_OVERHEAD_BYTES, FileTooLarge(
+            "File too large", {"limit_bytes": s.upload_max_bytes})
+    if path.startswith("/image/"):  # the HD and regular image endpoints' own 413 text
+        limit = s.hd_max_upload_bytes if path.startswith("/image/hd/") else s.max_upload_bytes
+        return limit + FORM_OVERHEAD_BYTES, PayloadTooLarge(
+            f"Image file is larger than {limit} bytes.", {"limit_bytes": limit})
     limit = s.shotgun_max_bytes * 4 // 3 + FORM_OVERHEAD_BYTES  # base64 image plus fields
     return limit, PayloadTooLarge(f"Request body is larger than {limit} bytes.",
                                   {"limit_bytes": limit})
@@ -59,25 +59,36 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit, error = body_limit(scope["path"], get_settings())
+        limit, error = body_limit(route_path(scope), get_settings())
         declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:  # refused unread, the app not called
+            await render(Request(scope, receive), error)(scope, receive, send)
+            return
         received = 0
+        body_done = responding = False
 
         async def limited() -> Message:
-            nonlocal received
-            if declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge(error)
+            nonlocal received, body_done
+            if body_done or responding:  # e.g. a streaming response waiting for a disconnect
+                return await receive()
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(error)
+                body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited, send)
+        async def watch(message: Message) -> None:
+            nonlocal responding
+            responding = responding or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited, watch)
 
 
 app.add_middleware(BodyLimitMiddleware)
+app.add_middleware(PlatformMiddleware)  # added last = runs first: request id, key, rate limit
 
 
 async def read_json(request: Request, model: type[Body], limit: int, too_large: PayloadTooLarge,

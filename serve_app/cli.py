@@ -4,6 +4,8 @@
     bgremove models pull u2netp ...   # fetch weights (source, then mirrors; checksums verified)
     bgremove models verify [ids]      # re-check files on disk against the catalog checksums
     bgremove selections stats         # win rate of each model per image category (shotgun picks)
+    bgremove keys create NAME [--credits N] [--rate-limit N] [--max-jobs N]   # prints the key once
+    bgremove keys list | keys revoke NAME | keys limits NAME [--rate-limit N] [--max-jobs N]
 """
 
 from __future__ import annotations
@@ -83,6 +85,53 @@ def _selections_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_store(args: argparse.Namespace):
+    from serve_app.keys import KeyStore
+
+    return KeyStore(args.database_url or get_settings().resolved_database_url())
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    try:
+        key, secret = _key_store(args).create(
+            args.name, credits=args.credits, rate_limit_per_min=args.rate_limit,
+            max_concurrent_jobs=args.max_jobs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(secret)
+    print(f"key {key.name!r} created ({key.prefix}...); the secret above is shown only once",
+          file=sys.stderr)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    print(f"{'name':24} {'prefix':14} {'req/min':>8} {'jobs':>5} {'credits':>12} {'created':20} status")
+    for k in _key_store(args).list():
+        status = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        print(f"{k.name:24} {k.prefix:14} {k.rate_limit_per_min or '-':>8} "
+              f"{k.max_concurrent_jobs or '-':>5} {k.credits:12.2f} "
+              f"{k.created_at:%Y-%m-%d %H:%M:%S}  {status}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    if not _key_store(args).revoke(args.name):
+        print(f"error: no active key named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"key {args.name!r} revoked")
+    return 0
+
+
+def _keys_limits(args: argparse.Namespace) -> int:
+    if not _key_store(args).set_limits(args.name, rate_limit_per_min=args.rate_limit,
+                                       max_concurrent_jobs=args.max_jobs):
+        print(f"error: no key named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"key {args.name!r} updated")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -102,6 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--category", help='one image category ("all": across categories)')
     st.add_argument("--database-url", help="default: the settings' database (BGR_DATABASE_URL)")
     st.set_defaults(func=_selections_stats)
+    keys = sub.add_parser("keys", help="API keys (X-Api-Key): create, list, revoke, limits")
+    keys.add_argument("--database-url", help="default: the settings' database (BGR_DATABASE_URL)")
+    ksub = keys.add_subparsers(dest="command", required=True)
+    kc = ksub.add_parser("create", help="a new key; its secret is printed once")
+    kc.add_argument("name")
+    kc.add_argument("--credits", type=float, default=0.0, help="starting credit balance")
+    for parser_ in (kc, kl := ksub.add_parser("limits", help="change a key's limits")):
+        parser_.add_argument("--rate-limit", type=int, help="requests per minute (default: "
+                             "BGR_RATE_LIMIT_PER_MIN)")
+        parser_.add_argument("--max-jobs", type=int, help="jobs in progress at once (default: "
+                             "BGR_MAX_CONCURRENT_JOBS)")
+    kc.set_defaults(func=_keys_create)
+    kl.add_argument("name")
+    kl.set_defaults(func=_keys_limits)
+    ksub.add_parser("list").set_defaults(func=_keys_list)
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("name")
+    kr.set_defaults(func=_keys_revoke)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return args.func(args)

@@ -3,7 +3,9 @@
 SQLAlchemy Core (tables and SQL expressions, no ORM) gives one code path for both backends:
 SQLite by default (one WAL-mode file under `data_dir`, shared by every Ray process on the
 machine) and PostgreSQL on a cluster (`postgresql+psycopg://...`). Modules declare their tables
-on `metadata`; `connect()` creates whichever are missing.
+on `metadata`; `connect()` creates whichever are missing, and adds columns that a newer
+version declared to tables an older one created (nullable columns only: the one kind of
+schema change this project makes without a migration tool).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
@@ -68,6 +70,7 @@ def _create_tables(engine: Engine, tries: int = 5) -> None:
     for attempt in range(tries):
         try:
             metadata.create_all(engine)
+            _add_missing_columns(engine)
             return
         except (OperationalError, ProgrammingError, IntegrityError) as exc:
             if "already exists" not in str(exc).lower() and "duplicate" not in str(exc).lower():
@@ -75,3 +78,18 @@ def _create_tables(engine: Engine, tries: int = 5) -> None:
             if attempt == tries - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"table {table.name} lacks the required column "
+                                   f"{column.name}: recreate the database")
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))

@@ -34,7 +34,10 @@ from pipelines.errors import (
     PayloadTooLarge,
     ProcessingError,
     ServiceError,
+    RateLimited,
+    InsufficientCredits,
     ServiceUnavailable,
+    Unauthorized,
 )
 
 log = logging.getLogger("bgremove")
@@ -47,6 +50,9 @@ _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
     (PayloadTooLarge, "image_too_large", 413),
     (ProcessingError, "processing_error", 422),
     (InvalidRequest, "validation_error", 400),
+    (Unauthorized, "authentication_error", 401),
+    (InsufficientCredits, "insufficient_credits", 402),
+    (RateLimited, "rate_limited", 429),
     (ModelUnavailable, "service_unavailable", 503),
     (ServiceUnavailable, "service_unavailable", 503),
     (ServiceError, "internal_error", 500),
@@ -63,8 +69,15 @@ class BodyTooLarge(StarletteHTTPException):
         self.error = error
 
 
+def route_path(scope) -> str:
+    """The path below the app's route prefix (Serve keeps the prefix in `path` and puts it in
+    `root_path`): what the route families are told apart by."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
 def _family(request: Request) -> str:
-    path = request.url.path
+    path = route_path(request.scope)
     if path.startswith(("/image/hd/", "/video/")):
         return "detail"
     if path.startswith("/image/"):
@@ -74,17 +87,29 @@ def _family(request: Request) -> str:
     return "type"
 
 
+def new_request_id(sent: str | None) -> str:
+    """The X-Request-ID the request came with (Serve's proxy sets one), else a new one."""
+    if sent and 0 < len(sent) <= 200 and sent.isprintable():
+        return sent
+    return f"req_{uuid.uuid4().hex}"
+
+
 def request_id(request: Request) -> str:
-    """The client's X-Request-ID if it sent a sane one, else a new id (kept on the request)."""
+    """The request's id (set by `serve_app.platform` for HTTP requests; made here otherwise)."""
     rid = getattr(request.state, "request_id", None)
     if rid is None:
-        sent = request.headers.get("x-request-id", "")
-        rid = sent if 0 < len(sent) <= 128 and sent.isprintable() else f"req_{uuid.uuid4().hex}"
-        request.state.request_id = rid
+        rid = request.state.request_id = new_request_id(request.headers.get("x-request-id"))
     return rid
 
 
 def render(request: Request, exc: ServiceError) -> JSONResponse:
+    response = _render(request, exc)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+def _render(request: Request, exc: ServiceError) -> JSONResponse:
     family = _family(request)
     if family == "message":
         return JSONResponse({"message": exc.message}, status_code=exc.status_code)

@@ -89,6 +89,10 @@ class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi):
         self.setup = IngressSetup.model_validate(setup)
         self.default_model = self.setup.default_model
         self.settings = get_settings()
+        if not self.settings.auth_enabled:
+            log.warning("!" * 78 + "\n  AUTHENTICATION IS OFF (BGR_AUTH_ENABLED=false): every "
+                        "client may call every endpoint,\n  with no rate limits and no "
+                        "credits. Only for one user on one machine.\n" + "!" * 78)
         self.store = Store.from_settings(self.settings)
         self.jobs = JobStore.from_settings(self.settings)
         self.artifacts = artifact_store(self.settings)

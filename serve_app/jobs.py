@@ -15,18 +15,20 @@ thread-safe; the async callers run them in worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Column, DateTime, ForeignKey, Integer, String, Table, Text, and_, or_, select,
+    JSON, Boolean, Column, DateTime, ForeignKey, Integer, String, Table, Text, and_, func, or_, select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.db import as_utc, connect, metadata, now
+from serve_app.keys import api_keys
 
 CREATED, PROCESSING, COMPLETED, FAILED = "created", "processing", "completed", "failed"
 TERMINAL = (COMPLETED, FAILED)
@@ -57,6 +59,7 @@ jobs = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("completed_at", DateTime(timezone=True)),
     Column("output_expires_at", DateTime(timezone=True)),
+    Column("owner", String(36), index=True),  # api_keys.key_id of the creator (None: no auth)
 )
 
 job_events = Table(
@@ -100,7 +103,23 @@ uploads = Table(
     Column("kind", String(8), nullable=False),
     Column("size", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("owner", String(36)),
 )
+
+
+class TooManyJobs(Exception):
+    """The owner already has `limit` jobs in progress."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} jobs in progress (limit {limit})")
+        self.active, self.limit = active, limit
+
+
+def scoped_idempotency_key(owner: str | None, key: str) -> str:
+    """Idempotency keys are per API key: two clients may pick the same one."""
+    if owner is None:
+        return key
+    return f"{owner}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
 class TransitionError(Exception):
@@ -135,6 +154,7 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     output_expires_at: datetime | None
+    owner: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -171,10 +191,14 @@ class JobStore:
     def create(self, *, api: str, kind: str, params: dict[str, Any], input_key: str | None = None,
                input_url: str | None = None, start: bool = False,
                idempotency_key: str | None = None, webhook_url: str | None = None,
-               webhook_secret: str | None = None, job_id: str | None = None) -> tuple[Job, bool]:
+               webhook_secret: str | None = None, job_id: str | None = None,
+               owner: str | None = None, max_active: int | None = None) -> tuple[Job, bool]:
         """A new job (`created`, or `processing` = queued when `start`); with an idempotency key
-        already used, the existing job and False instead."""
+        already used (by the same owner), the existing job and False instead. With
+        `max_active`, raises `TooManyJobs` when starting it would exceed that many of the
+        owner's jobs in progress."""
         if idempotency_key is not None:
+            idempotency_key = scoped_idempotency_key(owner, idempotency_key)
             existing = self._by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing, False
@@ -182,11 +206,13 @@ class JobStore:
         t = now()
         try:
             with self._serial, self.engine.begin() as conn:
+                if start:
+                    self._check_active(conn, owner, max_active, t)
                 conn.execute(jobs.insert().values(
                     job_id=job_id, api=api, kind=kind, state=CREATED, params=params,
                     input_key=input_key, input_url=input_url, idempotency_key=idempotency_key,
                     webhook_url=webhook_url, webhook_secret=webhook_secret, webhook_attempts=0,
-                    attempts=0, created_at=t, updated_at=t))
+                    attempts=0, created_at=t, updated_at=t, owner=owner))
                 self._event(conn, job_id, None, CREATED, "job created", t)
                 if start:
                     self._start(conn, job_id, params, t)
@@ -218,20 +244,37 @@ class JobStore:
         return Job.from_row(row) if row else None
 
     # ---- transitions ------------------------------------------------------------------------
-    def start(self, job_id: str, params: dict[str, Any] | None = None) -> Job:
-        """`created` -> `processing` (queued for a worker), merging `params` into the job's."""
+    def start(self, job_id: str, params: dict[str, Any] | None = None,
+              max_active: int | None = None) -> Job:
+        """`created` -> `processing` (queued for a worker), merging `params` into the job's;
+        `TooManyJobs` when its owner has `max_active` jobs in progress already."""
         t = now()
         with self._serial, self.engine.begin() as conn:
-            row = conn.execute(select(jobs.c.state, jobs.c.params)
+            row = conn.execute(select(jobs.c.state, jobs.c.params, jobs.c.owner)
                                .where(jobs.c.job_id == job_id)).first()
             if row is None:
                 raise KeyError(job_id)
             if row.state != CREATED:
                 raise TransitionError(job_id, row.state, PROCESSING)
+            self._check_active(conn, row.owner, max_active, t)
             self._start(conn, job_id, {**row.params, **(params or {})}, t)
         job = self.get(job_id)
         assert job is not None
         return job
+
+    @staticmethod
+    def _check_active(conn, owner: str | None, max_active: int | None, t: datetime) -> None:
+        if owner is None or max_active is None:
+            return
+        # Writing the owner's key row first serialises its job starts: PostgreSQL locks the
+        # row, SQLite the database, until this transaction ends; so two replicas cannot both
+        # see "3 of 4" and start a fifth.
+        conn.execute(update(api_keys).where(api_keys.c.key_id == owner)
+                     .values(last_used_at=t))
+        active = conn.execute(select(func.count()).select_from(jobs).where(
+            jobs.c.owner == owner, jobs.c.state == PROCESSING)).scalar_one()
+        if active >= max_active:
+            raise TooManyJobs(active, max_active)
 
     def _start(self, conn, job_id: str, params: dict[str, Any], t: datetime) -> None:
         done = conn.execute(update(jobs).where(and_(jobs.c.job_id == job_id,
@@ -400,11 +443,11 @@ class JobStore:
 
     # ---- uploads ----------------------------------------------------------------------------
     def add_upload(self, upload_id: str, key: str, filename: str, media_type: str, kind: str,
-                   size: int) -> None:
+                   size: int, owner: str | None = None) -> None:
         with self._serial, self.engine.begin() as conn:
             conn.execute(uploads.insert().values(
                 upload_id=upload_id, key=key, filename=filename, media_type=media_type,
-                kind=kind, size=size, created_at=now()))
+                kind=kind, size=size, created_at=now(), owner=owner))
 
     def get_upload(self, upload_id: str) -> dict[str, Any] | None:
         with self._serial, self.engine.connect() as conn:

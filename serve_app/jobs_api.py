@@ -22,12 +22,14 @@ from pipelines.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ServiceUnavailable,
     StateConflict,
 )
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from serve_app.app import app, read_json
-from serve_app.jobs import COMPLETED, FAILED, Job, TransitionError
+from serve_app.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
+from serve_app.platform import caller_id
 from serve_app.schemas import (
     CreateJobRequest,
     HdProcessing,
@@ -46,6 +48,12 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 def is_id(value: str) -> bool:
     """Job and upload ids are UUIDs; anything else (NUL, odd characters) is simply unknown."""
     return _UUID.fullmatch(value) is not None
+
+
+def too_many_jobs(exc: TooManyJobs) -> RateLimited:
+    return RateLimited(f"Too many jobs in progress: {exc.limit} allowed at once for this API "
+                       "key; retry when one has finished.",
+                       {"limit": exc.limit, "active": exc.active, "retry_after_s": 5})
 
 
 def detail(status: int, message: str) -> JSONResponse:
@@ -70,6 +78,7 @@ class JobsApi:
             return detail(400, f"Model '{model_id}' is not available.")
         job_id = str(uuid.uuid4())
         key = f"inputs/{job_id}/input"
+        owner, max_active = self._job_limit(request)
         try:
             problem = await asyncio.to_thread(self._store_hd_input, image.file, key)
             if problem is not None:
@@ -77,7 +86,11 @@ class JobsApi:
             await asyncio.to_thread(
                 self.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key,
                 start=True, params={"model": "original", "model_id": model_id,
-                                    "output_format": "png"})
+                                    "output_format": "png"},
+                owner=owner, max_active=max_active)
+        except TooManyJobs as exc:
+            await asyncio.to_thread(self.artifacts.delete, key)
+            raise too_many_jobs(exc) from None
         except Exception as exc:  # noqa: BLE001 - the documented 500 body
             log.exception("HD submit failed")
             await asyncio.to_thread(self.artifacts.delete, key)
@@ -110,9 +123,9 @@ class JobsApi:
 
     @app.get("/image/hd/result/{uuid}", summary="The HD result: 202 while processing, then PNG",
              responses={200: {"content": {"image/png": {}}}, 202: {"model": HdProcessing}})
-    async def hd_result(self, uuid: str):
-        job = await asyncio.to_thread(self.jobs.get, uuid) if is_id(uuid) else None
-        if job is None or job.api != "hd":
+    async def hd_result(self, uuid: str, request: Request):
+        job = await self._find_job(request, uuid, "hd")
+        if job is None:
             return detail(404, "Task not found")
         if job.state == FAILED:
             return detail(500, "Image processing failed")
@@ -127,14 +140,17 @@ class JobsApi:
     async def create_job(self, request: Request,
                          idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
         req = await self._job_json(request, CreateJobRequest)
-        view, created = await self.submit_job(req, idempotency_key=idempotency_key)
+        owner, max_active = self._job_limit(request)
+        view, created = await self.submit_job(req, idempotency_key=idempotency_key,
+                                              owner=owner, max_active=max_active)
         # 201 for a new job; 200 when an Idempotency-Key retry returns the existing one
         return view if created else JSONResponse(view.model_dump(mode="json"), status_code=200)
 
-    async def submit_job(self, req: CreateJobRequest,
-                         idempotency_key: str | None = None) -> tuple[JobView, bool]:
+    async def submit_job(self, req: CreateJobRequest, idempotency_key: str | None = None,
+                         owner: str | None = None, max_active: int | None = None
+                         ) -> tuple[JobView, bool]:
         """Create a job (also the Python handle API): its view, and False when the idempotency
-        key had already created it."""
+        key had already created it. `owner` (an API key id) alone can see it afterwards."""
         self._require_worker()
         self._check_canvas(req.composition)
         sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
@@ -145,7 +161,8 @@ class JobsApi:
         if req.upload_id:
             upload = (await asyncio.to_thread(self.jobs.get_upload, req.upload_id)
                       if is_id(req.upload_id) else None)
-            if upload is None or not await asyncio.to_thread(self.artifacts.exists, upload["key"]):
+            if (upload is None or upload["owner"] != owner
+                    or not await asyncio.to_thread(self.artifacts.exists, upload["key"])):
                 raise NotFound(f"Upload '{req.upload_id}' not found (or expired).")
             input_key, kind = upload["key"], upload["kind"]
             if kind == "image" and upload["size"] > self.settings.hd_max_upload_bytes:
@@ -170,10 +187,14 @@ class JobsApi:
                   "background": req.background.model_dump(mode="json"),
                   "composition": (req.composition.model_dump(mode="json")
                                   if req.composition else None)}
-        job, created = await asyncio.to_thread(
-            self.jobs.create, api="v1", kind=kind, params=params, input_key=input_key,
-            input_url=input_url, start=req.auto_start, idempotency_key=idempotency_key,
-            webhook_url=req.webhook_url, webhook_secret=req.webhook_secret)
+        try:
+            job, created = await asyncio.to_thread(
+                self.jobs.create, api="v1", kind=kind, params=params, input_key=input_key,
+                input_url=input_url, start=req.auto_start, idempotency_key=idempotency_key,
+                webhook_url=req.webhook_url, webhook_secret=req.webhook_secret,
+                owner=owner, max_active=max_active)
+        except TooManyJobs as exc:
+            raise too_many_jobs(exc) from None
         if created and req.auto_start:
             self._wake_worker()
         return self._view(job), created
@@ -181,7 +202,7 @@ class JobsApi:
     @app.post("/v1/jobs/{job_id}/start", response_model=JobView,
               summary="Start a created job with its model, background and composition")
     async def start_job(self, job_id: str, request: Request):
-        if not is_id(job_id):
+        if await self._find_job(request, job_id, "v1") is None:
             raise NotFound("Job not found")
         self._require_worker()
         req = await self._job_json(request, StartJobRequest)
@@ -196,9 +217,12 @@ class JobsApi:
         if req.text_prompt is not None:
             update["text_prompt"] = req.text_prompt
         try:
-            job = await asyncio.to_thread(self.jobs.start, job_id, update)
+            job = await asyncio.to_thread(self.jobs.start, job_id, update,
+                                          self._job_limit(request)[1])
         except KeyError:
             raise NotFound("Job not found") from None
+        except TooManyJobs as exc:
+            raise too_many_jobs(exc) from None
         except TransitionError as exc:
             raise StateConflict(f"Job is {exc.state}; only a created job can be started "
                                 "(create a new job to retry a failed one).") from None
@@ -206,9 +230,9 @@ class JobsApi:
         return self._view(job)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, summary="Poll a job")
-    async def get_job(self, job_id: str) -> JobView:
-        job = await asyncio.to_thread(self.jobs.get, job_id) if is_id(job_id) else None
-        if job is None or job.api != "v1":
+    async def get_job(self, job_id: str, request: Request) -> JobView:
+        job = await self._find_job(request, job_id, "v1")
+        if job is None:
             raise NotFound("Job not found")
         return self._view(job)
 
@@ -218,14 +242,14 @@ class JobsApi:
     async def upload(self, request: Request) -> UploadView:
         info = await receive_upload(request, self.artifacts, self.settings.upload_max_bytes)
         await asyncio.to_thread(self.jobs.add_upload, info.upload_id, info.key, info.filename,
-                                info.media_type, info.kind, info.size)
+                                info.media_type, info.kind, info.size, caller_id(request))
         return UploadView(upload_id=info.upload_id, filename=info.filename,
                           media_type=info.media_type, kind=info.kind, size_bytes=info.size)
 
     @app.get("/api/download/{job_id}", summary="Download a completed job's output (once)",
              responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
-    async def download(self, job_id: str):
-        job = await asyncio.to_thread(self.jobs.get, job_id) if is_id(job_id) else None
+    async def download(self, job_id: str, request: Request):
+        job = await self._find_job(request, job_id, None)
         if job is None:
             raise NotFound("Job not found")
         if job.state != COMPLETED:
@@ -293,6 +317,21 @@ class JobsApi:
                  "available": sorted(t for t, m in self.setup.tier_models.items()
                                      if m in self.handles)})
         return model_id
+
+    async def _find_job(self, request: Request | None, job_id: str, api: str | None) -> Job | None:
+        """The job if it exists, belongs to this API (`api`, None: any) and to the caller's key:
+        another key's job is "not found", exactly like one that does not exist."""
+        job = await asyncio.to_thread(self.jobs.get, job_id) if is_id(job_id) else None
+        if job is None or (api is not None and job.api != api):
+            return None
+        return job if job.owner == caller_id(request) else None
+
+    def _job_limit(self, request: Request | None) -> tuple[str | None, int | None]:
+        """The caller's key id and how many of its jobs may be in progress at once."""
+        key = getattr(request.state, "api_key", None) if request is not None else None
+        if key is None:
+            return None, None
+        return key.key_id, key.max_concurrent_jobs or self.settings.max_concurrent_jobs
 
     def _require_worker(self) -> None:
         if self.worker is None:

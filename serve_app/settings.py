@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     # Streamed video/image uploads (POST /api/upload, spec 002: 400 "File too large" above).
     upload_max_bytes: int = Field(500 * 1024 * 1024, gt=0)
 
+    # API keys (X-Api-Key) on every route but /health, the docs and result links. Turning
+    # auth off is for a single user on one machine: the service warns loudly at start-up.
+    auth_enabled: bool = True
+    auth_cache_s: float = Field(5.0, ge=0)  # a revoked key stops working within this
+    # Per-key defaults (a key may carry its own): requests per minute, jobs in progress at once.
+    rate_limit_per_min: int = Field(60, ge=1)
+    max_concurrent_jobs: int = Field(4, ge=1)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -47,6 +47,7 @@ from pipelines.images import (
     upscale,
 )
 from serve_app.app import app, read_json
+from serve_app.platform import caller_id
 from serve_app.schemas import (
     Dimensions,
     ModelFailure,
@@ -101,8 +102,8 @@ class _Outcome:
 
 class ShotgunApi:
     # ---- typed operations (also the Python handle API) --------------------------------------
-    async def remove_background(self, req: RemoveBackgroundRequest,
-                                base_url: str | None = None) -> RemoveBackgroundResponse:
+    async def remove_background(self, req: RemoveBackgroundRequest, base_url: str | None = None,
+                                owner: str | None = None) -> RemoveBackgroundResponse:
         """Run the selected models in parallel; every model's cut-out, time and cost."""
         started = time.perf_counter()
         model_ids = self._select_models(req.include_models, "include_models")
@@ -131,7 +132,7 @@ class ShotgunApi:
                     image_url=o.value[1], processing_time_ms=_ms(o.elapsed_s),
                     cost_usd=self._cost(o),
                 ))
-        await self._record(job_id, "remove-background", outcomes)
+        await self._record(job_id, "remove-background", outcomes, owner)
         self._raise_if_all_failed(job_id, rows)
         return RemoveBackgroundResponse(
             job_id=job_id, status=_overall(rows), processing_time_ms=_ms(time.perf_counter() - started),
@@ -163,7 +164,8 @@ class ShotgunApi:
             image_base64=base64.b64encode(data).decode("ascii"),
         )
 
-    async def remove_and_upscale(self, req: ProcessRequest) -> ProcessResponse:
+    async def remove_and_upscale(self, req: ProcessRequest,
+                                 owner: str | None = None) -> ProcessResponse:
         """`/process`: the shotgun, then every cut-out upscaled (Lanczos, alpha kept)."""
         started = time.perf_counter()
         model_ids = self._select_models(req.bg_models, "bg_models")
@@ -192,7 +194,7 @@ class ShotgunApi:
                 processing_time_ms=_ms(o.elapsed_s),
                 cost_usd=self._cost(o) if o.error is None else 0.0,
             ))
-        await self._record(job_id, "process", outcomes)
+        await self._record(job_id, "process", outcomes, owner)
         if all(r.upscale_status != "success" for r in rows):
             raise ProcessingError("All models failed.", {"job_id": job_id, "results": [
                 r.model_dump(exclude_none=True) for r in rows]})
@@ -202,11 +204,12 @@ class ShotgunApi:
             total_cost_usd=round(sum(r.cost_usd for r in rows), 8),
         )
 
-    async def log_selection(self, req: SelectionRequest) -> SelectionResponse:
+    async def log_selection(self, req: SelectionRequest,
+                            owner: str | None = None) -> SelectionResponse:
         """Record which model's result a person picked for a shotgun job."""
         selection_id = await asyncio.to_thread(
             self.store.log_selection, req.job_id, req.selected_model_id, req.image_category,
-            req.notes,
+            req.notes, owner,
         )
         return SelectionResponse(selection_id=selection_id)
 
@@ -223,7 +226,8 @@ class ShotgunApi:
               summary="Shotgun: run several background-removal models in parallel")
     async def http_remove_background(self, request: Request) -> RemoveBackgroundResponse:
         req = await self._read_json(request, RemoveBackgroundRequest)
-        return await self.remove_background(req, base_url=str(request.base_url))
+        return await self.remove_background(req, base_url=str(request.base_url),
+                                            owner=caller_id(request))
 
     @app.post("/upscale", response_model=UpscaleResponse, responses=_ERRORS,
               openapi_extra=_json_body(UpscaleRequest),
@@ -235,13 +239,15 @@ class ShotgunApi:
               openapi_extra=_json_body(ProcessRequest),
               summary="Shotgun background removal, then every result upscaled")
     async def http_process(self, request: Request) -> ProcessResponse:
-        return await self.remove_and_upscale(await self._read_json(request, ProcessRequest))
+        return await self.remove_and_upscale(await self._read_json(request, ProcessRequest),
+                                             owner=caller_id(request))
 
     @app.post("/log-selection", response_model=SelectionResponse, responses=_ERRORS,
               openapi_extra=_json_body(SelectionRequest),
               summary="Record which model's result the user picked")
     async def http_log_selection(self, request: Request) -> SelectionResponse:
-        return await self.log_selection(await self._read_json(request, SelectionRequest))
+        return await self.log_selection(await self._read_json(request, SelectionRequest),
+                                        owner=caller_id(request))
 
     @app.get("/selections/stats", response_model=SelectionStats,
              summary="Win rates per model and image category (from /log-selection)")
@@ -363,12 +369,13 @@ class ShotgunApi:
     def _cost(self, outcome: _Outcome) -> float:
         return round(self.prices[outcome.model_id].cost(outcome.compute_s), 8)
 
-    async def _record(self, job_id: str, kind: str, outcomes: list[_Outcome]) -> None:
+    async def _record(self, job_id: str, kind: str, outcomes: list[_Outcome],
+                      owner: str | None) -> None:
         runs = [ModelRun(o.model_id, "success" if o.error is None else "error",
                          _ms(o.elapsed_s), self._cost(o) if o.error is None else 0.0)
                 for o in outcomes]
         try:
-            await asyncio.to_thread(self.store.record_job, job_id, kind, runs)
+            await asyncio.to_thread(self.store.record_job, job_id, kind, runs, owner)
         except Exception:  # noqa: BLE001 - the results are computed: return them regardless
             log.exception("shotgun job %s could not be recorded; /log-selection will not know it",
                           job_id)

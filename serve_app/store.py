@@ -27,6 +27,7 @@ shotgun_jobs = Table(
     Column("job_id", String(36), primary_key=True),
     Column("kind", String(32), nullable=False),  # "remove-background" | "process"
     Column("created_at", DateTime(timezone=True), nullable=False, default=now),
+    Column("owner", String(36)),  # api_keys.key_id of the caller (None: no auth / Python)
 )
 
 shotgun_runs = Table(
@@ -46,6 +47,7 @@ selections = Table(
     Column("image_category", String(128), nullable=True),
     Column("notes", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, default=now),
+    Column("owner", String(36)),  # api_keys.key_id of the caller (None: no auth / Python)
     Index("ix_selections_job_id", "job_id"),
 )
 
@@ -79,10 +81,12 @@ class Store:
     def from_settings(cls, settings) -> Store:
         return cls(settings.resolved_database_url())
 
-    def record_job(self, job_id: str, kind: str, runs: list[ModelRun]) -> None:
+    def record_job(self, job_id: str, kind: str, runs: list[ModelRun],
+                   owner: str | None = None) -> None:
         """Write the job and all its runs in one transaction."""
         with self._serial, self.engine.begin() as conn:
-            conn.execute(shotgun_jobs.insert().values(job_id=job_id, kind=kind, created_at=now()))
+            conn.execute(shotgun_jobs.insert().values(job_id=job_id, kind=kind, created_at=now(),
+                                                      owner=owner))
             if runs:
                 conn.execute(shotgun_runs.insert(), [
                     {"job_id": job_id, "model_id": r.model_id, "status": r.status,
@@ -91,8 +95,9 @@ class Store:
                 ])
 
     def log_selection(self, job_id: str, selected_model_id: str, image_category: str | None = None,
-                      notes: str | None = None) -> str:
-        """Record which model's result the user picked; returns the new selection_id."""
+                      notes: str | None = None, owner: str | None = None) -> str:
+        """Record which model's result the user picked; returns the new selection_id. Only
+        the job's own `owner` may (another key's job is unknown to it)."""
         if image_category == ALL:
             raise InvalidRequest(f"image_category '{ALL}' is reserved for the overall win rates.",
                                  {"field": "image_category", "received": image_category})
@@ -101,7 +106,7 @@ class Store:
                 select(shotgun_runs.c.model_id, shotgun_runs.c.status)
                 .select_from(shotgun_jobs.outerjoin(
                     shotgun_runs, shotgun_runs.c.job_id == shotgun_jobs.c.job_id))
-                .where(shotgun_jobs.c.job_id == job_id)
+                .where(shotgun_jobs.c.job_id == job_id, shotgun_jobs.c.owner == owner)
             ).all()
             if not rows:
                 raise UnknownJob(f"Unknown job_id '{job_id}': no shotgun job with this id.",

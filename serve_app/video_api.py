@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import File, Form, UploadFile
+from fastapi import File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from pipelines import video
@@ -20,8 +20,8 @@ from pipelines.errors import InvalidImage, InvalidRequest, ServiceError
 from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.images import decode_image
 from serve_app.app import app
-from serve_app.jobs import COMPLETED, FAILED
-from serve_app.jobs_api import detail, is_id
+from serve_app.jobs import COMPLETED, FAILED, TooManyJobs
+from serve_app.jobs_api import detail, too_many_jobs
 
 log = logging.getLogger("bgremove")
 _RGB = re.compile(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*")
@@ -31,7 +31,8 @@ BG_COLOR_MESSAGE = "bg_color must be in format 'R,G,B' (e.g., '255,0,0')"
 class VideoApi:
     @app.post("/video/submit/v1", status_code=202,
               summary="Submit a video (the first seconds are processed, see the warning)")
-    async def video_submit(self, video_file: Annotated[UploadFile, File(alias="video")],
+    async def video_submit(self, request: Request,
+                           video_file: Annotated[UploadFile, File(alias="video")],
                            bg_color: Annotated[str | None, Form()] = None,
                            bg_image_url: Annotated[str | None, Form()] = None,
                            model: Annotated[str | None, Form()] = None,
@@ -84,8 +85,14 @@ class VideoApi:
         params = {"model": "original", "model_id": model_id, "output_format": fmt,
                   "background": background, "bg_image_key": bg_key, "max_duration_s": limit,
                   "original_duration_s": info.duration_s}
-        await asyncio.to_thread(self.jobs.create, api="video", kind="video", job_id=job_id,
-                                input_key=key, start=True, params=params)
+        owner, max_active = self._job_limit(request)
+        try:
+            await asyncio.to_thread(self.jobs.create, api="video", kind="video", job_id=job_id,
+                                    input_key=key, start=True, params=params, owner=owner,
+                                    max_active=max_active)
+        except TooManyJobs as exc:
+            await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+            raise too_many_jobs(exc) from None
         self._wake_worker()
         body = {"message": "Video submitted for processing", "uuid": job_id,
                 "status": "processing", "duration": video.format_duration(info.duration_s)}
@@ -111,9 +118,9 @@ class VideoApi:
 
     @app.get("/video/result/{uuid}", summary="Progress (202) or the processed video (200)",
              responses={200: {"content": {"video/webm": {}, "video/mp4": {}}}})
-    async def video_result(self, uuid: str):
-        job = await asyncio.to_thread(self.jobs.get, uuid) if is_id(uuid) else None
-        if job is None or job.api != "video":
+    async def video_result(self, uuid: str, request: Request):
+        job = await self._find_job(request, uuid, "video")
+        if job is None:
             return JSONResponse({"message": "Task not found", "status": "not_found"},
                                 status_code=404)
         if job.state == FAILED:

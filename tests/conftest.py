@@ -210,4 +210,4 @@ def static_http_server(payloads: dict[str, bytes]):
 
 
 # The session's Ray Serve app (imported last: serve_harness imports this module's helpers).
-from serve_harness import base_url, client  # noqa: E402, F401
+from serve_harness import api_key, base_url, client  # noqa: E402, F401

@@ -65,6 +65,7 @@ def base_url(tmp_path_factory, tiny_model):
         "BGR_URL_ALLOWED_NETWORKS": '["127.0.0.1/32"]',  # the tests' own image server
         "BGR_JOB_POLL_S": "0.2",
         "BGR_JOB_LEASE_S": "2",  # a lost worker's job is resumed within seconds
+        "BGR_AUTH_CACHE_S": "0.5",  # revocation tests wait this long
         "RAY_AUTH_MODE": "disabled",
     }
     if HAVE_SHARED:
@@ -78,6 +79,14 @@ def base_url(tmp_path_factory, tiny_model):
     from serve_app.settings import get_settings
 
     get_settings.cache_clear()
+    # The app runs with API keys on, as in production; the tests' own key has limits no test
+    # reaches (tests of the limits make their own keys).
+    from serve_app.keys import KeyStore
+    keys = KeyStore(get_settings().resolved_database_url())
+    _, secret = keys.create("tests", credits=1e12, rate_limit_per_min=10**9,
+                            max_concurrent_jobs=10**6)
+    keys.engine.dispose()
+    os.environ["BGR_TEST_API_KEY"] = secret
     ray.init(num_cpus=4, resources={"pro_pool": 2}, include_dashboard=False,
              runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
     port = _free_port()
@@ -106,6 +115,11 @@ def base_url(tmp_path_factory, tiny_model):
 
 
 @pytest.fixture(scope="session")
-def client(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as c:
+def api_key(base_url) -> str:
+    return os.environ["BGR_TEST_API_KEY"]
+
+
+@pytest.fixture(scope="session")
+def client(base_url, api_key):
+    with httpx.Client(base_url=base_url, timeout=60, headers={"X-Api-Key": api_key}) as c:
         yield c

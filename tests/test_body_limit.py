@@ -11,6 +11,7 @@ from typing import Annotated
 import httpx
 import pytest
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import StreamingResponse
 
 import serve_app.app as app_module
 from serve_app.app import BodyLimitMiddleware
@@ -37,9 +38,17 @@ def limited_app(monkeypatch) -> FastAPI:
     async def receive_json(request: Request):
         return {"size": len(await request.body())}
 
+    async def stream_out():
+        async def parts():
+            for _ in range(5):
+                yield b"0123456789"
+                await asyncio.sleep(0)
+        return StreamingResponse(parts(), media_type="video/mp4")
+
     for path in ("/video/submit/v1", "/image/hd/submit/v1", "/image/matte/v1", "/v1/jobs"):
         api.add_api_route(path, receive_file, methods=["POST"])
     api.add_api_route("/remove-background", receive_json, methods=["POST"])
+    api.add_api_route("/video/result/x", stream_out, methods=["GET"])
     return api
 
 
@@ -50,7 +59,8 @@ def multipart(size: int) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def send(app: FastAPI, path: str, body: bytes, content_type: str, *, declare: bool):
+def send(app: FastAPI, path: str, body: bytes, content_type: str, *, declare: bool,
+         root_path: str = ""):
     """POST `body` in 4 KiB chunks; returns the response and how many chunks were pulled."""
     pulled = 0
 
@@ -65,16 +75,16 @@ def send(app: FastAPI, path: str, body: bytes, content_type: str, *, declare: bo
         headers = {"content-type": content_type}
         if declare:
             headers["content-length"] = str(len(body))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://t") as client:
-            return await client.post(path, content=chunks(), headers=headers)
+        transport = httpx.ASGITransport(app=app, root_path=root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post(root_path + path, content=chunks(), headers=headers)
 
     return asyncio.run(go()), pulled
 
 
 @pytest.mark.parametrize("path, status, body", [
     ("/video/submit/v1", 400, {"detail": "File too large"}),      # spec 000, video
-    ("/image/hd/submit/v1", 400, {"detail": "File too large"}),   # spec 000, HD
+    ("/image/hd/submit/v1", 413, {"detail": f"Image file is larger than {LIMIT} bytes."}),
     ("/image/matte/v1", 413, {"message": f"Image file is larger than {LIMIT} bytes."}),
 ])
 @pytest.mark.parametrize("declare", [True, False])
@@ -111,3 +121,24 @@ def test_shotgun_family_and_bodies_within_the_limit_pass(limited_app):
     data, ctype = multipart(LIMIT)  # exactly the file limit, plus multipart framing
     resp, _ = send(limited_app, "/video/submit/v1", data, ctype, declare=True)
     assert resp.status_code == 200 and resp.json() == {"size": LIMIT}
+
+
+def test_limits_follow_the_family_below_a_route_prefix(limited_app):
+    """Serve keeps an app's route prefix in the path (and in root_path): /bgr/video/... is
+    still the video family, with the video limit."""
+    data, ctype = multipart(LIMIT)
+    resp, _ = send(limited_app, "/video/submit/v1", data, ctype, declare=True, root_path="/bgr")
+    assert resp.status_code == 200 and resp.json() == {"size": LIMIT}
+    data, ctype = multipart(2 * LIMIT)
+    resp, _ = send(limited_app, "/video/submit/v1", data, ctype, declare=False, root_path="/bgr")
+    assert (resp.status_code, resp.json()) == (400, {"detail": "File too large"})
+
+
+def test_a_bogus_content_length_does_not_break_a_streamed_response(limited_app):
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=limited_app),
+                                     base_url="http://t") as client:
+            return await client.get("/video/result/x",
+                                    headers={"content-length": "999999999999"})
+    resp = asyncio.run(go())
+    assert resp.status_code == 400 and resp.json() == {"detail": "File too large"}

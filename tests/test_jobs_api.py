@@ -272,7 +272,9 @@ def test_job_survives_the_app_being_killed_mid_job(client, base_url, tmp_path_fa
     tiny = load_catalog(tiny_catalog(tmp_path_factory.mktemp("cat"))).get("tiny")
     # Its own data folder (database, artifacts): the session app's worker must not see its jobs.
     data_dir = tmp_path_factory.mktemp("restart-data")
-    own = {"runtime_env": {"env_vars": {"BGR_DATA_DIR": str(data_dir)}}}
+    # (auth off there: its database has no keys; the session app tests auth)
+    own = {"runtime_env": {"env_vars": {"BGR_DATA_DIR": str(data_dir),
+                                        "BGR_AUTH_ENABLED": "false"}}}
     jobs_db = JobStore(f"sqlite:///{data_dir / 'bgremove.db'}")
 
     def deploy(delay_s: float):

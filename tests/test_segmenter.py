@@ -143,3 +143,35 @@ def test_fold_fp16_storage_turns_cast_weights_into_float32(tmp_path):
     session = ort.InferenceSession(half_precision(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.array([[1.5]], np.float32)})[0]
     assert out.dtype == np.float32 and out[0, 0] == pytest.approx(3.0)
+
+
+def test_fp16_keeps_large_constants_and_feedable_weights(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipelines.precision import fold_fp16_storage, half_precision
+
+    def save(nodes, inputs, inits, name):
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        model = helper.make_model(helper.make_graph(nodes, "g", inputs, [y], initializer=inits),
+                                  opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        onnx.save(model, tmp_path / name)
+        return tmp_path / name
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    big = save([helper.make_node("Add", ["x", "c"], ["y"])], [x],
+               [numpy_helper.from_array(np.array([30000.0], np.float32), "c")], "big.onnx")
+    session = ort.InferenceSession(half_precision(big), providers=["CPUExecutionProvider"])
+    out = session.run(["y"], {"x": np.array([0.0], np.float32)})[0]
+    assert out[0] == pytest.approx(30000.0, rel=1e-3)  # not clamped to the converter's 1e4
+
+    # old IR versions list weights among the graph inputs (feedable): such a Cast stays
+    w16 = helper.make_tensor_value_info("w16", TensorProto.FLOAT16, [1])
+    feedable = save([helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+                     helper.make_node("Add", ["x", "w"], ["y"])], [x, w16],
+                    [numpy_helper.from_array(np.array([2.0], np.float16), "w16")], "feed.onnx")
+    model = onnx.load(feedable)
+    assert fold_fp16_storage(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["Cast", "Add"]

@@ -61,7 +61,7 @@ def test_upload_link_form_when_the_store_has_public_links(tmp_path, published, o
     handler = ResultHandler(Settings(artifacts_public_url=public, data_dir=tmp_path), jobs, store)
     job_id = finished_video(jobs, store, original_s)
 
-    resp = asyncio.run(handler.video_result(job_id))
+    resp = asyncio.run(handler.video_result(job_id, None))
     body = json.loads(resp.body)
     assert resp.status_code == 200 and resp.media_type == "application/json"
     link = body.pop("upload_link")
@@ -74,12 +74,12 @@ def test_upload_link_form_when_the_store_has_public_links(tmp_path, published, o
     # the link really serves the output, and handing it out did not delete the file
     with urllib.request.urlopen(link, timeout=10) as r:
         assert r.read() == b"\x1aE\xdf\xa3 processed video bytes"
-    assert json.loads(asyncio.run(handler.video_result(job_id)).body)["upload_link"] == link
+    assert json.loads(asyncio.run(handler.video_result(job_id, None)).body)["upload_link"] == link
 
 
 def test_without_public_links_the_file_itself_is_returned(tmp_path, published):
     store, _ = published
     jobs = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
     handler = ResultHandler(Settings(data_dir=tmp_path), jobs, store)
-    resp = asyncio.run(handler.video_result(finished_video(jobs, store, 3.5)))
+    resp = asyncio.run(handler.video_result(finished_video(jobs, store, 3.5), None))
     assert resp.status_code == 200 and resp.media_type == "video/webm"

@@ -1,0 +1,113 @@
+"""What every HTTP request goes through before its route: a request id, the API key, the rate
+limit. One pure ASGI middleware (so the headers it adds are on every response, errors included):
+
+- `X-Request-ID`: Serve's HTTP proxy keeps the client's or makes one, puts it in the request's
+  headers and echoes it on the response; it is taken from there into `request.state`, spec 002
+  error bodies and log lines (outside Serve, a new `req_<hex>`).
+- `X-Api-Key` (when `BGR_AUTH_ENABLED`, the default): a missing, unknown or revoked key is a
+  401 in the route family's shape. Public: `/health`, the API docs, and the expiring,
+  unguessable result links (`/results/...`), which browsers open without headers.
+- Rate limit per key (`serve_app.keys`, counted in the database so all ingress replicas agree):
+  `X-RateLimit-Limit/Remaining/Reset` on every authenticated response; over the limit 429
+  `rate_limited` with `Retry-After`.
+
+Routes read the caller from `request.state.api_key` (`caller_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipelines.errors import RateLimited, ServiceError, Unauthorized
+from serve_app.errors import new_request_id, render, route_path
+from serve_app.keys import ApiKey, KeyStore, hash_secret
+from serve_app.settings import get_settings
+
+log = logging.getLogger("bgremove")
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PREFIXES = ("/results/",)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def caller_id(request: Request) -> str | None:
+    """The key id of the caller (None when auth is off, or for Python handle calls)."""
+    key = getattr(request.state, "api_key", None) if request is not None else None
+    return key.key_id if key is not None else None
+
+
+class PlatformMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._keys: KeyStore | None = None
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    @property
+    def keys(self) -> KeyStore:
+        if self._keys is None:
+            self._keys = KeyStore.from_settings(get_settings())
+        return self._keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        state = scope.setdefault("state", {})
+        state["request_id"] = new_request_id(headers.get("x-request-id"))
+        extra: dict[str, str] = {}
+        settings = get_settings()
+        if settings.auth_enabled and not is_public(route_path(scope)):
+            secret = headers.get("x-api-key", "").strip()
+            key = await self._authenticate(secret, settings.auth_cache_s) if secret else None
+            if key is None:
+                message = ("Invalid API key." if secret else
+                           "Missing API key: send it in the X-Api-Key header.")
+                await self._refuse(scope, receive, send, Unauthorized(message), extra)
+                return
+            state["api_key"] = key
+            limit = key.rate_limit_per_min or settings.rate_limit_per_min
+            window = await asyncio.to_thread(self.keys.hit, key.key_id, limit)
+            extra |= window.headers()
+            if not window.allowed:
+                wait = window.retry_after()
+                await self._refuse(scope, receive, send, RateLimited(
+                    f"Rate limit of {limit} requests per minute exceeded; retry in {wait} s.",
+                    {"limit": limit, "retry_after_s": wait}), extra)
+                return
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in raw}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + raw}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _authenticate(self, secret: str, cache_s: float) -> ApiKey | None:
+        digest, t = hash_secret(secret), time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > t:
+            return hit[1]
+        key = await asyncio.to_thread(self.keys.authenticate, secret)
+        if cache_s > 0:
+            if len(self._cache) > 10_000:  # many wrong keys: start over rather than grow
+                self._cache.clear()
+            self._cache[digest] = (t + cache_s, key)
+        return key
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, error: ServiceError,
+                      headers: dict[str, str]) -> None:
+        response = render(Request(scope, receive), error)
+        response.headers.update(headers)
+        await response(scope, receive, send)
