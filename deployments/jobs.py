@@ -37,10 +37,13 @@ from pipelines.temporal import MaskSmoother
 from serve_app.artifacts import artifact_store
 from serve_app.db import now
 from serve_app.jobs import COMPLETED, Job, JobStore
+from serve_app.keys import Charge
+from serve_app.metrics import CREDITS_CHARGED, JOBS
 from serve_app.settings import get_settings
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 _MAINTENANCE_EVERY_S = 30.0
+_JOBS_GAUGE_EVERY_S = 5.0  # how often the jobs-by-state gauge is refreshed
 VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/quicktime"}
 
 
@@ -82,7 +85,7 @@ class JobWorker:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        last_maintenance = 0.0
+        last_maintenance = last_gauge = 0.0
         while not self._stop.is_set():
             try:
                 while self._slots.acquire(blocking=False):
@@ -95,6 +98,10 @@ class JobWorker:
                         self._slots.release()
                         break
                     self._pool.submit(self._run, job)
+                if time.monotonic() - last_gauge > _JOBS_GAUGE_EVERY_S:
+                    last_gauge = time.monotonic()
+                    for (state, kind), n in self.store.count_by_state().items():
+                        JOBS.set(n, {"state": state, "kind": kind})
                 if time.monotonic() - last_maintenance > _MAINTENANCE_EVERY_S:
                     last_maintenance = time.monotonic()
                     self._maintenance()
@@ -116,19 +123,31 @@ class JobWorker:
                 except Exception:  # noqa: BLE001 - a database hiccup: try again next beat
                     log.exception("job %s: heartbeat", job.job_id)
 
+        started = time.monotonic()
+        fields = {"job_id": job.job_id, "api": job.api, "kind": job.kind, "key_id": job.owner,
+                  "model": job.params.get("model_id"), "attempt": job.attempts}
         beat = threading.Thread(target=heartbeat, daemon=True)
         beat.start()
         try:
-            key, media_type = self._process(job)
+            key, media_type, units = self._process(job)
+            price = (self.settings.price_video_second if job.kind == "video"
+                     else self.settings.price_image)
+            charge = Charge(f"{job.api}:{job.kind}", units, round(units * price, 4))
             if not self.store.complete(job.job_id, self.worker_id, key, media_type,
-                                       self.settings.job_output_ttl_s):
+                                       self.settings.job_output_ttl_s, charge):
                 self.artifacts.delete(key)  # taken over meanwhile: only our own attempt's file
-            log.info("job %s completed (%s)", job.job_id, media_type)
+            if job.owner is not None and charge.credits > 0:
+                CREDITS_CHARGED.inc(charge.credits, {"operation": charge.operation})
+            log.info("job %s completed (%s)", job.job_id, media_type, extra={
+                **fields, "state": "completed", "credits": charge.credits,
+                "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
         except ServiceError as exc:
             self.store.fail(job.job_id, exc.message, worker_id=self.worker_id)
-            log.info("job %s failed: %s", job.job_id, exc.message)
+            log.info("job %s failed: %s", job.job_id, exc.message, extra={
+                **fields, "state": "failed",
+                "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
         except Exception as exc:  # noqa: BLE001 - recorded as the job's failure reason
-            log.exception("job %s failed", job.job_id)
+            log.exception("job %s failed", job.job_id, extra={**fields, "state": "failed"})
             self.store.fail(job.job_id, f"Processing failed ({type(exc).__name__})",
                             worker_id=self.worker_id)
         finally:
@@ -149,7 +168,9 @@ class JobWorker:
                                "deployment.")
         return handle
 
-    def _process(self, job: Job) -> tuple[str, str]:
+    def _process(self, job: Job) -> tuple[str, str, float]:
+        """Run the job: its output's key and media type, and the units it is charged for
+        (1 image, or the seconds of video processed)."""
         if job.kind == "video":
             return self._process_video(job)
         if job.kind != "image":
@@ -177,7 +198,7 @@ class JobWorker:
         # One key per attempt: a worker that lost its lease never touches the new owner's file.
         key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
         self.artifacts.put_bytes(key, output)
-        return key, media_type
+        return key, media_type, 1.0
 
     def _fetch(self, url: str, max_bytes: int) -> bytes:
         policy = dataclasses.replace(self.fetch_policy, max_bytes=max_bytes)
@@ -187,7 +208,7 @@ class JobWorker:
             reason = (exc.details or {}).get("reason", "failed")
             raise FetchError(f"The input URL could not be fetched ({reason}).") from None
 
-    def _process_video(self, job: Job) -> tuple[str, str]:
+    def _process_video(self, job: Job) -> tuple[str, str, float]:
         """Stream the video through the model deployment (frames `video_window` at a time, so
         concurrent jobs' frames share the model's batches and every replica can take frames)."""
         params, settings = job.params, self.settings
@@ -220,7 +241,7 @@ class JobWorker:
                 else:
                     src.write_bytes(self._fetch(job.input_url, settings.upload_max_bytes))
             dst = Path(tmp) / f"output.{fmt}"
-            render_video(
+            result = render_video(
                 str(src), str(dst), submit, output_format=fmt,
                 background=Background.model_validate(params.get("background") or {}),
                 background_image=background_image,
@@ -231,7 +252,7 @@ class JobWorker:
             key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)
-        return key, VIDEO_MEDIA_TYPES[fmt]
+        return key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2)
 
     # ---- webhooks and retention -------------------------------------------------------------
     def _webhook_loop(self) -> None:

@@ -18,6 +18,12 @@ from ray import serve
 
 from pipelines.catalog import ModelSpec
 from pipelines.segmenter import OnnxSegmenter
+from serve_app.metrics import (
+    MODEL_BATCH_SIZE,
+    MODEL_IN_FLIGHT,
+    MODEL_INFERENCE_SECONDS,
+    resolution_bucket,
+)
 
 
 class SegmentationModel:
@@ -79,13 +85,15 @@ class SegmentationModel:
         `@serve.batch` and share the batch's time evenly; otherwise each call runs as soon as an
         inference slot is free.
         """
-        if self._batching:
-            return await self._segment_batched(image)
         self._in_flight += 1
+        MODEL_IN_FLIGHT.set(self._in_flight, {"model": self.spec.id})
         try:
+            if self._batching:
+                return await self._segment_batched(image)
             return (await self._infer([image], solo=self._in_flight == 1))[0]
         finally:
             self._in_flight -= 1
+            MODEL_IN_FLIGHT.set(self._in_flight, {"model": self.spec.id})
 
     def describe(self) -> dict[str, Any]:
         """What this replica runs with: model, pool, providers, threads, batching, resources."""
@@ -109,5 +117,12 @@ class SegmentationModel:
         async with self._slots:
             started = time.perf_counter()
             masks = await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)
-            share = (time.perf_counter() - started) / len(images)
+            elapsed = time.perf_counter() - started
+            share = elapsed / len(images)
+        model, pool = self.spec.id, self.spec.tier.value
+        MODEL_BATCH_SIZE.observe(len(images), {"model": model})
+        for image in images:
+            MODEL_INFERENCE_SECONDS.observe(elapsed, {
+                "model": model, "pool": pool,
+                "resolution": resolution_bucket(image.shape[1], image.shape[0])})
         return [(mask, share) for mask in masks]

@@ -30,7 +30,7 @@ from serve_app.config import (  # noqa: F401 - re-exported: the config types liv
 from serve_app.ingress import Ingress
 from serve_app.settings import get_settings
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 
 
 def _requirements(ray_actor_options: dict[str, Any]) -> dict[str, float]:

@@ -6,6 +6,8 @@
     bgremove selections stats         # win rate of each model per image category (shotgun picks)
     bgremove keys create NAME [--credits N] [--rate-limit N] [--max-jobs N]   # prints the key once
     bgremove keys list | keys revoke NAME | keys limits NAME [--rate-limit N] [--max-jobs N]
+    bgremove keys credit NAME AMOUNT  # top up (negative: take back)
+    bgremove keys usage NAME          # balance and charges per operation (= GET /v1/usage)
 """
 
 from __future__ import annotations
@@ -132,6 +134,31 @@ def _keys_limits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_credit(args: argparse.Namespace) -> int:
+    balance = _key_store(args).add_credits(args.name, args.amount)
+    if balance is None:
+        print(f"error: no key named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"key {args.name!r}: balance {balance:g}")
+    return 0
+
+
+def _keys_usage(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    key = store.get(args.name)
+    if key is None:
+        print(f"error: no key named {args.name!r}", file=sys.stderr)
+        return 1
+    rows = store.usage(key.key_id)
+    print(f"key {key.name!r}: balance {store.balance(key.key_id):g}")
+    print(f"{'operation':24} {'count':>7} {'units':>10} {'credits':>12}")
+    for r in rows:
+        print(f"{r.operation:24} {r.count:7d} {r.units:10g} {r.credits:12g}")
+    print(f"{'total':24} {sum(r.count for r in rows):7d} {'':>10} "
+          f"{sum(r.credits for r in rows):12g}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -169,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     kr = ksub.add_parser("revoke")
     kr.add_argument("name")
     kr.set_defaults(func=_keys_revoke)
+    kcr = ksub.add_parser("credit", help="add credits to a key (negative: take some back)")
+    kcr.add_argument("name")
+    kcr.add_argument("amount", type=float)
+    kcr.set_defaults(func=_keys_credit)
+    ku = ksub.add_parser("usage", help="a key's balance and charges per operation")
+    ku.add_argument("name")
+    ku.set_defaults(func=_keys_usage)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return args.func(args)

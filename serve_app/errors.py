@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.metrics import ERRORS
 from pipelines.errors import (
     ImageTooLarge,
     InvalidImage,
@@ -40,7 +41,7 @@ from pipelines.errors import (
     Unauthorized,
 )
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 
 # Spec 003's error types, most specific class first, with the status each type has there.
 _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
@@ -104,6 +105,8 @@ def request_id(request: Request) -> str:
 
 def render(request: Request, exc: ServiceError) -> JSONResponse:
     response = _render(request, exc)
+    ERRORS.inc(1, {"code": exc.code, "status": str(response.status_code),
+                   "family": _family(request)})
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
@@ -182,6 +185,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, BodyTooLarge):
             return render(request, exc.error)
         family = _family(request)
+        ERRORS.inc(1, {"code": _HTTP_TYPES.get(exc.status_code, "http_error"),
+                       "status": str(exc.status_code), "family": family})
         if family in ("message", "detail"):
             return JSONResponse({family: str(exc.detail)}, status_code=exc.status_code)
         if family == "code":

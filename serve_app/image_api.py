@@ -17,6 +17,7 @@ from pipelines import effects
 from pipelines.errors import PayloadTooLarge
 from pipelines.images import DecodedImage, decode_image, encode_png
 from serve_app.app import app
+from serve_app.keys import Charge
 from serve_app.errors import validation_error
 from serve_app.schemas import (
     BlurOptions,
@@ -110,7 +111,10 @@ class ImageApiV1:
             job = ImageJob(image=data, effect=effect, options=options)
         except ValidationError as exc:
             raise validation_error(exc) from None
+        price = self.settings.price_image
+        await self.require_credits(request, price)
         result = await self.process(job)
+        await self.charge(request, Charge(f"image.{effect.value}", 1, price))
         return Response(
             content=result.png,
             media_type="image/png",

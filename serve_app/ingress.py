@@ -24,9 +24,11 @@ from pipelines.errors import ModelUnavailable, UnknownModel
 from serve_app.app import VERSION, app
 from serve_app.config import IngressSetup
 from serve_app.artifacts import artifact_store
+from serve_app.billing import Billing
 from serve_app.image_api import ImageApiV1
 from serve_app.jobs import JobStore
 from serve_app.jobs_api import JobsApi
+from serve_app.keys import KeyStore
 from serve_app.results import ResultLinks
 from serve_app.schemas import Health, ModelHealth, ModelInfo, PoolHealth
 from serve_app.settings import get_settings
@@ -34,7 +36,7 @@ from serve_app.shotgun import ShotgunApi
 from serve_app.video_api import VideoApi
 from serve_app.store import Store
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 T = TypeVar("T")
 
 
@@ -73,7 +75,7 @@ class CpuSlots:
 
 
 @serve.ingress(app)
-class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi):
+class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi, Billing):
     def __init__(
         self,
         models: dict[str, DeploymentHandle],
@@ -95,6 +97,7 @@ class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi):
                         "credits. Only for one user on one machine.\n" + "!" * 78)
         self.store = Store.from_settings(self.settings)
         self.jobs = JobStore.from_settings(self.settings)
+        self.keys = KeyStore.from_settings(self.settings)
         self.artifacts = artifact_store(self.settings)
         self.worker = worker
         data_dir = self.settings.data_dir.expanduser().resolve()

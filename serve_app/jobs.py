@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.db import as_utc, connect, metadata, now
-from serve_app.keys import api_keys
+from serve_app.keys import Charge, api_keys, apply_charge
 
 CREATED, PROCESSING, COMPLETED, FAILED = "created", "processing", "completed", "failed"
 TERMINAL = (COMPLETED, FAILED)
@@ -328,12 +328,20 @@ class JobStore:
         return done.rowcount == 1
 
     def complete(self, job_id: str, worker_id: str, output_key: str, media_type: str,
-                 output_ttl_s: float) -> bool:
+                 output_ttl_s: float, charge: Charge | None = None) -> bool:
+        """Mark the job completed with its output; with `charge`, its owner's key is debited in
+        the same transaction (a job is charged once, and only when it completed)."""
         t = now()
         with self._serial, self.engine.begin() as conn:
-            return self._finish(conn, job_id, COMPLETED, t, expected_owner=worker_id,
+            done = self._finish(conn, job_id, COMPLETED, t, expected_owner=worker_id,
                                 output_key=output_key, output_media_type=media_type,
                                 output_expires_at=t + timedelta(seconds=output_ttl_s))
+            if done and charge is not None:
+                owner = conn.execute(select(jobs.c.owner)
+                                     .where(jobs.c.job_id == job_id)).scalar()
+                if owner is not None:
+                    apply_charge(conn, owner, charge, job_id=job_id)
+            return done
 
     def fail(self, job_id: str, reason: str, worker_id: str | None = None) -> bool:
         """Fail a job: by its worker (`worker_id`), or, when not started yet, by anyone."""
@@ -363,6 +371,16 @@ class JobStore:
                t: datetime) -> None:
         conn.execute(job_events.insert().values(job_id=job_id, from_state=from_state,
                                                 to_state=to_state, reason=reason[:2000], at=t))
+
+    def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Jobs per (state, kind), every combination present (0 where there are none)."""
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.state, jobs.c.kind, func.count())
+                                .group_by(jobs.c.state, jobs.c.kind)).all()
+        counts = {(s, k): 0 for s in (CREATED, PROCESSING, COMPLETED, FAILED)
+                  for k in ("image", "video")}
+        counts.update({(s, k): int(n) for s, k, n in rows})
+        return counts
 
     # ---- outputs ----------------------------------------------------------------------------
     def drop_output(self, job_id: str) -> str | None:

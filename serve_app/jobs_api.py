@@ -40,7 +40,7 @@ from serve_app.schemas import (
 )
 from serve_app.uploads import receive_upload
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 _JSON_LIMIT = 256 * 1024
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -76,6 +76,7 @@ class JobsApi:
         model_id = model or self.default_model
         if model_id not in self.handles:
             return detail(400, f"Model '{model_id}' is not available.")
+        await self.require_credits(request, self.settings.price_image)  # charged on completion
         job_id = str(uuid.uuid4())
         key = f"inputs/{job_id}/input"
         owner, max_active = self._job_limit(request)
@@ -142,13 +143,14 @@ class JobsApi:
         req = await self._job_json(request, CreateJobRequest)
         owner, max_active = self._job_limit(request)
         view, created = await self.submit_job(req, idempotency_key=idempotency_key,
-                                              owner=owner, max_active=max_active)
+                                              owner=owner, max_active=max_active,
+                                              request=request)
         # 201 for a new job; 200 when an Idempotency-Key retry returns the existing one
         return view if created else JSONResponse(view.model_dump(mode="json"), status_code=200)
 
     async def submit_job(self, req: CreateJobRequest, idempotency_key: str | None = None,
-                         owner: str | None = None, max_active: int | None = None
-                         ) -> tuple[JobView, bool]:
+                         owner: str | None = None, max_active: int | None = None,
+                         request: Request | None = None) -> tuple[JobView, bool]:
         """Create a job (also the Python handle API): its view, and False when the idempotency
         key had already created it. `owner` (an API key id) alone can see it afterwards."""
         self._require_worker()
@@ -182,6 +184,8 @@ class JobsApi:
         if fmt == "mp4" and req.background.type == "transparent":
             raise InvalidRequest("mp4 cannot carry transparency: give a colour background, or "
                                  "use webm or mov.")
+        if req.auto_start:
+            await self._require_job_credits(request, kind)
         params = {"model": req.model, "model_id": self._tier_model(req.model),
                   "output_format": fmt, "max_duration_s": None,
                   "background": req.background.model_dump(mode="json"),
@@ -202,9 +206,11 @@ class JobsApi:
     @app.post("/v1/jobs/{job_id}/start", response_model=JobView,
               summary="Start a created job with its model, background and composition")
     async def start_job(self, job_id: str, request: Request):
-        if await self._find_job(request, job_id, "v1") is None:
+        job = await self._find_job(request, job_id, "v1")
+        if job is None:
             raise NotFound("Job not found")
         self._require_worker()
+        await self._require_job_credits(request, job.kind)
         req = await self._job_json(request, StartJobRequest)
         self._check_canvas(req.composition)
         update: dict[str, Any] = {}
@@ -325,6 +331,13 @@ class JobsApi:
         if job is None or (api is not None and job.api != api):
             return None
         return job if job.owner == caller_id(request) else None
+
+    async def _require_job_credits(self, request: Request | None, kind: str) -> None:
+        """Before a /v1/jobs job starts: an image's price, or one second of video (its length
+        is known only once the worker reads it; it is charged per processed second)."""
+        s = self.settings
+        await self.require_credits(request, s.price_video_second if kind == "video"
+                                   else s.price_image)
 
     def _job_limit(self, request: Request | None) -> tuple[str | None, int | None]:
         """The caller's key id and how many of its jobs may be in progress at once."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Float, Integer, String, Table, delete, select, update,
+    BigInteger, Column, DateTime, Float, Integer, String, Table, delete, func, select, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -52,6 +52,47 @@ rate_windows = Table(
     Column("window", BigInteger, primary_key=True),  # unix time // WINDOW_S
     Column("count", Integer, nullable=False),
 )
+
+
+usage = Table(  # one row per charge: what `GET /v1/usage` and `bgremove keys usage` sum up
+    "usage", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", String(36), nullable=False, index=True),
+    Column("operation", String(64), nullable=False),  # e.g. "image.matte", "shotgun", "v1:video"
+    Column("units", Float, nullable=False),  # images, models, video seconds
+    Column("credits", Float, nullable=False),
+    Column("request_id", String(200)),
+    Column("job_id", String(36)),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one successful operation costs the key that asked for it."""
+
+    operation: str
+    units: float
+    credits: float
+
+
+def apply_charge(conn, key_id: str, charge: Charge, request_id: str | None = None,
+                 job_id: str | None = None) -> None:
+    """Debit the key and record the charge, inside the caller's transaction (so a job's
+    completion and its charge commit together)."""
+    conn.execute(update(api_keys).where(api_keys.c.key_id == key_id)
+                 .values(credits=api_keys.c.credits - charge.credits))
+    conn.execute(usage.insert().values(
+        key_id=key_id, operation=charge.operation, units=float(charge.units),
+        credits=float(charge.credits), request_id=request_id, job_id=job_id, at=now()))
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    operation: str
+    count: int
+    units: float
+    credits: float
 
 
 @dataclass(frozen=True)
@@ -175,3 +216,35 @@ class KeyStore:
                     rate_windows.c.key_id == key_id, rate_windows.c.window < window - 1))
         return RateWindow(limit=limit, remaining=max(0, limit - count),
                           reset=(window + 1) * WINDOW_S, allowed=count <= limit)
+
+    # ---- credits and usage ------------------------------------------------------------------
+    def balance(self, key_id: str) -> float:
+        with self._serial, self.engine.connect() as conn:
+            value = conn.execute(select(api_keys.c.credits)
+                                 .where(api_keys.c.key_id == key_id)).scalar()
+        return float(value or 0.0)
+
+    def add_credits(self, name: str, amount: float) -> float | None:
+        """Top up (or, negative, take back) a key's balance; the new balance, None if unknown."""
+        with self._serial, self.engine.begin() as conn:
+            done = conn.execute(update(api_keys).where(api_keys.c.name == name)
+                                .values(credits=api_keys.c.credits + float(amount)))
+            if done.rowcount != 1:
+                return None
+            return float(conn.execute(select(api_keys.c.credits)
+                                      .where(api_keys.c.name == name)).scalar_one())
+
+    def charge(self, key_id: str, charge: Charge, request_id: str | None = None,
+               job_id: str | None = None) -> None:
+        with self._serial, self.engine.begin() as conn:
+            apply_charge(conn, key_id, charge, request_id, job_id)
+
+    def usage(self, key_id: str) -> list[UsageRow]:
+        """Charges per operation (count, units, credits), largest first."""
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(
+                select(usage.c.operation, func.count(), func.sum(usage.c.units),
+                       func.sum(usage.c.credits))
+                .where(usage.c.key_id == key_id).group_by(usage.c.operation)
+                .order_by(func.sum(usage.c.credits).desc(), usage.c.operation)).all()
+        return [UsageRow(op, int(n), float(u or 0), float(c or 0)) for op, n, u, c in rows]

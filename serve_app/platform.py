@@ -11,7 +11,10 @@ limit. One pure ASGI middleware (so the headers it adds are on every response, e
   `X-RateLimit-Limit/Remaining/Reset` on every authenticated response; over the limit 429
   `rate_limited` with `Retry-After`.
 
-Routes read the caller from `request.state.api_key` (`caller_id`).
+Routes read the caller from `request.state.api_key` (`caller_id`). Each request ends with one
+log line on the `ray.serve.bgremove` logger (method, path, status, key name, duration; never the
+key itself or any body): with the Serve config's `logging_config: {encoding: JSON}` these are
+JSON records in the replica's log file, carrying Serve's request id, app and replica too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from serve_app.errors import new_request_id, render, route_path
 from serve_app.keys import ApiKey, KeyStore, hash_secret
 from serve_app.settings import get_settings
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/results/",)
 
@@ -41,6 +44,13 @@ def caller_id(request: Request) -> str | None:
     """The key id of the caller (None when auth is off, or for Python handle calls)."""
     key = getattr(request.state, "api_key", None) if request is not None else None
     return key.key_id if key is not None else None
+
+
+def _log(scope: Scope, status: int, key: ApiKey | None, started: float) -> None:
+    log.info("%s %s %s", scope["method"], scope["path"], status, extra={
+        "method": scope["method"], "path": scope["path"], "status": status,
+        "key_name": key.name if key else None,
+        "duration_ms": round((time.perf_counter() - started) * 1e3, 1)})
 
 
 class PlatformMiddleware:
@@ -59,6 +69,7 @@ class PlatformMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         state = scope.setdefault("state", {})
         state["request_id"] = new_request_id(headers.get("x-request-id"))
@@ -71,6 +82,7 @@ class PlatformMiddleware:
                 message = ("Invalid API key." if secret else
                            "Missing API key: send it in the X-Api-Key header.")
                 await self._refuse(scope, receive, send, Unauthorized(message), extra)
+                _log(scope, 401, None, started)
                 return
             state["api_key"] = key
             limit = key.rate_limit_per_min or settings.rate_limit_per_min
@@ -81,17 +93,23 @@ class PlatformMiddleware:
                 await self._refuse(scope, receive, send, RateLimited(
                     f"Rate limit of {limit} requests per minute exceeded; retry in {wait} s.",
                     {"limit": limit, "retry_after_s": wait}), extra)
+                _log(scope, 429, key, started)
                 return
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        status = [500]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                status[0] = message["status"]
                 names = {k for k, _ in raw}
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
                 message = {**message, "headers": kept + raw}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _log(scope, status[0], state.get("api_key"), started)
 
     async def _authenticate(self, secret: str, cache_s: float) -> ApiKey | None:
         digest, t = hash_secret(secret), time.monotonic()

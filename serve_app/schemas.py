@@ -342,3 +342,18 @@ class UploadView(BaseModel):
     media_type: str
     kind: str
     size_bytes: int
+
+
+# ---- usage (platform) -------------------------------------------------------------------------
+class UsageItem(BaseModel):
+    operation: str = Field(description='e.g. "image.matte", "shotgun", "hd:image", "video:video"')
+    count: int
+    units: float = Field(description="images, models or video seconds")
+    credits: float
+
+
+class Usage(BaseModel):
+    key: str = Field(description="the key's name")
+    balance: float
+    total_credits: float = Field(description="everything charged so far")
+    operations: list[UsageItem]

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # Per-key defaults (a key may carry its own): requests per minute, jobs in progress at once.
     rate_limit_per_min: int = Field(60, ge=1)
     max_concurrent_jobs: int = Field(4, ge=1)
+    # Credits per operation, charged to the key only on success; a request the balance cannot
+    # cover is refused (402 insufficient_credits) before any work starts.
+    price_image: float = Field(1.0, ge=0)  # /image/*/v1, /upscale, an HD or /v1/jobs image
+    price_shotgun_model: float = Field(1.0, ge=0)  # per model row in /remove-background, /process
+    price_video_second: float = Field(1.0, ge=0)  # per processed second of video
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -47,6 +47,7 @@ from pipelines.images import (
     upscale,
 )
 from serve_app.app import app, read_json
+from serve_app.keys import Charge
 from serve_app.platform import caller_id
 from serve_app.schemas import (
     Dimensions,
@@ -67,7 +68,7 @@ from serve_app.schemas import (
 )
 from serve_app.store import ModelRun
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 Body = TypeVar("Body", bound=BaseModel)
 
 _ERRORS = {
@@ -226,21 +227,38 @@ class ShotgunApi:
               summary="Shotgun: run several background-removal models in parallel")
     async def http_remove_background(self, request: Request) -> RemoveBackgroundResponse:
         req = await self._read_json(request, RemoveBackgroundRequest)
-        return await self.remove_background(req, base_url=str(request.base_url),
-                                            owner=caller_id(request))
+        price = self.settings.price_shotgun_model
+        await self.require_credits(
+            request, price * len(self._select_models(req.include_models, "include_models")))
+        result = await self.remove_background(req, base_url=str(request.base_url),
+                                              owner=caller_id(request))
+        done = sum(r.status == "success" for r in result.results)
+        await self.charge(request, Charge("shotgun", done, price * done))
+        return result
 
     @app.post("/upscale", response_model=UpscaleResponse, responses=_ERRORS,
               openapi_extra=_json_body(UpscaleRequest),
               summary="Upscale ×2 or ×4 with Lanczos, keeping transparency")
     async def http_upscale(self, request: Request) -> UpscaleResponse:
-        return await self.upscale(await self._read_json(request, UpscaleRequest))
+        req = await self._read_json(request, UpscaleRequest)
+        price = self.settings.price_image
+        await self.require_credits(request, price)
+        result = await self.upscale(req)
+        await self.charge(request, Charge("upscale", 1, price))
+        return result
 
     @app.post("/process", response_model=ProcessResponse, responses=_ERRORS,
               openapi_extra=_json_body(ProcessRequest),
               summary="Shotgun background removal, then every result upscaled")
     async def http_process(self, request: Request) -> ProcessResponse:
-        return await self.remove_and_upscale(await self._read_json(request, ProcessRequest),
-                                             owner=caller_id(request))
+        req = await self._read_json(request, ProcessRequest)
+        price = self.settings.price_shotgun_model
+        await self.require_credits(request, price * len(self._select_models(req.bg_models,
+                                                                            "bg_models")))
+        result = await self.remove_and_upscale(req, owner=caller_id(request))
+        done = sum(r.bg_removal_status == "success" for r in result.results)
+        await self.charge(request, Charge("process", done, price * done))
+        return result
 
     @app.post("/log-selection", response_model=SelectionResponse, responses=_ERRORS,
               openapi_extra=_json_body(SelectionRequest),

@@ -23,7 +23,7 @@ from serve_app.app import app
 from serve_app.jobs import COMPLETED, FAILED, TooManyJobs
 from serve_app.jobs_api import detail, too_many_jobs
 
-log = logging.getLogger("bgremove")
+log = logging.getLogger("ray.serve.bgremove")
 _RGB = re.compile(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*")
 BG_COLOR_MESSAGE = "bg_color must be in format 'R,G,B' (e.g., '255,0,0')"
 
@@ -82,6 +82,12 @@ class VideoApi:
             bg_key = f"inputs/{job_id}/background"
 
         limit = settings.video_max_duration_s
+        seconds = video.processed_duration(info.duration_s, limit)
+        try:  # charged per processed second when the job completes
+            await self.require_credits(request, round(seconds, 2) * settings.price_video_second)
+        except ServiceError:
+            await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+            raise
         params = {"model": "original", "model_id": model_id, "output_format": fmt,
                   "background": background, "bg_image_key": bg_key, "max_duration_s": limit,
                   "original_duration_s": info.duration_s}

@@ -87,7 +87,10 @@ def base_url(tmp_path_factory, tiny_model):
                             max_concurrent_jobs=10**6)
     keys.engine.dispose()
     os.environ["BGR_TEST_API_KEY"] = secret
+    os.environ["BGR_TEST_METRICS_PORT"] = str(metrics_port := _free_port())
     ray.init(num_cpus=4, resources={"pro_pool": 2}, include_dashboard=False,
+             _metrics_export_port=metrics_port,  # Prometheus text, refreshed every second
+             _system_config={"metrics_report_interval_ms": 1000},
              runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -102,7 +105,8 @@ def base_url(tmp_path_factory, tiny_model):
         "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
         "jobs": {"ray_actor_options": {"num_cpus": 0.25}},
     })
-    _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/"), 240)
+    _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/",
+                                         logging_config={"encoding": "JSON"}), 240)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()

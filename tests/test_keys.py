@@ -141,3 +141,35 @@ def test_keys_cli(tmp_path, capsys):
     assert cli(["keys", "--database-url", url, "revoke", "carol"]) == 0
     assert cli(["keys", "--database-url", url, "revoke", "carol"]) == 1
     assert store.authenticate(secret) is None
+
+
+def test_credits_charges_and_usage(db_url, tmp_path, capsys):
+    from serve_app.keys import Charge
+    keys = KeyStore(db_url)
+    key, _ = keys.create("dora", credits=10)
+    keys.charge(key.key_id, Charge("image.matte", 1, 1.0), request_id="r1")
+    keys.charge(key.key_id, Charge("image.matte", 1, 1.0))
+    keys.charge(key.key_id, Charge("shotgun", 3, 3.0))
+    assert keys.balance(key.key_id) == pytest.approx(5.0)
+    rows = {r.operation: r for r in keys.usage(key.key_id)}
+    assert (rows["image.matte"].count, rows["image.matte"].credits) == (2, 2.0)
+    assert (rows["shotgun"].units, rows["shotgun"].credits) == (3.0, 3.0)
+    assert keys.add_credits("dora", 2.5) == pytest.approx(7.5)
+    assert keys.add_credits("nobody", 1) is None
+
+    # a job is charged to its owner in the transaction that completes it, and only then
+    jobs = JobStore(db_url)
+    job, _ = jobs.create(api="v1", kind="video", params={}, start=True, owner=key.key_id)
+    assert jobs.claim("w", 30).job_id == job.job_id
+    assert jobs.complete(job.job_id, "w", "out", "video/webm", 60, Charge("v1:video", 2.5, 2.5))
+    assert not jobs.complete(job.job_id, "w", "out", "video/webm", 60, Charge("v1:video", 2.5, 2.5))
+    assert keys.balance(key.key_id) == pytest.approx(5.0)
+    failed, _ = jobs.create(api="v1", kind="image", params={}, start=True, owner=key.key_id)
+    jobs.claim("w", 30)
+    jobs.fail(failed.job_id, "broken", worker_id="w")
+    assert keys.balance(key.key_id) == pytest.approx(5.0)  # failures cost nothing
+
+    if db_url.startswith("sqlite"):
+        assert cli(["keys", "--database-url", db_url, "usage", "dora"]) == 0
+        out = capsys.readouterr().out
+        assert "balance 5" in out and "v1:video" in out and "shotgun" in out

@@ -30,7 +30,7 @@ def new_client(base_url: str, secret: str | None) -> httpx.Client:
 
 
 def make_key(keys: KeyStore, **limits) -> str:
-    return keys.create(f"k-{time.monotonic_ns()}", **limits)[1]
+    return keys.create(f"k-{time.monotonic_ns()}", **{"credits": 1000, **limits})[1]
 
 
 PNG = png_bytes(disk_image(32, 24))
@@ -166,3 +166,111 @@ def test_concurrent_jobs_per_key(base_url, keys):
             assert c.post(f"/v1/jobs/{created.json()['job_id']}/start", json={}).status_code == 200
     finally:
         server.shutdown()
+
+
+def test_credits_are_checked_before_work_and_charged_on_success(base_url, keys):
+    secret = make_key(keys, credits=4)
+    with new_client(base_url, secret) as c:
+        assert c.post("/image/matte/v1", files={"image": ("a.png", PNG, "image/png")}
+                      ).status_code == 200                                       # 4 -> 3
+        shot = c.post("/remove-background",
+                      json={**SHOTGUN, "include_models": ["tiny", "tiny-human"]})
+        assert shot.status_code == 200                                           # 3 -> 1
+        # a bad request is not charged
+        assert c.post("/image/matte/v1", files={"image": ("a.png", b"junk", "image/png")}
+                      ).status_code == 400
+        # 2 models > balance 1: refused before any work, in each family's shape
+        r = c.post("/remove-background", json={**SHOTGUN, "include_models": ["tiny", "tiny-pro"]})
+        assert r.status_code == 402 and r.json()["error"]["type"] == "insufficient_credits"
+        assert r.json()["error"]["details"] == {"required": 2.0, "balance": 1.0}
+        hd = c.post("/image/hd/submit/v1", files={"image": ("a.png", PNG, "image/png")})
+        assert hd.status_code == 202                       # 1 -> 0, charged on completion
+        deadline = time.monotonic() + 60
+        while c.get(f"/image/hd/result/{hd.json()['uuid']}").status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        r = c.post("/v1/jobs", json={"image_url": "https://example.com/a.png"})
+        assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_credits"
+        r = c.post("/image/matte/v1", files={"image": ("a.png", PNG, "image/png")})
+        assert r.status_code == 402 and r.json()["message"].startswith("Not enough credits")
+
+        usage = c.get("/v1/usage").json()
+        assert usage["balance"] == 0 and usage["total_credits"] == 4
+        ops = {o["operation"]: o for o in usage["operations"]}
+        assert ops["image.matte"]["count"] == 1 and ops["shotgun"]["units"] == 2
+        assert ops["hd:image"]["credits"] == 1
+
+
+def test_video_is_charged_per_processed_second(base_url, keys):
+    from test_video_api import make_clip, wait_result
+    secret = make_key(keys, credits=10)
+    with new_client(base_url, secret) as c:
+        r = c.post("/video/submit/v1", files={"video": ("c.mp4", make_clip(1.5), "video/mp4")},
+                   data={"bg_color": "0,0,255"})
+        assert r.status_code == 202
+        assert wait_result(c, r.json()["uuid"]).status_code == 200
+        usage = c.get("/v1/usage").json()
+    (op,) = usage["operations"]
+    assert op["operation"] == "video:video" and op["units"] == pytest.approx(1.5, abs=0.11)
+    assert usage["balance"] == pytest.approx(10 - op["units"])
+    with new_client(base_url, make_key(keys, credits=1)) as c:  # 1.5 s needs 1.5 credits
+        r = c.post("/video/submit/v1", files={"video": ("c.mp4", make_clip(1.5), "video/mp4")})
+        assert r.status_code == 402 and r.json()["detail"].startswith("Not enough credits")
+
+
+def test_structured_logs_carry_request_id_and_key_name_but_no_secrets(client, api_key):
+    import glob
+    import json
+
+    import ray
+    ctx = ray.get_runtime_context()
+    logs = f"{ctx.get_temp_dir()}/{ctx.get_session_name()}/logs/serve"
+    rid = f"log-check-{time.monotonic_ns()}"
+    assert client.get("/models", headers={"X-Request-ID": rid}).status_code == 200
+    records = []
+    deadline = time.monotonic() + 10
+    while not records and time.monotonic() < deadline:
+        for path in glob.glob(f"{logs}/replica_*Ingress*.log"):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if rid in line:
+                        records.append(json.loads(line))
+        time.sleep(0.2)
+    access = [r for r in records if r.get("path") == "/models"]
+    assert access, records
+    record = access[0]
+    assert record["request_id"] == rid and record["key_name"] == "tests"
+    assert record["status"] == 200 and record["duration_ms"] >= 0
+    assert record["deployment"].endswith("Ingress") and record["levelname"] == "INFO"
+    for path in glob.glob(f"{logs}/*.log"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            assert api_key not in f.read(), path
+
+
+def test_prometheus_metrics(client):
+    """The service's own metrics reach Ray's Prometheus endpoint with their tags."""
+    import re
+    import urllib.request
+    shot = client.post("/remove-background",
+                       json={**SHOTGUN, "include_models": ["tiny", "tiny-pro"]})
+    assert shot.status_code == 200
+    assert client.post("/remove-background", json={"image": "!!"}).status_code == 400
+    url = f"http://127.0.0.1:{os.environ['BGR_TEST_METRICS_PORT']}/metrics"
+    wanted = {
+        "latency": r'ray_bgremove_model_inference_seconds_bucket\{[^}]*model="tiny-pro"[^}]*'
+                   r'pool="pro"[^}]*resolution="<=0.3MP"',
+        "batch": r'ray_bgremove_model_batch_size_bucket\{[^}]*model="tiny"',
+        "in_flight": r'ray_bgremove_model_in_flight\{[^}]*model="tiny"',
+        "errors": r'ray_bgremove_errors_total\{[^}]*code="invalid_request"[^}]*family="type"'
+                  r'[^}]*status="400"',
+        "credits": r'ray_bgremove_credits_charged_total\{[^}]*operation="shotgun"',
+        "jobs": r'ray_bgremove_jobs\{[^}]*kind="image"[^}]*state="completed"',
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        body = urllib.request.urlopen(url, timeout=10).read().decode()
+        missing = [name for name, pattern in wanted.items() if not re.search(pattern, body)]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"not exported: {missing}"
+        time.sleep(1)
