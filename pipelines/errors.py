@@ -130,10 +130,6 @@ class RateLimited(ServiceError):
     status_code = 429
     code = "rate_limited"
 
-    @property
-    def retry_after_s(self) -> int:
-        return int((self.details or {}).get("retry_after_s", 1))
-
 
 class NotFound(ServiceError):
     """A job, upload or output that does not exist (or no longer does)."""
@@ -150,7 +146,8 @@ class StateConflict(ServiceError):
 
 
 class ServiceUnavailable(ServiceError):
-    """A capability this deployment does not run (e.g. async jobs with no worker)."""
+    """A capability this deployment does not run (e.g. async jobs with no worker), or one that
+    is overloaded right now (details carry `retry_after_s`, sent as Retry-After)."""
 
     status_code = 503
     code = "service_unavailable"

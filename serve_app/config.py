@@ -90,6 +90,9 @@ class IngressOptions(_Options):
     autoscaling_config: dict[str, Any] | None = None
     # High on purpose: a low limit on the ingress caps the whole service's concurrency.
     max_ongoing_requests: int = Field(256, ge=1)
+    # Requests Serve's proxy holds for the ingress beyond that (then it answers 503 itself);
+    # the app sheds load earlier, with Retry-After (BGR_MAX_INFLIGHT_REQUESTS).
+    max_queued_requests: int = Field(1024, ge=-1)
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
 
 

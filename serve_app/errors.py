@@ -107,8 +107,9 @@ def render(request: Request, exc: ServiceError) -> JSONResponse:
     response = _render(request, exc)
     ERRORS.inc(1, {"code": exc.code, "status": str(response.status_code),
                    "family": _family(request)})
-    if isinstance(exc, RateLimited):
-        response.headers["Retry-After"] = str(exc.retry_after_s)
+    retry = (exc.details or {}).get("retry_after_s")
+    if retry is not None:  # 429 rate_limited, 503 busy
+        response.headers["Retry-After"] = str(int(retry))
     return response
 
 

@@ -12,9 +12,10 @@ import numpy as np
 from fastapi import File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import ValidationError
+from ray.serve.exceptions import BackPressureError
 
 from pipelines import effects
-from pipelines.errors import PayloadTooLarge
+from pipelines.errors import PayloadTooLarge, ServiceUnavailable
 from pipelines.images import DecodedImage, decode_image, encode_png
 from serve_app.app import app
 from serve_app.keys import Charge
@@ -78,7 +79,11 @@ class ImageApiV1:
         self._check_upload_size(len(job.image))
         image = await asyncio.to_thread(decode_image, job.image, self.settings.regular_max_pixels)
         t_decoded = time.perf_counter()
-        mask = await handle.predict.remote(image.rgb)
+        try:
+            mask = await handle.predict.remote(image.rgb)
+        except BackPressureError:  # the pool's max_queued_requests: shed, do not pile up
+            raise ServiceUnavailable(f"Model '{model_id}' is busy; retry shortly.",
+                                     {"retry_after_s": 1}) from None
         t_masked = time.perf_counter()
         png = await self.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
         done = time.perf_counter()

@@ -7,6 +7,9 @@ limit. One pure ASGI middleware (so the headers it adds are on every response, e
 - `X-Api-Key` (when `BGR_AUTH_ENABLED`, the default): a missing, unknown or revoked key is a
   401 in the route family's shape. Public: `/health`, the API docs, and the expiring,
   unguessable result links (`/results/...`), which browsers open without headers.
+- Backpressure: at most `BGR_MAX_INFLIGHT_REQUESTS` requests per ingress replica are worked on
+  at once; beyond that the answer is an immediate 503 with `Retry-After: 1` (after the key and
+  its rate limit: a client over its quota hears 429 whatever the load). `/health` is exempt.
 - Rate limit per key (`serve_app.keys`, counted in the database so all ingress replicas agree):
   `X-RateLimit-Limit/Remaining/Reset` on every authenticated response; over the limit 429
   `rate_limited` with `Retry-After`.
@@ -26,7 +29,7 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.errors import RateLimited, ServiceError, Unauthorized
+from pipelines.errors import RateLimited, ServiceError, ServiceUnavailable, Unauthorized
 from serve_app.errors import new_request_id, render, route_path
 from serve_app.keys import ApiKey, KeyStore, hash_secret
 from serve_app.settings import get_settings
@@ -58,6 +61,7 @@ class PlatformMiddleware:
         self.app = app
         self._keys: KeyStore | None = None
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._inflight = 0  # requests past the checks below, not yet answered
 
     @property
     def keys(self) -> KeyStore:
@@ -75,7 +79,8 @@ class PlatformMiddleware:
         state["request_id"] = new_request_id(headers.get("x-request-id"))
         extra: dict[str, str] = {}
         settings = get_settings()
-        if settings.auth_enabled and not is_public(route_path(scope)):
+        path = route_path(scope)
+        if settings.auth_enabled and not is_public(path):
             secret = headers.get("x-api-key", "").strip()
             key = await self._authenticate(secret, settings.auth_cache_s) if secret else None
             if key is None:
@@ -95,6 +100,12 @@ class PlatformMiddleware:
                     {"limit": limit, "retry_after_s": wait}), extra)
                 _log(scope, 429, key, started)
                 return
+        if path != "/health" and 0 < settings.max_inflight_requests <= self._inflight:
+            await self._refuse(scope, receive, send, ServiceUnavailable(
+                f"Server busy: {self._inflight} requests in progress on this replica; retry "
+                "shortly.", {"retry_after_s": 1}), extra)
+            _log(scope, 503, state.get("api_key"), started)
+            return
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         status = [500]
 
@@ -106,9 +117,11 @@ class PlatformMiddleware:
                 message = {**message, "headers": kept + raw}
             await send(message)
 
+        self._inflight += 1
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            self._inflight -= 1
             _log(scope, status[0], state.get("api_key"), started)
 
     async def _authenticate(self, secret: str, cache_s: float) -> ApiKey | None:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # auth off is for a single user on one machine: the service warns loudly at start-up.
     auth_enabled: bool = True
     auth_cache_s: float = Field(5.0, ge=0)  # a revoked key stops working within this
+    # Backpressure: requests one ingress replica works on at once (0: no limit); more are
+    # answered at once with 503 and Retry-After instead of queueing (/health is exempt).
+    max_inflight_requests: int = Field(64, ge=0)
     # Per-key defaults (a key may carry its own): requests per minute, jobs in progress at once.
     rate_limit_per_min: int = Field(60, ge=1)
     max_concurrent_jobs: int = Field(4, ge=1)
