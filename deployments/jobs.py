@@ -136,6 +136,9 @@ class JobWorker:
             if not self.store.complete(job.job_id, self.worker_id, key, media_type,
                                        self.settings.job_output_ttl_s, charge):
                 self.artifacts.delete(key)  # taken over meanwhile: only our own attempt's file
+                log.info("job %s: finished after its lease was lost; result dropped",
+                         job.job_id, extra={**fields, "state": "superseded"})
+                return
             if job.owner is not None and charge.credits > 0:
                 CREDITS_CHARGED.inc(charge.credits, {"operation": charge.operation})
             log.info("job %s completed (%s)", job.job_id, media_type, extra={

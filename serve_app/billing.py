@@ -32,7 +32,7 @@ class Billing:
         if key is None or credits <= 0:
             return
         balance = await asyncio.to_thread(self.keys.balance, key.key_id)
-        if balance < credits:
+        if balance + 1e-9 < credits:  # balances are floats: 0.3 - 0.1 - 0.1 covers 0.1
             raise InsufficientCredits(
                 f"Not enough credits: this request needs {credits:g}, the balance is "
                 f"{balance:g}.", {"required": credits, "balance": balance})

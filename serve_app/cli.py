@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from pipelines.catalog import load_catalog
@@ -85,6 +86,20 @@ def _selections_stats(args: argparse.Namespace) -> int:
     if not rates:
         print("(no selections recorded)", file=sys.stderr)
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _amount(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number")
+    return value
 
 
 def _key_store(args: argparse.Namespace):
@@ -183,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     ksub = keys.add_subparsers(dest="command", required=True)
     kc = ksub.add_parser("create", help="a new key; its secret is printed once")
     kc.add_argument("name")
-    kc.add_argument("--credits", type=float, default=0.0, help="starting credit balance")
+    kc.add_argument("--credits", type=_amount, default=0.0, help="starting credit balance")
     for parser_ in (kc, kl := ksub.add_parser("limits", help="change a key's limits")):
-        parser_.add_argument("--rate-limit", type=int, help="requests per minute (default: "
+        parser_.add_argument("--rate-limit", type=_positive, help="requests per minute (default: "
                              "BGR_RATE_LIMIT_PER_MIN)")
-        parser_.add_argument("--max-jobs", type=int, help="jobs in progress at once (default: "
+        parser_.add_argument("--max-jobs", type=_positive, help="jobs in progress at once (default: "
                              "BGR_MAX_CONCURRENT_JOBS)")
     kc.set_defaults(func=_keys_create)
     kl.add_argument("name")
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     kr.set_defaults(func=_keys_revoke)
     kcr = ksub.add_parser("credit", help="add credits to a key (negative: take some back)")
     kcr.add_argument("name")
-    kcr.add_argument("amount", type=float)
+    kcr.add_argument("amount", type=_amount)
     kcr.set_defaults(func=_keys_credit)
     ku = ksub.add_parser("usage", help="a key's balance and charges per operation")
     ku.add_argument("name")

@@ -93,3 +93,5 @@ def _add_missing_columns(engine: Engine) -> None:
             kind = column.type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for index in table.indexes:  # create_all skipped them: the table existed
+            index.create(engine, checkfirst=True)

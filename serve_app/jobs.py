@@ -216,8 +216,9 @@ class JobStore:
                 self._event(conn, job_id, None, CREATED, "job created", t)
                 if start:
                     self._start(conn, job_id, params, t)
-        except IntegrityError:
-            # A concurrent request with the same idempotency key won the race.
+        except (IntegrityError, TooManyJobs):
+            # A concurrent request with the same idempotency key won the race (this one may
+            # have waited for it at the job limit): that job is the answer.
             if idempotency_key is not None:
                 existing = self._by_idempotency_key(idempotency_key)
                 if existing is not None:
@@ -237,6 +238,10 @@ class JobStore:
             rows = conn.execute(select(job_events).where(job_events.c.job_id == job_id)
                                 .order_by(job_events.c.id)).all()
         return [Event(r.from_state, r.to_state, r.reason, as_utc(r.at)) for r in rows]
+
+    def find_idempotent(self, owner: str | None, key: str) -> Job | None:
+        """The job an earlier request of this owner created with this Idempotency-Key."""
+        return self._by_idempotency_key(scoped_idempotency_key(owner, key))
 
     def _by_idempotency_key(self, key: str) -> Job | None:
         with self._serial, self.engine.connect() as conn:

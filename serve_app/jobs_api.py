@@ -154,6 +154,10 @@ class JobsApi:
         """Create a job (also the Python handle API): its view, and False when the idempotency
         key had already created it. `owner` (an API key id) alone can see it afterwards."""
         self._require_worker()
+        if idempotency_key is not None:  # a retry gets its job back, whatever the limits now
+            existing = await asyncio.to_thread(self.jobs.find_idempotent, owner, idempotency_key)
+            if existing is not None:
+                return self._view(existing), False
         self._check_canvas(req.composition)
         sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
         if len(sources) != 1:
@@ -344,7 +348,8 @@ class JobsApi:
         key = getattr(request.state, "api_key", None) if request is not None else None
         if key is None:
             return None, None
-        return key.key_id, key.max_concurrent_jobs or self.settings.max_concurrent_jobs
+        limit = key.max_concurrent_jobs
+        return key.key_id, self.settings.max_concurrent_jobs if limit is None else limit
 
     def _require_worker(self) -> None:
         if self.worker is None:

@@ -222,7 +222,7 @@ class KeyStore:
         with self._serial, self.engine.connect() as conn:
             value = conn.execute(select(api_keys.c.credits)
                                  .where(api_keys.c.key_id == key_id)).scalar()
-        return float(value or 0.0)
+        return round(float(value or 0.0), 6)
 
     def add_credits(self, name: str, amount: float) -> float | None:
         """Top up (or, negative, take back) a key's balance; the new balance, None if unknown."""

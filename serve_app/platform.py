@@ -8,8 +8,9 @@ limit. One pure ASGI middleware (so the headers it adds are on every response, e
   401 in the route family's shape. Public: `/health`, the API docs, and the expiring,
   unguessable result links (`/results/...`), which browsers open without headers.
 - Backpressure: at most `BGR_MAX_INFLIGHT_REQUESTS` requests per ingress replica are worked on
-  at once; beyond that the answer is an immediate 503 with `Retry-After: 1` (after the key and
-  its rate limit: a client over its quota hears 429 whatever the load). `/health` is exempt.
+  at once; beyond that the answer is an immediate 503 with `Retry-After: 1`, decided before
+  the key is looked up, so shedding load costs no database access. `/health` is exempt.
+- A key store that cannot answer (database locked or down) is a 503 with Retry-After too.
 - Rate limit per key (`serve_app.keys`, counted in the database so all ingress replicas agree):
   `X-RateLimit-Limit/Remaining/Reset` on every authenticated response; over the limit 429
   `rate_limited` with `Retry-After`.
@@ -26,6 +27,7 @@ import asyncio
 import logging
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -80,32 +82,24 @@ class PlatformMiddleware:
         extra: dict[str, str] = {}
         settings = get_settings()
         path = route_path(scope)
-        if settings.auth_enabled and not is_public(path):
-            secret = headers.get("x-api-key", "").strip()
-            key = await self._authenticate(secret, settings.auth_cache_s) if secret else None
-            if key is None:
-                message = ("Invalid API key." if secret else
-                           "Missing API key: send it in the X-Api-Key header.")
-                await self._refuse(scope, receive, send, Unauthorized(message), extra)
-                _log(scope, 401, None, started)
-                return
-            state["api_key"] = key
-            limit = key.rate_limit_per_min or settings.rate_limit_per_min
-            window = await asyncio.to_thread(self.keys.hit, key.key_id, limit)
-            extra |= window.headers()
-            if not window.allowed:
-                wait = window.retry_after()
-                await self._refuse(scope, receive, send, RateLimited(
-                    f"Rate limit of {limit} requests per minute exceeded; retry in {wait} s.",
-                    {"limit": limit, "retry_after_s": wait}), extra)
-                _log(scope, 429, key, started)
-                return
+        # Shedding first: under overload a refusal must cost no database access.
         if path != "/health" and 0 < settings.max_inflight_requests <= self._inflight:
             await self._refuse(scope, receive, send, ServiceUnavailable(
                 f"Server busy: {self._inflight} requests in progress on this replica; retry "
                 "shortly.", {"retry_after_s": 1}), extra)
-            _log(scope, 503, state.get("api_key"), started)
+            _log(scope, 503, None, started)
             return
+        if settings.auth_enabled and not is_public(path):
+            try:
+                refusal = await self._check_key(headers, state, extra, settings)
+            except SQLAlchemyError:  # e.g. "database is locked" past the busy timeout
+                log.exception("key store unavailable")
+                refusal = ServiceUnavailable("The key store is unavailable; retry shortly.",
+                                             {"retry_after_s": 1})
+            if refusal is not None:
+                await self._refuse(scope, receive, send, refusal, extra)
+                _log(scope, refusal.status_code, state.get("api_key"), started)
+                return
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         status = [500]
 
@@ -123,6 +117,25 @@ class PlatformMiddleware:
         finally:
             self._inflight -= 1
             _log(scope, status[0], state.get("api_key"), started)
+
+    async def _check_key(self, headers: dict[str, str], state: dict, extra: dict[str, str],
+                         settings) -> ServiceError | None:
+        """Authenticate and count the request; the error to answer with, if any."""
+        secret = headers.get("x-api-key", "").strip()
+        key = await self._authenticate(secret, settings.auth_cache_s) if secret else None
+        if key is None:
+            return Unauthorized("Invalid API key." if secret else
+                                "Missing API key: send it in the X-Api-Key header.")
+        state["api_key"] = key
+        limit = settings.rate_limit_per_min if key.rate_limit_per_min is None \
+            else key.rate_limit_per_min
+        window = await asyncio.to_thread(self.keys.hit, key.key_id, limit)
+        extra |= window.headers()
+        if window.allowed:
+            return None
+        wait = window.retry_after()
+        return RateLimited(f"Rate limit of {limit} requests per minute exceeded; retry in "
+                           f"{wait} s.", {"limit": limit, "retry_after_s": wait})
 
     async def _authenticate(self, secret: str, cache_s: float) -> ApiKey | None:
         digest, t = hash_secret(secret), time.monotonic()

@@ -51,3 +51,31 @@ def test_requests_past_the_in_flight_limit_get_503_with_retry_after(monkeypatch)
     assert busy[2].json() == {"message": busy[2].json()["message"]}
     assert [r.status_code for r in done] == [200, 200, 200]
     assert after.status_code == 200
+
+
+def test_a_key_store_that_cannot_answer_is_a_503_not_a_500(monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from serve_app.keys import KeyStore
+
+    def locked(self, secret):
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(platform, "get_settings", lambda: Settings(auth_enabled=True,
+                                                                   auth_cache_s=0))
+    monkeypatch.setattr(KeyStore, "authenticate", locked)
+    monkeypatch.setattr(platform.PlatformMiddleware, "keys",
+                        property(lambda self: KeyStore("sqlite://")))
+    api = FastAPI()
+    install_error_handlers(api)
+    api.add_middleware(platform.PlatformMiddleware)
+    api.add_api_route("/v1/jobs/x", lambda: {"ok": True}, methods=["GET"])
+
+    async def go():
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get("/v1/jobs/x", headers={"X-Api-Key": "bgr_whatever"})
+
+    resp = asyncio.run(go())
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.json()["error"]["code"] == "service_unavailable"

@@ -173,3 +173,24 @@ def test_credits_charges_and_usage(db_url, tmp_path, capsys):
         assert cli(["keys", "--database-url", db_url, "usage", "dora"]) == 0
         out = capsys.readouterr().out
         assert "balance 5" in out and "v1:video" in out and "shotgun" in out
+
+
+def test_balances_survive_float_arithmetic(tmp_path):
+    from serve_app.keys import Charge
+    keys = KeyStore(f"sqlite:///{tmp_path / 'f.db'}")
+    key, _ = keys.create("eve", credits=0.3)
+    for _ in range(2):
+        keys.charge(key.key_id, Charge("image.matte", 1, 0.1))
+    assert keys.balance(key.key_id) == 0.1  # not 0.09999999999999998: the next 0.1 is covered
+
+
+def test_migration_restores_indexes_of_new_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'idx.db'}"
+    JobStore(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # as an older version left it: no owner column, no index
+        conn.execute(text("DROP INDEX ix_jobs_owner"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN owner"))
+    assert "owner" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    jobs = JobStore(url)
+    assert "ix_jobs_owner" in {i["name"] for i in inspect(jobs.engine).get_indexes("jobs")}

@@ -191,6 +191,8 @@ def test_credits_are_checked_before_work_and_charged_on_success(base_url, keys):
             time.sleep(0.3)
         r = c.post("/v1/jobs", json={"image_url": "https://example.com/a.png"})
         assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_credits"
+        assert c.post("/v1/jobs", json={"image_url": "https://example.com/a.png",
+                                        "auto_start": False}).status_code == 201
         r = c.post("/image/matte/v1", files={"image": ("a.png", PNG, "image/png")})
         assert r.status_code == 402 and r.json()["message"].startswith("Not enough credits")
 
@@ -274,3 +276,17 @@ def test_prometheus_metrics(client):
             break
         assert time.monotonic() < deadline, f"not exported: {missing}"
         time.sleep(1)
+
+
+def test_idempotent_retry_returns_the_job_whatever_the_balance(base_url, keys):
+    name = f"idem-{time.monotonic_ns()}"
+    _, secret = keys.create(name, credits=1)
+    with new_client(base_url, secret) as c:
+        body = {"image_url": "http://127.0.0.1:1/never.png"}
+        first = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-7"})
+        assert first.status_code == 201
+        keys.add_credits(name, -1)  # spent meanwhile
+        again = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-7"})
+        assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
+        other = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-8"})
+        assert other.status_code == 402
