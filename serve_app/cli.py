@@ -8,6 +8,7 @@
     bgremove keys list | keys revoke NAME | keys limits NAME [--rate-limit N] [--max-jobs N]
     bgremove keys credit NAME AMOUNT  # top up (negative: take back)
     bgremove keys usage NAME          # balance and charges per operation (= GET /v1/usage)
+    bgremove k8s render [--repo DIR]  # k8s/*/generated/ from configs/cluster*.yaml
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import logging
 import math
 import sys
+from pathlib import Path
 
 from pipelines.catalog import load_catalog
 from pipelines.download import pull
@@ -174,6 +176,14 @@ def _keys_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _k8s_render(args: argparse.Namespace) -> int:
+    from serve_app.k8s import write
+
+    changed = write(args.repo.resolve())
+    print("\n".join(changed) if changed else "k8s manifests are up to date")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -218,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     ku = ksub.add_parser("usage", help="a key's balance and charges per operation")
     ku.add_argument("name")
     ku.set_defaults(func=_keys_usage)
+    k8s = sub.add_parser("k8s", help="Kubernetes manifests")
+    k8sub = k8s.add_subparsers(dest="command", required=True)
+    kr8 = k8sub.add_parser("render", help="write k8s/*/generated/ from configs/cluster*.yaml")
+    kr8.add_argument("--repo", type=Path, default=Path("."), help="repository root (.)")
+    kr8.set_defaults(func=_k8s_render)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return args.func(args)

@@ -1,0 +1,87 @@
+"""The Kubernetes manifests: generated parts up to date, every overlay renders (kustomize, via
+kubectl) and parses, the RayService carries exactly the project's Serve config, and every pool
+of that config is pinned to a worker group that offers what it asks for."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app.k8s import TARGETS, models_to_pull, render
+
+REPO = Path(__file__).resolve().parents[1]
+OVERLAYS = {"prod": "configs/cluster.yaml", "dev": "configs/cluster-dev.yaml"}
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
+                                   reason="kubectl (its built-in kustomize) is not installed")
+
+
+def test_generated_files_are_up_to_date():
+    for rel, text in render(REPO).items():
+        assert (REPO / rel).read_text() == text, f"{rel} is stale: run `bgremove k8s render`"
+    assert {folder for _, folder in TARGETS} == {"k8s/base/generated",
+                                                 "k8s/overlays/dev/generated"}
+
+
+def rendered(overlay: str) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def group_resources(group: dict) -> set[str]:
+    raw = group["rayStartParams"].get("resources", '"{}"')
+    return set(json.loads(json.loads(raw)))  # KubeRay's doubly quoted JSON
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlay_renders_with_the_projects_serve_config(overlay):
+    docs = rendered(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {"RayService", "ConfigMap", "PersistentVolumeClaim"}  # no Secret, ever
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    assert set(maps) == {"bgremove-settings", "bgremove-models"}
+    assert not any("DATABASE_URL" in key for key in maps["bgremove-settings"])
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    assert service["apiVersion"] == "ray.io/v1"
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert serve_config == yaml.safe_load((REPO / OVERLAYS[overlay]).read_text())
+
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    offered = {name: group_resources(g) for name, g in groups.items()}
+    gpus = {name: g["template"]["spec"]["containers"][0]["resources"]["limits"]
+            .get("nvidia.com/gpu", 0) for name, g in groups.items()}
+    assert gpus["cpu"] == 0 and gpus["gpu"] == (1 if overlay == "prod" else 0)
+    args = serve_config["applications"][0]["args"]
+    placements = [p["ray_actor_options"] for p in args["pools"].values()]
+    placements.append(args["jobs"]["ray_actor_options"])
+    for opts in placements:  # every pinned deployment has a group offering its resource
+        for resource in opts.get("resources", {}):
+            hosts = [n for n, r in offered.items() if resource in r]
+            assert len(hosts) == 1, (resource, offered)
+            if opts.get("num_gpus"):
+                assert gpus[hosts[0]] >= opts["num_gpus"]
+
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in groups.values()]
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        container = spec["containers"][0]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+        env_from = {next(iter(e.values()))["name"] for e in container["envFrom"]}
+        assert env_from == {"bgremove-settings", "bgremove-secrets"}  # same names as rendered
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+        assert mounts == {"/models": True, "/data": False}
+
+    # the weights are pulled once, by the head's init container, into the shared volume
+    (init,) = cluster["headGroupSpec"]["template"]["spec"]["initContainers"]
+    assert "bgremove models pull" in " ".join(init["command"])
+    assert maps["bgremove-models"]["BGR_PULL_MODELS"].split() == models_to_pull(serve_config)
+    assert {e["configMapRef"]["name"] for e in init["envFrom"]} == set(maps)
