@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import ValidationError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from pipelines import effects
@@ -84,6 +85,9 @@ class ImageApiV1:
         except BackPressureError:  # the pool's max_queued_requests: shed, do not pile up
             raise ServiceUnavailable(f"Model '{model_id}' is busy; retry shortly.",
                                      {"retry_after_s": 1}) from None
+        except (RayActorError, ActorUnavailableError):  # its replica's node went away
+            raise ServiceUnavailable(f"Model '{model_id}' replica was lost; retry shortly.",
+                                     {"retry_after_s": 2}) from None
         t_masked = time.perf_counter()
         png = await self.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
         done = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from fastapi import Query, Request
 from pydantic import BaseModel
@@ -301,6 +302,8 @@ class ShotgunApi:
                 outcome.error = exc.message
             except BackPressureError:
                 outcome.error = "Model is busy (its queue is full); retry shortly"
+            except (RayActorError, ActorUnavailableError):
+                outcome.error = "Model replica was lost (node failure?); retry shortly"
             except Exception:  # noqa: BLE001 - one model's failure is reported in its row
                 log.exception("shotgun: model %s failed (%s)", model_id, outcome.stage)
                 outcome.error = "Model failed with an internal error"

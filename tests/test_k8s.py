@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_overlay_renders_with_the_projects_serve_config(overlay):
     assert gpus["cpu"] == 0 and gpus["gpu"] == (1 if overlay == "prod" else 0)
     args = serve_config["applications"][0]["args"]
     placements = [p["ray_actor_options"] for p in args["pools"].values()]
-    placements.append(args["jobs"]["ray_actor_options"])
+    placements += [args["jobs"]["ray_actor_options"], args["ingress"]["ray_actor_options"]]
     for opts in placements:  # every pinned deployment has a group offering its resource
         for resource in opts.get("resources", {}):
             hosts = [n for n, r in offered.items() if resource in r]
@@ -85,3 +86,17 @@ def test_overlay_renders_with_the_projects_serve_config(overlay):
     assert "bgremove models pull" in " ".join(init["command"])
     assert maps["bgremove-models"]["BGR_PULL_MODELS"].split() == models_to_pull(serve_config)
     assert {e["configMapRef"]["name"] for e in init["envFrom"]} == set(maps)
+
+
+def test_dockerfile_builds_both_variants_as_a_non_root_user():
+    """What the manifests rely on (no image build here: no registry access)."""
+    text = (REPO / "Dockerfile").read_text()
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert {"cpu", "gpu", "postgres"} <= set(extras)
+    assert 'pip install -e ".[${VARIANT},postgres]"' in text and "ARG VARIANT=cpu" in text
+    assert 'python -c "import rembg' in text  # numba compiled at build time, not per replica
+    assert "USER 1000" in text and "--uid 1000" in text
+    pod_users = {line.strip() for line in (REPO / "k8s/base/rayservice.yaml").read_text()
+                 .splitlines() if "runAsUser" in line}
+    assert pod_users and all("runAsUser: 1000" in u for u in pod_users)
