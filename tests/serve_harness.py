@@ -88,7 +88,8 @@ def base_url(tmp_path_factory, tiny_model):
     keys.engine.dispose()
     os.environ["BGR_TEST_API_KEY"] = secret
     os.environ["BGR_TEST_METRICS_PORT"] = str(metrics_port := _free_port())
-    ray.init(num_cpus=4, resources={"pro_pool": 2}, include_dashboard=False,
+    ray.init(address="local",  # a new cluster, never one a `ray start` left behind
+             num_cpus=4, resources={"pro_pool": 2}, include_dashboard=False,
              _metrics_export_port=metrics_port,  # Prometheus text, refreshed every second
              _system_config={"metrics_report_interval_ms": 1000},
              runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)

@@ -190,3 +190,8 @@ def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
         if worker is not None:
             worker.kill()
         head.kill()
+        # what `ray stop` would do: forget this cluster, so a later `ray.init()` or `serve run`
+        # does not try to join a dead one
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and f":{gcs_port}" in current.read_text():
+            current.unlink()
