@@ -36,11 +36,11 @@ def serve_config(path: Path) -> dict:
     return config
 
 
-def models_to_pull(config: dict) -> list[str]:
+def models_to_pull(config: dict, field: str = "models") -> list[str]:
+    """The `models` (or `optional_models`) of every application, each once."""
     ids: list[str] = []
     for app in config["applications"]:
-        args = app.get("args") or {}
-        ids += [m for m in args.get("models", []) + args.get("optional_models", []) if m not in ids]
+        ids += [m for m in (app.get("args") or {}).get(field, []) if m not in ids]
     return ids
 
 
@@ -54,7 +54,9 @@ def render(repo: Path) -> dict[str, str]:
                   "value": yaml.safe_dump(config, sort_keys=False)}]
         files[f"{folder}/serve-config-patch.yaml"] = head + yaml.dump(
             patch, Dumper=_Literal, sort_keys=False, width=100)
-        files[f"{folder}/models.env"] = head + f"BGR_PULL_MODELS={' '.join(models_to_pull(config))}\n"
+        files[f"{folder}/models.env"] = head + (
+            f"BGR_PULL_MODELS={' '.join(models_to_pull(config))}\n"
+            f"BGR_PULL_OPTIONAL={' '.join(models_to_pull(config, 'optional_models'))}\n")
     return files
 
 
