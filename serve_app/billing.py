@@ -19,16 +19,13 @@ from serve_app.app import app
 from serve_app.errors import request_id
 from serve_app.keys import Charge
 from serve_app.metrics import CREDITS_CHARGED
+from serve_app.platform import caller
 from serve_app.schemas import Usage, UsageItem
-
-
-def _key(request: Request | None):
-    return getattr(request.state, "api_key", None) if request is not None else None
 
 
 class Billing:
     async def require_credits(self, request: Request | None, credits: float) -> None:
-        key = _key(request)
+        key = caller(request)
         if key is None or credits <= 0:
             return
         balance = await asyncio.to_thread(self.keys.balance, key.key_id)
@@ -38,7 +35,7 @@ class Billing:
                 f"{balance:g}.", {"required": credits, "balance": balance})
 
     async def charge(self, request: Request | None, charge: Charge) -> None:
-        key = _key(request)
+        key = caller(request)
         if key is None or charge.credits <= 0:
             return
         await asyncio.to_thread(self.keys.charge, key.key_id, charge, request_id(request))
@@ -47,7 +44,7 @@ class Billing:
     @app.get("/v1/usage", response_model=Usage,
              summary="The calling key's credit balance and what it was charged, per operation")
     async def usage(self, request: Request) -> Usage:
-        key = _key(request)
+        key = caller(request)
         if key is None:
             raise InvalidRequest("Usage is kept per API key; this deployment runs without keys.")
         balance, rows = await asyncio.gather(asyncio.to_thread(self.keys.balance, key.key_id),

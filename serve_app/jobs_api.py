@@ -29,7 +29,7 @@ from pipelines.errors import (
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from serve_app.app import app, read_json
 from serve_app.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
-from serve_app.platform import caller_id
+from serve_app.platform import caller, caller_id
 from serve_app.schemas import (
     CreateJobRequest,
     HdProcessing,
@@ -345,7 +345,7 @@ class JobsApi:
 
     def _job_limit(self, request: Request | None) -> tuple[str | None, int | None]:
         """The caller's key id and how many of its jobs may be in progress at once."""
-        key = getattr(request.state, "api_key", None) if request is not None else None
+        key = caller(request)
         if key is None:
             return None, None
         limit = key.max_concurrent_jobs

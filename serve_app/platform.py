@@ -45,9 +45,13 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def caller_id(request: Request) -> str | None:
-    """The key id of the caller (None when auth is off, or for Python handle calls)."""
-    key = getattr(request.state, "api_key", None) if request is not None else None
+def caller(request: Request | None) -> ApiKey | None:
+    """The caller's API key (None when auth is off, or for Python handle calls)."""
+    return getattr(request.state, "api_key", None) if request is not None else None
+
+
+def caller_id(request: Request | None) -> str | None:
+    key = caller(request)
     return key.key_id if key is not None else None
 
 
