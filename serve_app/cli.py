@@ -9,6 +9,11 @@
     bgremove keys credit NAME AMOUNT  # top up (negative: take back)
     bgremove keys usage NAME          # balance and charges per operation (= GET /v1/usage)
     bgremove k8s render [--repo DIR]  # k8s/*/generated/ from configs/cluster*.yaml
+
+Against a running service ($BGR_URL, default http://localhost:8000; key in $BGR_API_KEY):
+    bgremove remove photo.jpg folder/ --out cutouts/ [--effect blur --opt blur_strength=25]
+    bgremove shotgun photo.jpg --out results/ [--models u2netp,mediapipe-selfie]
+    bgremove video clip.mp4 --out result.webm [--bg-color 0,0,255]
 """
 
 from __future__ import annotations
@@ -184,6 +189,79 @@ def _k8s_render(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def _client(args: argparse.Namespace):
+    from serve_app.client import Client
+
+    return Client(args.url, args.api_key)
+
+
+def _images(inputs: list[Path]) -> list[Path]:
+    files = []
+    for path in inputs:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from serve_app.client import ApiError
+
+    options = dict(o.split("=", 1) for o in args.opt)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with _client(args) as client:
+        for path in tqdm(_images(args.inputs), unit="image", disable=None):
+            try:
+                png = client.remove(path, args.effect, model=args.model, **options)
+            except (ApiError, OSError) as exc:
+                print(f"{path}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            (args.out / f"{path.stem}.png").write_bytes(png)
+    return 1 if failed else 0
+
+
+def _shotgun(args: argparse.Namespace) -> int:
+    import base64
+
+    with _client(args) as client:
+        result = client.shotgun(args.image, args.models.split(",") if args.models else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for row in result["results"]:
+        if row["status"] == "success":
+            (args.out / f"{row['model_id']}.png").write_bytes(base64.b64decode(row["image_base64"]))
+        print(f"{row['model_id']:28} {row['status']:8} {row['processing_time_ms']:>7} ms "
+              f"${row.get('cost_usd', 0):.6f} {row.get('error') or ''}")
+    print(f"job {result['job_id']}: pick one with POST /log-selection")
+    return 0
+
+
+def _video(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="frame", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    with _client(args) as client:
+        data = client.video(args.clip, bg_color=args.bg_color, model=args.model,
+                            output_format=args.format, on_progress=progress)
+    bar.close()
+    args.out.write_bytes(data)
+    print(f"{args.out}: {len(data)} bytes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -233,6 +311,31 @@ def main(argv: list[str] | None = None) -> int:
     kr8 = k8sub.add_parser("render", help="write k8s/*/generated/ from configs/cluster*.yaml")
     kr8.add_argument("--repo", type=Path, default=Path("."), help="repository root (.)")
     kr8.set_defaults(func=_k8s_render)
+    for name, func, help_ in (("remove", _remove, "cut out images and folders of images"),
+                              ("shotgun", _shotgun, "every model on one image, results saved"),
+                              ("video", _video, "a clip through the Video API, with progress")):
+        cmd = sub.add_parser(name, help=help_)
+        cmd.add_argument("--url", help="service URL (default $BGR_URL or http://localhost:8000)")
+        cmd.add_argument("--api-key", help="default $BGR_API_KEY")
+        cmd.set_defaults(func=func)
+        if name == "remove":
+            cmd.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+            cmd.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+            cmd.add_argument("--effect", default="matte",
+                             choices=["matte", "blur", "color", "gradient", "shadow"])
+            cmd.add_argument("--model")
+            cmd.add_argument("--opt", action="append", default=[], metavar="FIELD=VALUE",
+                             help="an effect option, e.g. blur_strength=25 (repeatable)")
+        elif name == "shotgun":
+            cmd.add_argument("image", type=Path)
+            cmd.add_argument("--out", type=Path, required=True, help="folder for the cut-outs")
+            cmd.add_argument("--models", help="comma-separated ids (default: all)")
+        else:
+            cmd.add_argument("clip", type=Path)
+            cmd.add_argument("--out", type=Path, required=True)
+            cmd.add_argument("--bg-color", help="R,G,B (mp4); default transparent webm")
+            cmd.add_argument("--model")
+            cmd.add_argument("--format", choices=["webm", "mp4", "mov"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return args.func(args)

@@ -11,6 +11,7 @@ Typed method twins serve Python callers of `serve.get_app_handle(...)`.
 import asyncio
 import logging
 import os
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,6 +38,8 @@ from serve_app.video_api import VideoApi
 from serve_app.store import Store
 
 log = logging.getLogger("ray.serve.bgremove")
+STUDIO = Path(__file__).parent / "studio"
+STUDIO_FILES = {"studio.js": "text/javascript", "studio.css": "text/css"}
 T = TypeVar("T")
 
 
@@ -162,6 +165,18 @@ class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi, Billing):
             services={model_id: m.status for model_id, m in models.items()},
             models=models, pools=pools,
         )
+
+    @app.get("/studio", include_in_schema=False)
+    async def studio(self):
+        """The web studio (serve_app/studio/): plain HTML and JavaScript over this API."""
+        return FileResponse(STUDIO / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/studio/{name}", include_in_schema=False)
+    async def studio_file(self, name: str):
+        if name not in STUDIO_FILES:
+            raise HTTPException(404, "No such studio file.")
+        return FileResponse(STUDIO / name, media_type=STUDIO_FILES[name],
+                            headers={"Cache-Control": "no-cache"})
 
     @app.get("/results/{job_id}/{name}", response_class=FileResponse,
              summary="A shotgun result, downloadable for a limited time (`image_url` in rows)")

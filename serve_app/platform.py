@@ -37,8 +37,9 @@ from serve_app.keys import ApiKey, KeyStore, hash_secret
 from serve_app.settings import get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-PUBLIC_PREFIXES = ("/results/",)
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                          "/studio"})
+PUBLIC_PREFIXES = ("/results/", "/studio/")  # the studio's page and assets; its calls use keys
 
 
 def is_public(path: str) -> bool:

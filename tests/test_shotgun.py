@@ -397,9 +397,10 @@ def test_fan_out_takes_the_slowest_model_not_the_sum(client, timing_url):
         assert times.keys() == {"sleep-a", "sleep-b", "sleep-c"}
         for model_id, ms in times.items():
             assert DELAYS[model_id] * 1000 <= ms < DELAYS[model_id] * 1000 + 400
-        # slowest 0.9 s, sum 1.8 s: parallel means close to the slowest
-        assert 900 <= body["processing_time_ms"] < 1350, body["processing_time_ms"]
-        assert wall < 1.5
+        # slowest 0.9 s, sum 1.8 s: one after the other could not finish before 1.8 s (the
+        # margin above the slowest absorbs a loaded 2-core machine)
+        assert 900 <= body["processing_time_ms"] < 1600, body["processing_time_ms"]
+        assert wall < 1.75
         costs = {r["model_id"]: r["cost_usd"] for r in body["results"]}
         assert costs == {m: pytest.approx(DELAYS[m] * PRICE_PER_S) for m in times}
 

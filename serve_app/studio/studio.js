@@ -1,0 +1,196 @@
+// bgremove studio: plain JavaScript over the service's own HTTP API (no build step).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const keyInput = $("api-key");
+keyInput.value = localStorage.getItem("bgremove-api-key") || "";
+keyInput.addEventListener("change", () => localStorage.setItem("bgremove-api-key", keyInput.value.trim()));
+
+function headers(extra = {}) {
+  const key = keyInput.value.trim();
+  return key ? { "X-Api-Key": key, ...extra } : extra;
+}
+
+// Every route family's error body, as one sentence (spec 000 message/detail, 002, 003).
+function errorText(status, body) {
+  if (body && typeof body === "object") {
+    if (body.error && body.error.message) return body.error.message;
+    if (body.message) return body.message;
+    if (typeof body.detail === "string") return body.detail;
+  }
+  return `The service answered ${status}.`;
+}
+
+function show(id, text) { const el = $(id); el.textContent = text; el.hidden = !text; }
+const fail = (text) => { show("notice", ""); show("error", text); };
+const notify = (text) => { show("error", ""); show("notice", text); };
+
+async function call(path, options = {}) {
+  let resp;
+  try {
+    resp = await fetch(path, { ...options, headers: headers(options.headers) });
+  } catch (e) {
+    throw new Error(`The service cannot be reached (${e.message}).`);
+  }
+  if (resp.status >= 400) {
+    let body = null;
+    try { body = await resp.json(); } catch (e) { /* not JSON */ }
+    let text = errorText(resp.status, body);
+    const retry = resp.headers.get("Retry-After");
+    if (retry) text += ` Retry in ${retry} s.`;
+    throw new Error(text);
+  }
+  return resp;
+}
+
+const toBase64 = (file) => new Promise((resolve, reject) => {
+  const reader = new FileReader();
+  reader.onload = () => resolve(reader.result.split(",", 2)[1]);
+  reader.onerror = () => reject(new Error("The file could not be read."));
+  reader.readAsDataURL(file);
+});
+
+// ---- tabs ---------------------------------------------------------------------------------
+document.querySelectorAll("nav button").forEach((button) => button.addEventListener("click", () => {
+  document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b === button));
+  document.querySelectorAll("main > section").forEach((s) => { s.hidden = s.id !== `tab-${button.dataset.tab}`; });
+  if (button.dataset.tab === "wins") loadWins();
+}));
+
+// ---- shotgun: every model, side by side; pick the best -----------------------------------
+let shot = null;      // the last /remove-background answer
+let picked = null;    // its chosen row
+
+async function runShotgun(file) {
+  show("error", ""); show("notice", "");
+  $("results").replaceChildren(); $("pick").hidden = true; picked = null;
+  $("image-status").textContent = `Running every model on ${file.name}…`;
+  try {
+    const body = JSON.stringify({ image: await toBase64(file), include_models: ["all"] });
+    const resp = await call("/remove-background", { method: "POST", body, headers: { "Content-Type": "application/json" } });
+    shot = await resp.json();
+  } catch (e) {
+    $("image-status").textContent = ""; fail(e.message); return;
+  }
+  $("image-status").textContent = `${shot.results.length} models, ${shot.processing_time_ms} ms, $${shot.total_cost_usd.toFixed(6)} — click the best result.`;
+  for (const row of shot.results) {
+    const card = document.createElement("div");
+    card.className = "card" + (row.status === "success" ? "" : " failed");
+    card.dataset.model = row.model_id;
+    const title = document.createElement("h3");
+    title.textContent = row.model_name;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = row.status === "success"
+      ? `${row.processing_time_ms} ms · $${row.cost_usd.toFixed(6)}` : `failed: ${row.error}`;
+    card.append(title);
+    if (row.status === "success") {
+      const frame = document.createElement("div");
+      frame.className = "checker";
+      const img = document.createElement("img");
+      img.src = `data:image/${shot.output_format || "png"};base64,${row.image_base64}`;
+      img.alt = row.model_id;
+      frame.append(img);
+      card.append(frame);
+      card.addEventListener("click", () => choose(row, card));
+    }
+    card.append(meta);
+    $("results").append(card);
+  }
+}
+
+function choose(row, card) {
+  picked = row;
+  document.querySelectorAll(".card").forEach((c) => c.classList.toggle("selected", c === card));
+  $("pick").hidden = false;
+  $("download").href = `data:image/png;base64,${row.image_base64}`;
+  $("download").download = `${row.model_id}.png`;
+}
+
+$("log-selection").addEventListener("click", async () => {
+  if (!shot || !picked) return;
+  const body = { job_id: shot.job_id, selected_model_id: picked.model_id };
+  const category = $("category").value.trim();
+  if (category) body.image_category = category;
+  try {
+    await call("/log-selection", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+    notify(`Logged: ${picked.model_name} is the best for this image${category ? ` (${category})` : ""}.`);
+  } catch (e) { fail(e.message); }
+});
+
+$("image-file").addEventListener("change", (e) => { if (e.target.files[0]) runShotgun(e.target.files[0]); });
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) runShotgun(e.dataTransfer.files[0]);
+});
+
+// ---- background effects (Image API v1) ---------------------------------------------------
+$("apply-effect").addEventListener("click", async () => {
+  const file = $("effect-file").files[0];
+  if (!file) { fail("Pick an image first."); return; }
+  const effect = $("effect").value;
+  const form = new FormData();
+  form.append("image", file);
+  const fields = { blur: ["blur_strength"], color: ["bg_color"], gradient: ["gradient_start", "gradient_end"],
+                   shadow: ["shadow_opacity"] }[effect] || [];
+  for (const name of fields) form.append(name, $(name).value);
+  try {
+    const resp = await call(`/image/${effect}/v1`, { method: "POST", body: form });
+    $("effect-result").src = URL.createObjectURL(await resp.blob());
+    notify(`${effect}: done in ${resp.headers.get("X-Processing-Time-Ms") || "?"} ms.`);
+  } catch (e) { fail(e.message); }
+});
+
+// ---- video: submit, live progress, play the result -----------------------------------------
+$("submit-video").addEventListener("click", async () => {
+  const file = $("video-file").files[0];
+  if (!file) { fail("Pick a video first."); return; }
+  const form = new FormData();
+  form.append("video", file);
+  const color = $("video-color").value.trim();
+  if (color) form.append("bg_color", color);
+  const bar = $("video-progress");
+  $("video-result").hidden = true;
+  try {
+    const job = await (await call("/video/submit/v1", { method: "POST", body: form })).json();
+    if (job.warning) notify(job.warning); else show("error", "");
+    bar.hidden = false; bar.value = 0;
+    for (let delay = 500; ; delay = Math.min(delay * 1.3, 3000)) {
+      const resp = await call(`/video/result/${job.uuid}`);
+      if (resp.status === 200) {
+        $("video-result").src = URL.createObjectURL(await resp.blob());
+        $("video-result").hidden = false;
+        bar.value = 100;
+        $("video-status").textContent = "Done.";
+        return;
+      }
+      const state = await resp.json();
+      if (state.total_frames) {
+        bar.value = state.progress_percentage;
+        $("video-status").textContent = `${state.current_frame} / ${state.total_frames} frames`;
+      } else {
+        $("video-status").textContent = "Queued…";
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  } catch (e) { bar.hidden = true; $("video-status").textContent = ""; fail(e.message); }
+});
+
+// ---- win rates ---------------------------------------------------------------------------
+async function loadWins() {
+  try {
+    const stats = await (await call("/selections/stats")).json();
+    const rows = stats.rows.map((r) => {
+      const tr = document.createElement("tr");
+      for (const v of [r.category, r.model_id, r.wins, r.offered, `${(r.win_rate * 100).toFixed(1)} %`]) {
+        const td = document.createElement("td"); td.textContent = v; tr.append(td);
+      }
+      return tr;
+    });
+    $("wins").tBodies[0].replaceChildren(...rows);
+  } catch (e) { fail(e.message); }
+}
+$("refresh-wins").addEventListener("click", loadWins);
