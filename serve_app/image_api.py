@@ -108,11 +108,8 @@ class ImageApiV1:
             )
 
     async def _http(self, request: Request, image: UploadFile, effect: Effect, options: Options):
-        # Refuse before reading the file into memory: the multipart body's declared length
-        # (minus room for the form fields), then the spooled file's size.
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit():
-            self._check_upload_size(max(0, int(declared) - 64 * 1024))
+        # The body as a whole was capped while it was read (BodyLimitMiddleware); here the
+        # file's own size, before it is read into memory.
         if image.size is not None:
             self._check_upload_size(image.size)
         data = await image.read()

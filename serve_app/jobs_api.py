@@ -66,10 +66,8 @@ class JobsApi:
               summary="Submit an image of any size for asynchronous background removal")
     async def hd_submit(self, request: Request, image: Annotated[UploadFile, File()],
                         model: Annotated[str | None, Form()] = None):
-        limit = self.settings.hd_max_upload_bytes
-        declared = request.headers.get("content-length")
-        if (declared and declared.isdigit() and int(declared) > limit + 64 * 1024) or (
-                image.size is not None and image.size > limit):
+        limit = self.settings.hd_max_upload_bytes  # the body as a whole: BodyLimitMiddleware
+        if image.size is not None and image.size > limit:
             return detail(413, f"Image file is larger than {limit} bytes.")
         if self.worker is None:
             return detail(503, "Asynchronous processing is not enabled in this deployment.")
