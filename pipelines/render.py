@@ -19,7 +19,7 @@ import numpy as np
 from pipelines import effects, video
 from pipelines.compose import Background, Composition, compose
 from pipelines.errors import ImageTooLarge
-from pipelines.images import decode_image, encode_image
+from pipelines.images import DecodedImage, decode_image, encode_image
 
 T = TypeVar("T")
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
@@ -28,22 +28,43 @@ JOB_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpe
                      "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
 
 
+def decode_job_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """An async job's (or batch run's) input: the accepted formats only, at most `max_pixels`."""
+    try:
+        return decode_image(data, max_pixels, formats=JOB_INPUT_FORMATS)
+    except ImageTooLarge:
+        raise ImageTooLarge(f"Image has more than {max_pixels:,} pixels.") from None
+
+
 def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *,
                      max_pixels: int, output_format: str = "png",
                      background: Background | None = None,
                      composition: Composition | None = None) -> tuple[bytes, str]:
     """Encoded output and its media type. Raises the project's errors for bad input."""
-    try:
-        image = decode_image(data, max_pixels, formats=JOB_INPUT_FORMATS)
-    except ImageTooLarge:
-        raise ImageTooLarge(f"Image has more than {max_pixels:,} pixels.") from None
+    image = decode_job_image(data, max_pixels)
     mask = segment(image.rgb)
+    cut = [_cutout(image, mask)]
+    del image, mask  # large inputs: only the cut-out is needed from here on
+    return _compose_encode(cut, output_format, background, composition)
+
+
+def render_cutout(image: DecodedImage, mask: np.ndarray, *, output_format: str = "png",
+                  background: Background | None = None,
+                  composition: Composition | None = None) -> tuple[bytes, str]:
+    """The same output from an image already decoded and its mask (batch runs)."""
+    return _compose_encode([_cutout(image, mask)], output_format, background, composition)
+
+
+def _cutout(image: DecodedImage, mask: np.ndarray) -> np.ndarray:
     if image.alpha is not None:  # keep transparency the input already had
         mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
-    cut = effects.cutout(image.rgb, mask)
-    del image, mask
-    out = compose(cut, background or Background(), composition)
-    del cut
+    return effects.cutout(image.rgb, mask)
+
+
+def _compose_encode(cut: list[np.ndarray], output_format: str, background: Background | None,
+                    composition: Composition | None) -> tuple[bytes, str]:
+    """`cut` holds the one cut-out and is emptied: it is freed once composed, before encoding."""
+    out = compose(cut.pop(), background or Background(), composition)
     return encode_image(out, output_format), MEDIA_TYPES[output_format]
 
 

@@ -14,11 +14,17 @@ Against a running service ($BGR_URL, default http://localhost:8000; key in $BGR_
     bgremove remove photo.jpg folder/ --out cutouts/ [--effect blur --opt blur_strength=25]
     bgremove shotgun photo.jpg --out results/ [--models u2netp,mediapipe-selfie]
     bgremove video clip.mp4 --out result.webm [--bg-color 0,0,255]
+    bgremove hd poster.tif --out poster.png         # any size, through the HD job API
+    bgremove usage                                  # this key's balance and charges
+
+Batch runs with Ray Data (no service needed; `--address auto` joins a running Ray cluster):
+    bgremove batch photos/ cutouts/ --model u2netp [--workers 2] [--gpus-per-worker 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -26,7 +32,7 @@ from pathlib import Path
 
 from pipelines.catalog import load_catalog
 from pipelines.download import pull
-from pipelines.errors import DownloadError
+from pipelines.errors import DownloadError, ServiceError
 from pipelines.weights import find_weights, verify
 from serve_app.settings import get_settings
 
@@ -262,6 +268,51 @@ def _video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hd(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with _client(args) as client, tqdm(total=None, unit="poll", disable=None) as bar:
+        data = client.hd(args.image, model=args.model, on_poll=lambda: bar.update())
+    args.out.write_bytes(data)
+    print(f"{args.out}: {len(data)} bytes")
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        usage = client.usage()
+    print(json.dumps(usage, indent=2))
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from deployments.batch import run_batch
+
+    settings = get_settings()
+    bar = tqdm(unit="image", disable=None)
+    try:
+        summary = run_batch(
+            args.input, args.output, model=args.model,
+            catalog_path=str(settings.catalog_path),
+            search_dirs=[str(d) for d in settings.model_search_dirs()],
+            max_pixels=args.max_pixels or settings.hd_max_pixels, workers=args.workers,
+            threads_per_worker=args.threads_per_worker, gpus_per_worker=args.gpus_per_worker,
+            batch_size=args.batch_size, output_format=args.format, bg_color=args.bg_color,
+            address=args.address, on_row=lambda row: bar.update())
+    except (ServiceError, FileNotFoundError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    done = summary.ok + summary.failed
+    print(f"{summary.listed} images: {summary.skipped} already done, {summary.ok} cut out, "
+          f"{summary.failed} failed; {done} in {summary.seconds:.1f} s "
+          f"({summary.ray_start_s:.1f} s starting Ray): {summary.images_per_s:.2f} images/s (manifest: {args.output.rstrip('/')}/manifest.jsonl)")
+    return 1 if summary.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -311,9 +362,26 @@ def main(argv: list[str] | None = None) -> int:
     kr8 = k8sub.add_parser("render", help="write k8s/*/generated/ from configs/cluster*.yaml")
     kr8.add_argument("--repo", type=Path, default=Path("."), help="repository root (.)")
     kr8.set_defaults(func=_k8s_render)
+    b = sub.add_parser("batch", help="cut out a folder (or fsspec URL) of images with Ray Data")
+    b.add_argument("input", help="folder, image file or fsspec URL (s3://, gs://, ... with its "
+                   "fsspec package installed)")
+    b.add_argument("output", help="folder or URL for the cut-outs and manifest.jsonl")
+    b.add_argument("--model", default="u2netp", help="catalog id (default u2netp)")
+    b.add_argument("--workers", type=_positive, default=1, help="model actors (default 1)")
+    b.add_argument("--threads-per-worker", type=_positive, default=1,
+                   help="CPU threads (and Ray CPUs) per actor (default 1)")
+    b.add_argument("--gpus-per-worker", type=float, default=0, help="e.g. 1 or 0.5 (CUDA)")
+    b.add_argument("--batch-size", type=_positive, default=4, help="images per model run")
+    b.add_argument("--format", choices=["png", "webp"], default="png")
+    b.add_argument("--bg-color", help="flatten onto a colour ('#RRGGBB'); default transparent")
+    b.add_argument("--max-pixels", type=_positive, help="default BGR_HD_MAX_PIXELS")
+    b.add_argument("--address", help="Ray cluster to join (e.g. auto); default: a local Ray")
+    b.set_defaults(func=_batch)
     for name, func, help_ in (("remove", _remove, "cut out images and folders of images"),
                               ("shotgun", _shotgun, "every model on one image, results saved"),
-                              ("video", _video, "a clip through the Video API, with progress")):
+                              ("video", _video, "a clip through the Video API, with progress"),
+                              ("hd", _hd, "one image of any size through the HD job API"),
+                              ("usage", _usage, "this key's credit balance and charges")):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("--url", help="service URL (default $BGR_URL or http://localhost:8000)")
         cmd.add_argument("--api-key", help="default $BGR_API_KEY")
@@ -330,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("image", type=Path)
             cmd.add_argument("--out", type=Path, required=True, help="folder for the cut-outs")
             cmd.add_argument("--models", help="comma-separated ids (default: all)")
-        else:
+        elif name == "hd":
+            cmd.add_argument("image", type=Path)
+            cmd.add_argument("--out", type=Path, required=True)
+            cmd.add_argument("--model")
+        elif name == "video":
             cmd.add_argument("clip", type=Path)
             cmd.add_argument("--out", type=Path, required=True)
             cmd.add_argument("--bg-color", help="R,G,B (mp4); default transparent webm")

@@ -103,29 +103,36 @@ class Client:
                                   ("model", model), ("output_format", output_format)) if v}
         job = self.request("POST", "/video/submit/v1", data=form,
                            files={"video": (name, data)}).json()
-        return self._wait(f"/video/result/{job['uuid']}", on_progress, poll_s, timeout_s)
 
-    def hd(self, image: Source, model: str | None = None, poll_s: float = 1.0,
+        def progress(body: dict) -> None:
+            if on_progress is not None and "total_frames" in body:
+                on_progress(body["current_frame"], body["total_frames"])
+
+        return self._wait(f"/video/result/{job['uuid']}", progress, poll_s, timeout_s)
+
+    def hd(self, image: Source, model: str | None = None, *,
+           on_poll: Callable[[], None] | None = None, poll_s: float = 1.0,
            timeout_s: float = 3600.0) -> bytes:
-        """`/image/hd/submit/v1` (any size), then the PNG once it is done."""
+        """`/image/hd/submit/v1` (any size), then the PNG once it is done (`on_poll` is called
+        at every "still processing" answer)."""
         name, data = _read(image)
         job = self.request("POST", "/image/hd/submit/v1", data={"model": model} if model else {},
                            files={"image": (name, data)}).json()
-        return self._wait(f"/image/hd/result/{job['uuid']}", None, poll_s, timeout_s)
+        return self._wait(f"/image/hd/result/{job['uuid']}",
+                          lambda _body: on_poll() if on_poll else None, poll_s, timeout_s)
 
     def usage(self) -> dict:
         return self.request("GET", "/v1/usage").json()
 
-    def _wait(self, path: str, on_progress, poll_s: float, timeout_s: float) -> bytes:
+    def _wait(self, path: str, on_pending: Callable[[dict], None], poll_s: float,
+              timeout_s: float) -> bytes:
         deadline = time.monotonic() + timeout_s
         delay = poll_s
         while True:
             resp = self.request("GET", path)
             if resp.status_code != 202:
                 return resp.content
-            body = resp.json()
-            if on_progress is not None and "total_frames" in body:
-                on_progress(body["current_frame"], body["total_frames"])
+            on_pending(resp.json())
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"{path} still processing after {timeout_s:g} s")
             time.sleep(delay)

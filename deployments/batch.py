@@ -1,0 +1,131 @@
+"""Batch runs with Ray Data: a folder (or any fsspec URL) of images to cut-outs and a manifest.
+
+    bgremove batch photos/ cutouts/ --model u2netp --workers 2
+    bgremove batch s3://bucket/in s3://bucket/out --model birefnet-general --gpus-per-worker 1 \\
+        --address auto
+
+A thin Ray wrapper: the driver lists the inputs and drops those the manifest already has
+(`pipelines.batch`), Ray Data streams the remaining paths through a pool of `CutoutWorker`
+actors (each loads the catalog model once, runs it on a batch of images, writes the outputs),
+and the driver appends every finished row to `manifest.jsonl` as it arrives. Only paths and
+rows travel through Ray; the images are read and written by the actors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsspec.core import url_to_fs
+
+from pipelines import batch
+from pipelines.catalog import load_catalog
+from pipelines.compose import Background
+from pipelines.errors import ModelFileMissing, UnknownModel
+from pipelines.segmenter import OnnxSegmenter
+from pipelines.weights import find_weights
+
+GPU_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class CutoutWorker:
+    """One Ray Data actor: the model's ONNX session, loaded once, for every batch it gets."""
+
+    def __init__(self, *, model: str, catalog_path: str, search_dirs: list[str], threads: int,
+                 gpu: bool, in_url: str, out_url: str, max_pixels: int, output_format: str,
+                 bg_color: str | None) -> None:
+        spec = load_catalog(catalog_path).get(model)
+        path = find_weights(spec, [Path(d) for d in search_dirs])
+        if path is None:
+            raise ModelFileMissing(f"model {model!r}: no weights file on this node "
+                                   f"(searched {', '.join(search_dirs)}); "
+                                   f"run `bgremove models pull {model}`")
+        self.segmenter = OnnxSegmenter(spec, path, intra_op_threads=threads,
+                                       providers=GPU_PROVIDERS if gpu else ["CPUExecutionProvider"])
+        background = Background(type="color", color=bg_color) if bg_color else None
+        self._kwargs = dict(in_url=in_url, out_url=out_url, model=model, max_pixels=max_pixels,
+                            output_format=output_format, background=background)
+
+    def __call__(self, items: dict) -> dict:
+        rows = batch.process_batch([str(p) for p in items["input"]],
+                                   segment_batch=self.segmenter.predict_batch, **self._kwargs)
+        return {name: [getattr(r, name) for r in rows] for name in batch.Row.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Summary:
+    listed: int  # images under the input URL
+    skipped: int  # already done by an earlier run (manifest row `ok`, output present)
+    ok: int
+    failed: int
+    seconds: float  # this run's wall time, Ray start-up and model loading included
+    ray_start_s: float = 0.0  # of which starting (or joining) Ray
+
+    @property
+    def images_per_s(self) -> float:
+        """Throughput of the processing itself (after Ray is up; model loading included)."""
+        busy = self.seconds - self.ray_start_s
+        return (self.ok + self.failed) / busy if busy > 0 else 0.0
+
+
+def run_batch(in_url: str, out_url: str, *, model: str, catalog_path: str,
+              search_dirs: list[str], max_pixels: int, workers: int = 1,
+              threads_per_worker: int = 1, gpus_per_worker: float = 0, batch_size: int = 4,
+              output_format: str = "png", bg_color: str | None = None,
+              address: str | None = None,
+              on_row: Callable[[dict], None] | None = None) -> Summary:
+    """Process every image under `in_url` not yet done; rows go to `out_url`/manifest.jsonl."""
+    import ray  # noqa: PLC0415  (the CLI imports this module only for `bgremove batch`)
+
+    started = time.perf_counter()
+    catalog = load_catalog(catalog_path)
+    if model not in catalog.ids:  # before anything starts
+        raise UnknownModel(f"unknown model {model!r}; the catalog has: {', '.join(catalog.ids)}")
+    spec = catalog.get(model)
+    if address is None and find_weights(spec, [Path(d) for d in search_dirs]) is None:
+        raise ModelFileMissing(f"model {model!r}: weights file {spec.weights.file} not found in "
+                               f"{', '.join(search_dirs)}; run `bgremove models pull {model}`")
+    if bg_color:
+        Background(type="color", color=bg_color)  # a bad colour fails here, not in every actor
+    _, _, inputs = batch.list_images(in_url)
+    out_fs, out_root = url_to_fs(out_url)
+    todo = batch.pending(inputs, batch.read_manifest(out_fs, out_root), out_fs, out_root,
+                         model=model, output_format=output_format)
+    counts = {"ok": 0, "failed": 0}
+    ray_start_s = 0.0
+    if todo:
+        if not ray.is_initialized():
+            t0 = time.perf_counter()
+            local = {"include_dashboard": False} if address is None else {}
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING", **local)
+            ray_start_s = time.perf_counter() - t0
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the CLI shows its own, per image
+        ctx.print_on_execution_start = False
+        items = ray.data.from_items([{"input": rel} for rel in todo],
+                                    override_num_blocks=max(1, -(-len(todo) // batch_size)))
+        rows = items.map_batches(
+            CutoutWorker, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=threads_per_worker if not gpus_per_worker else 1, num_gpus=gpus_per_worker,
+            fn_constructor_kwargs=dict(
+                model=model, catalog_path=str(catalog_path), search_dirs=search_dirs,
+                threads=threads_per_worker, gpu=gpus_per_worker > 0, in_url=in_url,
+                out_url=out_url, max_pixels=max_pixels, output_format=output_format,
+                bg_color=bg_color))
+        manifest = batch.ManifestWriter(out_fs, out_root)
+        try:
+            for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+                finished = table.to_pylist()
+                manifest.write(finished)
+                for row in finished:
+                    counts[row["status"]] += 1
+                    if on_row is not None:
+                        on_row(row)
+        finally:
+            manifest.close()
+    return Summary(listed=len(inputs), skipped=len(inputs) - len(todo), ok=counts["ok"],
+                   failed=counts["failed"], seconds=time.perf_counter() - started,
+                   ray_start_s=ray_start_s)
+
