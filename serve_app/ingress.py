@@ -86,8 +86,10 @@ class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi, Billing):
         missing: dict[str, str],
         setup: dict[str, Any],
         worker: DeploymentHandle | None = None,
+        prompter: DeploymentHandle | None = None,
     ) -> None:
         self.handles = models
+        self.prompter = prompter  # the click/box prompt model, when its weights are installed
         self.catalog = {m["id"]: m for m in catalog}
         self.prices = {m["id"]: Price.model_validate(m.get("price") or {}) for m in catalog}
         self.missing = missing
@@ -164,6 +166,7 @@ class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi, Billing):
             default_model=self.default_model,
             services={model_id: m.status for model_id, m in models.items()},
             models=models, pools=pools,
+            features={name: reason or "available" for name, reason in self.setup.features.items()},
         )
 
     @app.get("/studio", include_in_schema=False)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
+from pipelines.sam import Prompt, parse_box, parse_points
 
 _MODEL_DOC = "Model id from the catalog (GET /models). Default: the app's default model."
 
@@ -24,9 +25,28 @@ class Effect(str, Enum):
 
 
 class MatteOptions(BaseModel):
-    """Transparent cut-out."""
+    """Transparent cut-out, optionally corrected by clicks and a box (the prompt model)."""
 
     model: str | None = Field(None, description=_MODEL_DOC)
+    points: str | None = Field(None, max_length=2000, description=(
+        "Foreground clicks 'x,y;x,y' in image pixels: the region under each click is the "
+        "subject (needs the prompt model, `bgremove models pull mobilesam`)."))
+    background_points: str | None = Field(None, max_length=2000, description=(
+        "Background clicks 'x,y;x,y': the region under each click is removed."))
+    box: str | None = Field(None, max_length=200, description=(
+        "'x0,y0,x1,y1': the subject is inside this box."))
+    prompt_mode: Literal["refine", "replace"] = Field("refine", description=(
+        "refine: the model's mask, with clicked regions added or removed; replace: the prompt "
+        "model's mask alone (needs a foreground point or a box)."))
+
+    @model_validator(mode="after")
+    def _check_prompt(self):
+        self.prompt()  # InvalidParameter (a ValueError) for malformed points or box
+        return self
+
+    def prompt(self) -> Prompt:
+        return Prompt(parse_points(self.points), parse_points(self.background_points),
+                      parse_box(self.box))
 
 
 class _ColourFields(MatteOptions):
@@ -138,6 +158,8 @@ class Health(BaseModel):
     services: dict[str, str]
     models: dict[str, ModelHealth]
     pools: dict[str, PoolHealth]
+    # Optional features: "available", or why not ("not installed (...): run ...").
+    features: dict[str, str] = Field(default_factory=dict)
 
 
 class ModelInfo(BaseModel):

