@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import SHARED_MODELS, tiny_catalog
+from conftest import SHARED_MODELS, mobilesam_dir, tiny_catalog
 
 APP = "bgremove"
 UPLOAD_LIMIT = 2 * 1024 * 1024
@@ -70,6 +70,10 @@ def base_url(tmp_path_factory, tiny_model):
     }
     if HAVE_SHARED:
         env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
+    sam = mobilesam_dir()  # the real click/box prompt model, when it can be had
+    if sam is not None:
+        for name in ("mobilesam_encoder.onnx", "mobilesam_decoder.onnx"):
+            (tiny_model.parent / name).symlink_to(sam / name)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import ray
@@ -105,6 +109,7 @@ def base_url(tmp_path_factory, tiny_model):
                                      "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}},
         "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
         "jobs": {"ray_actor_options": {"num_cpus": 0.25}},
+        "prompt": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 2},
     })
     _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/",
                                          logging_config={"encoding": "JSON"}), 240)
