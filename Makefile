@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= cpu,test,bench
+EXTRAS ?= cpu,ai,ai-cpu,test,bench
 MODELS ?= u2netp mediapipe-selfie mediapipe-selfie-landscape
 
 .PHONY: install models run test bench clean

@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from pipelines import webhooks
 from pipelines.compose import Background, Composition
-from pipelines.errors import FetchError, ServiceError
+from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
 from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
@@ -39,6 +39,7 @@ from serve_app.db import now
 from serve_app.jobs import COMPLETED, Job, JobStore
 from serve_app.keys import Charge
 from serve_app.metrics import CREDITS_CHARGED, JOBS
+from serve_app.schemas import JobPrompt
 from serve_app.settings import get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -49,9 +50,11 @@ VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/qui
 
 class JobWorker:
     def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0,
-                 prompter: DeploymentHandle | None = None) -> None:
+                 prompter: DeploymentHandle | None = None,
+                 text_segmenter: DeploymentHandle | None = None) -> None:
         self.models = models
         self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
+        self.text_segmenter = text_segmenter  # text_prompt terms (None: not configured)
         self.model_timeout_s = model_timeout_s
         self.settings = get_settings()
         self.store = JobStore.from_settings(self.settings)
@@ -131,12 +134,12 @@ class JobWorker:
         beat = threading.Thread(target=heartbeat, daemon=True)
         beat.start()
         try:
-            key, media_type, units = self._process(job)
+            key, media_type, units, result = self._process(job)
             price = (self.settings.price_video_second if job.kind == "video"
                      else self.settings.price_image)
             charge = Charge(f"{job.api}:{job.kind}", units, round(units * price, 4))
             if not self.store.complete(job.job_id, self.worker_id, key, media_type,
-                                       self.settings.job_output_ttl_s, charge):
+                                       self.settings.job_output_ttl_s, charge, result):
                 self.artifacts.delete(key)  # taken over meanwhile: only our own attempt's file
                 log.info("job %s: finished after its lease was lost; result dropped",
                          job.job_id, extra={**fields, "state": "superseded"})
@@ -173,9 +176,9 @@ class JobWorker:
                                "deployment.")
         return handle
 
-    def _process(self, job: Job) -> tuple[str, str, float]:
-        """Run the job: its output's key and media type, and the units it is charged for
-        (1 image, or the seconds of video processed)."""
+    def _process(self, job: Job) -> tuple[str, str, float, dict | None]:
+        """Run the job: its output's key and media type, the units it is charged for (1 image,
+        or the seconds of video processed), and what to report with it (text_prompt terms)."""
         if job.kind == "video":
             return self._process_video(job)
         if job.kind != "image":
@@ -188,9 +191,15 @@ class JobWorker:
         params = job.params
         handle = self._model(job)
 
+        report: dict = {}
+
         def segment(rgb: np.ndarray) -> np.ndarray:
             ref = ray.put(rgb)
             mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
+            if params.get("text_prompt"):
+                mask, report["text_prompt"] = self._text_select(ref, params["text_prompt"], mask)
+            if params.get("prompt"):
+                mask = self._prompted(ref, JobPrompt.model_validate(params["prompt"]), mask)
             return mask
 
         fmt = params.get("output_format", "png")
@@ -203,7 +212,25 @@ class JobWorker:
         # One key per attempt: a worker that lost its lease never touches the new owner's file.
         key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
         self.artifacts.put_bytes(key, output)
-        return key, media_type, 1.0
+        return key, media_type, 1.0, report or None
+
+    def _prompted(self, ref, prompt: JobPrompt, mask: np.ndarray) -> np.ndarray:
+        if self.prompter is None:
+            raise ModelUnavailable("Click and box prompts need the prompt model, which is not "
+                                   "being served by this deployment.")
+        return self.prompter.segment.remote(ref, prompt.prompt(), mask, prompt.mode).result(
+            timeout_s=self.model_timeout_s)
+
+    def _text_select(self, ref, terms: list[str], mask: np.ndarray) -> tuple[np.ndarray, dict]:
+        if self.text_segmenter is None:
+            raise ModelUnavailable("text_prompt needs the open-vocabulary segmentation backend, "
+                                   "which is not being served by this deployment.")
+        selected, matches = self.text_segmenter.select.remote(ref, terms, mask).result(
+            timeout_s=self.model_timeout_s)
+        if not matches["matched"]:
+            raise InvalidRequest(f"None of the text_prompt terms was found in the image: "
+                                 f"{', '.join(terms)}.")
+        return selected, matches
 
     def _fetch(self, url: str, max_bytes: int) -> bytes:
         policy = dataclasses.replace(self.fetch_policy, max_bytes=max_bytes)
@@ -257,7 +284,7 @@ class JobWorker:
             key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)
-        return key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2)
+        return key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2), None
 
     # ---- webhooks and retention -------------------------------------------------------------
     def _webhook_loop(self) -> None:

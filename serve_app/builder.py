@@ -20,6 +20,7 @@ from ray.serve import Application
 
 from deployments.jobs import JobWorker
 from deployments.prompter import PromptModel
+from deployments.textseg import TextSegmentation
 from deployments.segmentation import SegmentationModel
 from pipelines.catalog import Catalog, load_catalog
 from pipelines.weights import find_weights
@@ -144,6 +145,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                     ", ".join(missing))
 
     prompter, prompt_reason = _prompt_model(config, catalog, search_dirs, placement)
+    text_model, text_reason = _text_model(config, placement)
 
     default = config.default_model or config.models[0]
     tier_models = {"original": default}
@@ -152,17 +154,37 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     tier_models |= config.jobs.tier_models
     setup = IngressSetup(default_model=default, shotgun=config.shotgun, model_pools=model_pools,
                          pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())},
-                         tier_models=tier_models, features={"prompts": prompt_reason})
+                         tier_models=tier_models, features={"prompts": prompt_reason,
+                                                            "text_prompt": text_reason})
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(
             JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
-        ).bind(handles, prompter=prompter)
+        ).bind(handles, prompter=prompter, text_segmenter=text_model)
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
         setup.model_dump(mode="json"), worker, prompter,
     )
+
+
+def _text_model(config: AppConfig, placement: dict) -> tuple[Application | None, str | None]:
+    """The text_prompt backend's deployment when configured, else (None, why not)."""
+    options = config.text_prompt
+    if options.model_dir is None:
+        return None, ("not configured (set text_prompt.model_dir in the Serve config to a "
+                      "CLIPSeg checkpoint folder; docs/prompts-and-generation.md)")
+    folder = Path(options.model_dir).expanduser()
+    if not (folder / "config.json").is_file():
+        log.warning("text_prompt.model_dir %s has no config.json; text prompts off", folder)
+        return None, f"not installed ({folder} has no config.json)"
+    placement["TextSegmentation"] = (options.ray_actor_options, options.num_replicas)
+    app = serve.deployment(
+        TextSegmentation, name="TextSegmentation", num_replicas=options.num_replicas,
+        ray_actor_options=options.ray_actor_options, max_ongoing_requests=8,
+    ).bind(str(folder), device=options.device, threads=options.threads,
+           threshold=options.threshold)
+    return app, None
 
 
 def _prompt_model(config: AppConfig, catalog: Catalog, search_dirs: list[Path],

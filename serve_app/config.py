@@ -129,6 +129,18 @@ class PromptOptions(_Options):
     max_ongoing_requests: int = Field(16, ge=1)
 
 
+class TextPromptOptions(_Options):
+    """`text_prompt` on /v1/jobs: a CLIPSeg checkpoint in a local folder (save_pretrained
+    layout; never fetched from the hub at run time). Unset `model_dir`: prompts are refused."""
+
+    model_dir: str | None = None
+    device: str = "cpu"  # "cuda" on a GPU pool
+    threads: int = Field(0, ge=0)
+    threshold: float = Field(0.4, gt=0, lt=1)
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+
+
 class AppConfig(_Options):
     """The `args` of the Serve application (validated before anything is deployed)."""
 
@@ -142,6 +154,7 @@ class AppConfig(_Options):
     shotgun: ShotgunOptions = ShotgunOptions()
     jobs: WorkerOptions = WorkerOptions()
     prompt: PromptOptions = PromptOptions()
+    text_prompt: TextPromptOptions = TextPromptOptions()
     # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
     # Turn off on autoscaling clusters whose nodes appear on demand.
     validate_resources: bool = True

@@ -44,6 +44,7 @@ jobs = Table(
     Column("input_url", Text),  # a URL the worker fetches
     Column("output_key", String(256)),
     Column("output_media_type", String(64)),
+    Column("result", JSON),  # what the output's maker reports, e.g. which text_prompt terms matched
     Column("error", Text),
     Column("idempotency_key", String(200), unique=True),
     Column("webhook_url", Text),
@@ -155,6 +156,7 @@ class Job:
     completed_at: datetime | None
     output_expires_at: datetime | None
     owner: str | None = None
+    result: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -333,14 +335,16 @@ class JobStore:
         return done.rowcount == 1
 
     def complete(self, job_id: str, worker_id: str, output_key: str, media_type: str,
-                 output_ttl_s: float, charge: Charge | None = None) -> bool:
+                 output_ttl_s: float, charge: Charge | None = None,
+                 result: dict[str, Any] | None = None) -> bool:
         """Mark the job completed with its output; with `charge`, its owner's key is debited in
         the same transaction (a job is charged once, and only when it completed)."""
         t = now()
         with self._serial, self.engine.begin() as conn:
             done = self._finish(conn, job_id, COMPLETED, t, expected_owner=worker_id,
                                 output_key=output_key, output_media_type=media_type,
-                                output_expires_at=t + timedelta(seconds=output_ttl_s))
+                                output_expires_at=t + timedelta(seconds=output_ttl_s),
+                                result=result)
             if done and charge is not None:
                 owner = conn.execute(select(jobs.c.owner)
                                      .where(jobs.c.job_id == job_id)).scalar()

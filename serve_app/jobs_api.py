@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 
 from pipelines.errors import (
     InvalidRequest,
+    ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -34,6 +35,7 @@ from serve_app.schemas import (
     CreateJobRequest,
     HdProcessing,
     HdSubmitted,
+    JobPrompt,
     JobView,
     StartJobRequest,
     UploadView,
@@ -193,6 +195,8 @@ class JobsApi:
                   "background": req.background.model_dump(mode="json"),
                   "composition": (req.composition.model_dump(mode="json")
                                   if req.composition else None)}
+        if req.prompt is not None:
+            params["prompt"] = self._job_prompt(req.prompt, kind)
         try:
             job, created = await asyncio.to_thread(
                 self.jobs.create, api="v1", kind=kind, params=params, input_key=input_key,
@@ -223,7 +227,9 @@ class JobsApi:
         if req.composition is not None:
             update["composition"] = req.composition.model_dump(mode="json")
         if req.text_prompt is not None:
-            update["text_prompt"] = req.text_prompt
+            update["text_prompt"] = self._text_terms(req.text_prompt, job.kind)
+        if req.prompt is not None:
+            update["prompt"] = self._job_prompt(req.prompt, job.kind)
         try:
             job = await asyncio.to_thread(self.jobs.start, job_id, update,
                                           self._job_limit(request)[1])
@@ -314,7 +320,34 @@ class JobsApi:
             started_at=job.started_at, completed_at=job.completed_at, output_url=output_url,
             output_expires_at=job.output_expires_at if output_url else None,
             error=job.error,
+            text_prompt=(job.result or {}).get("text_prompt"),
         )
+
+    def _job_prompt(self, prompt: JobPrompt, kind: str) -> dict:
+        if kind != "image":
+            raise InvalidRequest("prompt (clicks and box) is for image jobs.",
+                                 {"field": "prompt"})
+        if self.prompter is None:
+            raise ModelUnavailable("Click and box prompts need the prompt model, which is not "
+                                   "being served: run `bgremove models pull mobilesam` and "
+                                   "redeploy.")
+        return prompt.model_dump(mode="json")
+
+    def _text_terms(self, text: str, kind: str) -> list[str]:
+        terms = [t.strip() for t in text.split(",") if t.strip()]
+        if not terms:
+            raise InvalidRequest("text_prompt has no terms: give comma-separated words, e.g. "
+                                 "'person, handbag'.", {"field": "text_prompt"})
+        if len(terms) > 16:
+            raise InvalidRequest("text_prompt: at most 16 terms.", {"field": "text_prompt"})
+        if kind != "image":
+            raise InvalidRequest("text_prompt is for image jobs in this version.",
+                                 {"field": "text_prompt"})
+        reason = self.setup.features.get("text_prompt", "not configured")
+        if reason is not None:
+            raise InvalidRequest(f"text_prompt cannot be used: the open-vocabulary segmentation "
+                                 f"backend is {reason}.", {"field": "text_prompt"})
+        return terms
 
     def _tier_model(self, tier: str) -> str:
         model_id = self.setup.tier_models.get(tier)

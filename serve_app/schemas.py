@@ -314,6 +314,26 @@ class HdProcessing(BaseModel):
     status: Literal["processing"] = "processing"
 
 
+class JobPrompt(BaseModel):
+    """Clicks and a box for an image job (the prompt model), in input image pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[tuple[float, float]] = Field(default_factory=list, max_length=32,
+                                              description="Foreground clicks [[x, y], ...].")
+    background_points: list[tuple[float, float]] = Field(default_factory=list, max_length=32)
+    box: tuple[float, float, float, float] | None = Field(None, description="[x0, y0, x1, y1]")
+    mode: Literal["refine", "replace"] = "refine"
+
+    def prompt(self) -> Prompt:
+        return Prompt(tuple(self.points), tuple(self.background_points), self.box)
+
+
+class TermMatches(BaseModel):
+    matched: list[str]
+    unmatched: list[str]
+
+
 class CreateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -327,6 +347,7 @@ class CreateJobRequest(BaseModel):
         "alpha), mp4 (H.264, needs a colour background) or mov (ProRes 4444 with alpha).")
     background: Background = Field(default_factory=Background)
     composition: Composition | None = None
+    prompt: JobPrompt | None = Field(None, description="Clicks/box (image jobs).")
     auto_start: bool = True
     webhook_url: str | None = Field(None, max_length=2048)
     webhook_secret: str | None = Field(None, max_length=256)
@@ -336,9 +357,10 @@ class StartJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: JobTier | None = None
-    text_prompt: str | None = Field(None, max_length=1000,
-                                    description="Stored with the job; prompted segmentation is "
-                                    "not available in this version.")
+    text_prompt: str | None = Field(None, max_length=1000, description=(
+        "Comma-separated terms of what to keep (image jobs), e.g. 'person, handbag'; needs the "
+        "open-vocabulary backend (`text_prompt` in the Serve config), refused without it."))
+    prompt: JobPrompt | None = Field(None, description="Clicks/box (image jobs).")
     background: Background | None = None
     composition: Composition | None = None
 
@@ -356,6 +378,8 @@ class JobView(BaseModel):
     output_url: str | None = Field(description="Download link while the output exists.")
     output_expires_at: datetime | None
     error: str | None
+    text_prompt: TermMatches | None = Field(
+        None, description="Which text_prompt terms were found in the image, once completed.")
 
 
 class UploadView(BaseModel):

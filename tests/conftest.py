@@ -110,6 +110,41 @@ def mobilesam() -> Path:
     return folder
 
 
+def make_tiny_clipseg(folder: Path) -> Path | None:
+    """A random-weight CLIPSeg checkpoint (two layers, 64x64) with a letters-only CLIP
+    tokenizer, saved like a real one (save_pretrained); None without transformers."""
+    try:
+        import torch
+        from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation,
+                                  CLIPSegProcessor, CLIPTokenizer, ViTImageProcessor)
+    except ImportError:
+        return None
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in map(chr, range(ord("a"), ord("z") + 1)):
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+              "num_attention_heads": 4}
+    config = CLIPSegConfig(
+        text_config={"vocab_size": len(vocab), "max_position_embeddings": 77, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1, **layers},
+        vision_config={"image_size": 64, "patch_size": 8, **layers},
+        projection_dim=32, reduce_dim=16, extract_layers=[0, 1], decoder_num_attention_heads=2,
+        decoder_intermediate_size=32)
+    torch.manual_seed(0)
+    CLIPSegForImageSegmentation(config).eval().save_pretrained(folder)
+    images = ViTImageProcessor(size={"height": 64, "width": 64},
+                               image_mean=[0.481, 0.458, 0.408], image_std=[0.269, 0.261, 0.276])
+    CLIPSegProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("models")

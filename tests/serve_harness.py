@@ -13,12 +13,13 @@ import threading
 import httpx
 import pytest
 
-from conftest import SHARED_MODELS, mobilesam_dir, tiny_catalog
+from conftest import SHARED_MODELS, make_tiny_clipseg, mobilesam_dir, tiny_catalog
 
 APP = "bgremove"
 UPLOAD_LIMIT = 2 * 1024 * 1024
 SHOTGUN_LIMIT = 1024 * 1024
 HAVE_SHARED = SHARED_MODELS.is_dir()
+TEXT_THRESHOLD = 0.45
 
 
 # Three pools with different options; the pro pool is pinned to nodes that offer the custom
@@ -70,6 +71,7 @@ def base_url(tmp_path_factory, tiny_model):
     }
     if HAVE_SHARED:
         env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
+    clipseg = make_tiny_clipseg(tmp / "clipseg")  # random weights: wiring, not quality
     sam = mobilesam_dir()  # the real click/box prompt model, when it can be had
     if sam is not None:
         for name in ("mobilesam_encoder.onnx", "mobilesam_decoder.onnx"):
@@ -110,6 +112,8 @@ def base_url(tmp_path_factory, tiny_model):
         "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
         "jobs": {"ray_actor_options": {"num_cpus": 0.25}},
         "prompt": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 2},
+        "text_prompt": {"model_dir": str(clipseg) if clipseg else None, "threads": 1,
+                        "threshold": TEXT_THRESHOLD, "ray_actor_options": {"num_cpus": 0.25}},
     })
     _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/",
                                          logging_config={"encoding": "JSON"}), 240)
