@@ -18,6 +18,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from deployments.generator import BackgroundGenerator
 from deployments.jobs import JobWorker
 from deployments.prompter import PromptModel
 from deployments.textseg import TextSegmentation
@@ -146,6 +147,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
 
     prompter, prompt_reason = _prompt_model(config, catalog, search_dirs, placement)
     text_model, text_reason = _text_model(config, placement)
+    generator, generate_reason = _generator(config, placement)
 
     default = config.default_model or config.models[0]
     tier_models = {"original": default}
@@ -155,7 +157,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     setup = IngressSetup(default_model=default, shotgun=config.shotgun, model_pools=model_pools,
                          pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())},
                          tier_models=tier_models, features={"prompts": prompt_reason,
-                                                            "text_prompt": text_reason})
+                                                            "text_prompt": text_reason,
+                                                            "generate": generate_reason})
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(
@@ -164,8 +167,27 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         ).bind(handles, prompter=prompter, text_segmenter=text_model)
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
-        setup.model_dump(mode="json"), worker, prompter,
+        setup.model_dump(mode="json"), worker, prompter, generator,
     )
+
+
+def _generator(config: AppConfig, placement: dict) -> tuple[Application | None, str | None]:
+    """The AI background generator's deployment when configured, else (None, why not)."""
+    options = config.generate
+    if options.model_dir is None:
+        return None, ("not configured (set generate.model_dir in the Serve config to a "
+                      "diffusers inpainting pipeline folder; docs/prompts-and-generation.md)")
+    folder = Path(options.model_dir).expanduser()
+    if not (folder / "model_index.json").is_file():
+        log.warning("generate.model_dir %s has no model_index.json; generation off", folder)
+        return None, f"not installed ({folder} has no model_index.json)"
+    placement["BackgroundGenerator"] = (options.ray_actor_options, options.num_replicas)
+    app = serve.deployment(
+        BackgroundGenerator, name="BackgroundGenerator", num_replicas=options.num_replicas,
+        ray_actor_options=options.ray_actor_options,
+        max_ongoing_requests=options.max_ongoing_requests,
+    ).bind(str(folder), device=options.device, dtype=options.dtype)
+    return app, None
 
 
 def _text_model(config: AppConfig, placement: dict) -> tuple[Application | None, str | None]:

@@ -141,6 +141,18 @@ class TextPromptOptions(_Options):
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
 
 
+class GeneratorOptions(_Options):
+    """`/image/generate/v1`: a diffusers inpainting pipeline in a local folder (save_pretrained
+    layout; never fetched at run time). Unset `model_dir`: the endpoint answers 503."""
+
+    model_dir: str | None = None
+    device: str = "cpu"  # "cuda" in the GPU pool
+    dtype: Literal["auto", "fp16", "fp32"] = "auto"
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    max_ongoing_requests: int = Field(4, ge=1)
+
+
 class AppConfig(_Options):
     """The `args` of the Serve application (validated before anything is deployed)."""
 
@@ -155,6 +167,7 @@ class AppConfig(_Options):
     jobs: WorkerOptions = WorkerOptions()
     prompt: PromptOptions = PromptOptions()
     text_prompt: TextPromptOptions = TextPromptOptions()
+    generate: GeneratorOptions = GeneratorOptions()
     # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
     # Turn off on autoscaling clusters whose nodes appear on demand.
     validate_resources: bool = True

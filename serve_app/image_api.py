@@ -76,21 +76,11 @@ class ImageApiV1:
         """Remove the background of `job.image` and apply `job.effect`; typed handle API."""
         started = time.perf_counter()
         model_id = job.options.model or self.default_model
-        handle = self._handle(model_id)
+        self._handle(model_id)  # an unknown or missing model fails before any decoding
         self._check_upload_size(len(job.image))
         image = await asyncio.to_thread(decode_image, job.image, self.settings.regular_max_pixels)
         t_decoded = time.perf_counter()
-        try:
-            mask = await handle.predict.remote(image.rgb)
-        except BackPressureError:  # the pool's max_queued_requests: shed, do not pile up
-            raise ServiceUnavailable(f"Model '{model_id}' is busy; retry shortly.",
-                                     {"retry_after_s": 1}) from None
-        except (RayActorError, ActorUnavailableError):  # its replica's node went away
-            raise ServiceUnavailable(f"Model '{model_id}' replica was lost; retry shortly.",
-                                     {"retry_after_s": 2}) from None
-        prompt = job.options.prompt()
-        if prompt:
-            mask = await self.prompted_mask(image.rgb, prompt, mask, job.options.prompt_mode)
+        mask = await self.mask_for(image, job.options)
         t_masked = time.perf_counter()
         png = await self.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
         done = time.perf_counter()
@@ -103,6 +93,23 @@ class ImageApiV1:
                 "total": round((done - started) * 1e3, 2),
             },
         )
+
+    async def mask_for(self, image: DecodedImage, options: MatteOptions) -> np.ndarray:
+        """The options' model's mask of `image`, corrected by their clicks and box if any."""
+        model_id = options.model or self.default_model
+        handle = self._handle(model_id)
+        try:
+            mask = await handle.predict.remote(image.rgb)
+        except BackPressureError:  # the pool's max_queued_requests: shed, do not pile up
+            raise ServiceUnavailable(f"Model '{model_id}' is busy; retry shortly.",
+                                     {"retry_after_s": 1}) from None
+        except (RayActorError, ActorUnavailableError):  # its replica's node went away
+            raise ServiceUnavailable(f"Model '{model_id}' replica was lost; retry shortly.",
+                                     {"retry_after_s": 2}) from None
+        prompt = options.prompt()
+        if prompt:
+            mask = await self.prompted_mask(image.rgb, prompt, mask, options.prompt_mode)
+        return mask
 
     async def prompted_mask(self, rgb: np.ndarray, prompt, base: np.ndarray | None,
                             mode: str) -> np.ndarray:

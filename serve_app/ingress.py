@@ -26,6 +26,7 @@ from serve_app.app import VERSION, app
 from serve_app.config import IngressSetup
 from serve_app.artifacts import artifact_store
 from serve_app.billing import Billing
+from serve_app.backgrounds_api import BackgroundsApi
 from serve_app.image_api import ImageApiV1
 from serve_app.jobs import JobStore
 from serve_app.jobs_api import JobsApi
@@ -78,7 +79,7 @@ class CpuSlots:
 
 
 @serve.ingress(app)
-class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi, Billing):
+class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing):
     def __init__(
         self,
         models: dict[str, DeploymentHandle],
@@ -87,9 +88,11 @@ class Ingress(ImageApiV1, ShotgunApi, JobsApi, VideoApi, Billing):
         setup: dict[str, Any],
         worker: DeploymentHandle | None = None,
         prompter: DeploymentHandle | None = None,
+        generator: DeploymentHandle | None = None,
     ) -> None:
         self.handles = models
         self.prompter = prompter  # the click/box prompt model, when its weights are installed
+        self.generator = generator  # /image/generate/v1, when a pipeline is configured
         self.catalog = {m["id"]: m for m in catalog}
         self.prices = {m["id"]: Price.model_validate(m.get("price") or {}) for m in catalog}
         self.missing = missing

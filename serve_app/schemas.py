@@ -403,3 +403,35 @@ class Usage(BaseModel):
     balance: float
     total_credits: float = Field(description="everything charged so far")
     operations: list[UsageItem]
+
+
+# ---- Backdrops and AI backgrounds --------------------------------------------------------------
+class BackdropOptions(_ColourFields):
+    """`/image/backdrop/v1`: the subject placed into a procedural studio scene or an uploaded
+    one (not generative)."""
+
+    scene: Literal["sweep", "gradient", "bokeh"] = Field(
+        "sweep", description="sweep: a lit paper sweep; gradient: top to bottom; bokeh: soft "
+        "out-of-focus lights. Ignored when a scene_image is uploaded.")
+    scene_color: str = Field("#d8d4cc", description="The scene's colour (gradient: its top).")
+    scene_color_end: str = Field("#8a8f99", description="gradient: the bottom colour.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="bokeh: which arrangement of lights.")
+    shadow_opacity: float = Field(0.5, ge=0, le=1, description="Contact shadow under the subject.")
+    light_wrap: float = Field(0.3, ge=0, le=1, description="Scene light over the subject's edge.")
+    color_match: float = Field(0.0, ge=0, le=1, description=(
+        "Move the subject's colours towards the scene's (0: its pixels are kept exactly)."))
+
+
+class GenerateForm(BaseModel):
+    """`/image/generate/v1`: the transparent area of a cut-out painted from a prompt."""
+
+    prompt: str = Field("a professional product photo on a clean studio background, soft light",
+                        min_length=1, max_length=1000)
+    negative_prompt: str = Field("", max_length=1000)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Same seed, same image.")
+    steps: int = Field(25, ge=1, le=100)
+    guidance_scale: float = Field(7.5, ge=0, le=30)
+    width: int | None = Field(None, ge=64, le=4096, description="Output width (default: input).")
+    height: int | None = Field(None, ge=64, le=4096)
+    shadow_opacity: float = Field(0.5, ge=0, le=1)
+    light_wrap: float = Field(0.3, ge=0, le=1)

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     price_image: float = Field(1.0, ge=0)  # /image/*/v1, /upscale, an HD or /v1/jobs image
     price_shotgun_model: float = Field(1.0, ge=0)  # per model row in /remove-background, /process
     price_video_second: float = Field(1.0, ge=0)  # per processed second of video
+    price_backdrop: float = Field(1.0, ge=0)  # /image/backdrop/v1
+    price_generate: float = Field(10.0, ge=0)  # /image/generate/v1 (a diffusion run)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -145,6 +145,51 @@ def make_tiny_clipseg(folder: Path) -> Path | None:
     return folder
 
 
+def make_tiny_inpainter(folder: Path) -> Path | None:
+    """A random-weight Stable Diffusion inpainting pipeline (two-block UNet with 9 input
+    channels, two-block VAE, two-layer CLIP text encoder, letters-only tokenizer), saved with
+    save_pretrained like a real one; None without diffusers."""
+    try:
+        import torch
+        from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline,
+                               UNet2DConditionModel)
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    except ImportError:
+        return None
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in map(chr, range(ord("a"), ord("z") + 1)):
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "v.json").write_text(json.dumps(vocab))
+    (folder / "m.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    pipe = StableDiffusionInpaintPipeline(
+        unet=UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=9,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+            attention_head_dim=(2, 4), norm_num_groups=8),
+        vae=AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                          down_block_types=["DownEncoderBlock2D"] * 2,
+                          up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4,
+                          norm_num_groups=8, sample_size=32),
+        text_encoder=CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+            pad_token_id=1)),
+        tokenizer=CLIPTokenizer(str(folder / "v.json"), str(folder / "m.txt"),
+                                model_max_length=77),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012,
+                                beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("models")

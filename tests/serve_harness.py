@@ -13,7 +13,8 @@ import threading
 import httpx
 import pytest
 
-from conftest import SHARED_MODELS, make_tiny_clipseg, mobilesam_dir, tiny_catalog
+from conftest import (SHARED_MODELS, make_tiny_clipseg, make_tiny_inpainter, mobilesam_dir,
+                      tiny_catalog)
 
 APP = "bgremove"
 UPLOAD_LIMIT = 2 * 1024 * 1024
@@ -72,6 +73,7 @@ def base_url(tmp_path_factory, tiny_model):
     if HAVE_SHARED:
         env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
     clipseg = make_tiny_clipseg(tmp / "clipseg")  # random weights: wiring, not quality
+    inpainter = make_tiny_inpainter(tmp / "inpainter")
     sam = mobilesam_dir()  # the real click/box prompt model, when it can be had
     if sam is not None:
         for name in ("mobilesam_encoder.onnx", "mobilesam_decoder.onnx"):
@@ -114,6 +116,8 @@ def base_url(tmp_path_factory, tiny_model):
         "prompt": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 2},
         "text_prompt": {"model_dir": str(clipseg) if clipseg else None, "threads": 1,
                         "threshold": TEXT_THRESHOLD, "ray_actor_options": {"num_cpus": 0.25}},
+        "generate": {"model_dir": str(inpainter) if inpainter else None,
+                     "ray_actor_options": {"num_cpus": 0.25}},
     })
     _run_with_deadline(lambda: serve.run(app, name=APP, route_prefix="/",
                                          logging_config={"encoding": "JSON"}), 240)
