@@ -1,7 +1,9 @@
 # The service's image, CPU or GPU:
 #   docker build -t bgremove-cpu .
 #   docker build -t bgremove-gpu --build-arg VARIANT=gpu \
-#     --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 .
+#     --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 --build-arg EXTRAS=,ai .
+# EXTRAS=,ai adds torch/transformers/diffusers for text prompts and /image/generate/v1
+# (CPU image: EXTRAS=,ai,ai-cpu keeps torch to its CPU wheel).
 # It runs as an unprivileged user (uid 1000, as the k8s manifests expect), has no model weights
 # (they live on a volume filled by `bgremove models pull`), and has paid rembg's first import
 # (~45 s of numba compilation) at build time, so no replica pays it at start.
@@ -9,6 +11,7 @@ ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
 ARG VARIANT=cpu
+ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/bgremove PATH=/opt/bgremove/bin:$PATH \
     NUMBA_CACHE_DIR=/opt/bgremove/numba-cache NUMBA_CPU_NAME=generic \
@@ -31,7 +34,7 @@ COPY pipelines ./pipelines
 COPY deployments ./deployments
 COPY serve_app ./serve_app
 COPY configs ./configs
-RUN pip install -e ".[${VARIANT},postgres]" \
+RUN pip install -e ".[${VARIANT},postgres${EXTRAS}]" \
     && python -c "import rembg, serve_app.ingress" \
     && ln -s $VIRTUAL_ENV/bin/ray $VIRTUAL_ENV/bin/serve $VIRTUAL_ENV/bin/bgremove /usr/local/bin/ \
     && chown -R ray:ray $NUMBA_CACHE_DIR \

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,9 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 PNG = png_bytes(disk_image(40, 30))
+# A cut-out: transparent where the disk image is dark (what /image/generate/v1 wants).
+RGBA = png_bytes(np.dstack([disk_image(40, 30), (disk_image(40, 30)[..., 0] > 128) * 255]
+                           ).astype(np.uint8))
 
 nasty_text = st.one_of(
     st.text(max_size=40),
@@ -36,9 +40,11 @@ json_values = st.recursive(json_scalars, lambda inner: st.one_of(
 @st.composite
 def image_bytes(draw) -> bytes:
     """Random bytes, or a real PNG truncated or with bytes flipped (decoders' worst inputs)."""
-    kind = draw(st.sampled_from(["random", "truncated", "flipped", "valid"]))
+    kind = draw(st.sampled_from(["random", "truncated", "flipped", "valid", "cutout"]))
     if kind == "random":
         return draw(st.binary(max_size=3000))
+    if kind == "cutout":
+        return RGBA
     data = bytearray(PNG)
     if kind == "truncated":
         return bytes(data[:draw(st.integers(0, len(data) - 1))])
@@ -61,7 +67,11 @@ def assert_answered(resp) -> None:
 
 EFFECT_FIELDS = ["model", "blur_strength", "bg_color", "gradient_start", "gradient_end",
                  "gradient_angle", "shadow_offset_x", "shadow_offset_y", "shadow_blur",
-                 "shadow_opacity", "shadow_color", "surprise"]
+                 "shadow_opacity", "shadow_color", "surprise", "points", "background_points",
+                 "box", "prompt_mode"]
+BACKGROUND_FIELDS = ["scene", "scene_color", "scene_color_end", "seed", "shadow_opacity",
+                     "light_wrap", "color_match", "prompt", "negative_prompt", "steps",
+                     "guidance_scale", "width", "height", "points", "box"]
 
 
 @FUZZ
@@ -74,6 +84,17 @@ EFFECT_FIELDS = ["model", "blur_strength", "bg_color", "gradient_start", "gradie
 def test_image_api(client, effect, data, form, filename, content_type):
     resp = client.post(f"/image/{effect}/v1", data=form,
                        files={"image": (filename or "x", io.BytesIO(data), content_type)})
+    assert_answered(resp)
+
+
+@FUZZ
+@given(path=st.sampled_from(["/image/backdrop/v1", "/image/generate/v1"]), data=image_bytes(),
+       form=st.dictionaries(st.sampled_from(BACKGROUND_FIELDS),
+                            st.one_of(nasty_text, numbers.map(str)), max_size=4))
+def test_background_apis(client, path, data, form):
+    if path.endswith("generate/v1"):
+        form = {**form, "steps": "1"}  # a diffusion step is enough to prove the wiring
+    resp = client.post(path, data=form, files={"image": ("x.png", io.BytesIO(data), "image/png")})
     assert_answered(resp)
 
 

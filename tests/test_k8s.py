@@ -102,8 +102,8 @@ def test_dockerfile_builds_both_variants_as_a_non_root_user():
     text = (REPO / "Dockerfile").read_text()
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    assert {"cpu", "gpu", "postgres"} <= set(extras)
-    assert 'pip install -e ".[${VARIANT},postgres]"' in text and "ARG VARIANT=cpu" in text
+    assert {"cpu", "gpu", "postgres", "ai", "ai-cpu"} <= set(extras)
+    assert 'pip install -e ".[${VARIANT},postgres${EXTRAS}]"' in text and "ARG VARIANT=cpu" in text
     assert 'python -c "import rembg' in text  # numba compiled at build time, not per replica
     assert "USER 1000" in text and "--uid 1000" in text
     assert "/usr/local/bin/" in text  # ray/serve on PATH for KubeRay's `bash -lc` starts
