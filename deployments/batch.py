@@ -50,6 +50,7 @@ class CutoutWorker:
 
     def __call__(self, items: dict) -> dict:
         rows = batch.process_batch([str(p) for p in items["input"]],
+                                   [str(p) for p in items["output"]],
                                    segment_batch=self.segmenter.predict_batch, **self._kwargs)
         return {name: [getattr(r, name) for r in rows] for name in batch.Row.__dataclass_fields__}
 
@@ -89,10 +90,13 @@ def run_batch(in_url: str, out_url: str, *, model: str, catalog_path: str,
                                f"{', '.join(search_dirs)}; run `bgremove models pull {model}`")
     if bg_color:
         Background(type="color", color=bg_color)  # a bad colour fails here, not in every actor
-    _, _, inputs = batch.list_images(in_url)
+    in_fs, in_root, inputs = batch.list_images(in_url)
+    in_url = in_fs.unstrip_protocol(in_root)  # the folder (when `in_url` named one image)
     out_fs, out_root = url_to_fs(out_url)
-    todo = batch.pending(inputs, batch.read_manifest(out_fs, out_root), out_fs, out_root,
-                         model=model, output_format=output_format)
+    batch.check_folders(in_fs, in_root, out_fs, out_root)
+    outputs = batch.output_names(inputs, output_format)
+    todo = batch.pending(outputs, batch.read_manifest(out_fs, out_root), out_fs, out_root,
+                         model=model)
     counts = {"ok": 0, "failed": 0}
     ray_start_s = 0.0
     if todo:
@@ -104,7 +108,7 @@ def run_batch(in_url: str, out_url: str, *, model: str, catalog_path: str,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the CLI shows its own, per image
         ctx.print_on_execution_start = False
-        items = ray.data.from_items([{"input": rel} for rel in todo],
+        items = ray.data.from_items([{"input": rel, "output": outputs[rel]} for rel in todo],
                                     override_num_blocks=max(1, -(-len(todo) // batch_size)))
         rows = items.map_batches(
             CutoutWorker, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),

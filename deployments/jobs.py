@@ -196,8 +196,11 @@ class JobWorker:
         def segment(rgb: np.ndarray) -> np.ndarray:
             ref = ray.put(rgb)
             mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
-            if params.get("text_prompt"):
-                mask, report["text_prompt"] = self._text_select(ref, params["text_prompt"], mask)
+            terms = params.get("text_prompt")
+            if isinstance(terms, str):  # stored as given by versions before text prompts ran
+                terms = [t.strip() for t in terms.split(",") if t.strip()]
+            if terms:
+                mask, report["text_prompt"] = self._text_select(ref, terms, mask)
             if params.get("prompt"):
                 mask = self._prompted(ref, JobPrompt.model_validate(params["prompt"]), mask)
             return mask

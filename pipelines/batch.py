@@ -36,6 +36,7 @@ from pipelines.render import decode_job_image, render_cutout
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 MANIFEST = "manifest.jsonl"
+MANIFEST_PARTS = "manifest.jsonl.d"  # object stores cannot append: one part per flush
 
 
 @dataclass
@@ -66,57 +67,81 @@ def list_images(url: str) -> tuple[fsspec.AbstractFileSystem, str, list[str]]:
                             and not any(part.startswith(".") for part in p.split("/")))
 
 
-def output_name(rel_input: str, output_format: str) -> str:
-    return posixpath.splitext(rel_input)[0] + "." + output_format
+def output_names(inputs: Iterable[str], output_format: str) -> dict[str, str]:
+    """Input -> output path: `a/b.jpg` -> `a/b.png`; inputs that would share a name
+    (`b.jpg` and `b.png`) keep their whole name instead (`b.jpg.png`, `b.png.png`)."""
+    inputs = list(inputs)
+    plain = {rel: posixpath.splitext(rel)[0] + "." + output_format for rel in inputs}
+    seen: dict[str, int] = {}
+    for name in plain.values():
+        seen[name] = seen.get(name, 0) + 1
+    return {rel: name if seen[name] == 1 else f"{rel}.{output_format}"
+            for rel, name in plain.items()}
+
+
+def check_folders(in_fs: fsspec.AbstractFileSystem, in_root: str,
+                  out_fs: fsspec.AbstractFileSystem, out_root: str) -> None:
+    """The output may not be the input folder or inside it: a resume would read the cut-outs
+    as new inputs, and the same folder would overwrite its own images."""
+    if _protocols(in_fs) & _protocols(out_fs):
+        a, b = in_root.rstrip("/") + "/", out_root.rstrip("/") + "/"
+        if b.startswith(a):
+            raise ValueError(f"the output folder {out_root} is the input folder or inside it; "
+                             "choose a folder outside the input")
 
 
 def read_manifest(fs: fsspec.AbstractFileSystem, out_root: str) -> dict[str, dict]:
-    """The last row per input; a line cut short by an interruption is ignored."""
-    path = posixpath.join(out_root, MANIFEST)
+    """The last row per input (`manifest.jsonl`, then the parts an object store got, in
+    order); a line cut short by an interruption is ignored."""
+    paths = [posixpath.join(out_root, MANIFEST)]
+    parts = posixpath.join(out_root, MANIFEST_PARTS)
+    if fs.isdir(parts):
+        paths += sorted(fs.find(parts))
     rows: dict[str, dict] = {}
-    if not fs.exists(path):
-        return rows
-    with fs.open(path, "rt") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                rows[row["input"]] = row
-            except (ValueError, KeyError, TypeError):
-                continue
+    for path in paths:
+        if not fs.exists(path):
+            continue
+        with fs.open(path, "rt") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    rows[row["input"]] = row
+                except (ValueError, KeyError, TypeError):
+                    continue
     return rows
 
 
-def pending(inputs: Iterable[str], done: dict[str, dict], out_fs: fsspec.AbstractFileSystem,
-            out_root: str, *, model: str, output_format: str) -> list[str]:
-    """Inputs still to do: no `ok` row for this model and format, or its output file is gone.
-    (The output folder is listed once, not probed per file: cheap on object stores too.)"""
+def pending(outputs: dict[str, str], done: dict[str, dict],
+            out_fs: fsspec.AbstractFileSystem, out_root: str, *, model: str) -> list[str]:
+    """Inputs still to do: no `ok` row for this model and output name (so format), or its
+    output file is gone. (The output folder is listed once, not probed per file.)"""
     present = {posixpath.relpath(p, out_root) for p in out_fs.find(out_root)} \
         if out_fs.isdir(out_root) else set()
     todo = []
-    for rel in inputs:
+    for rel, out in outputs.items():
         row = done.get(rel) or {}
         if not (row.get("status") == "ok" and row.get("model") == model
-                and row.get("output") == output_name(rel, output_format)
-                and row["output"] in present):
+                and row.get("output") == out and out in present):
             todo.append(rel)
     return todo
 
 
 class ManifestWriter:
     """Appends rows to `manifest.jsonl`, flushed per batch so that a kill loses at most the
-    rows of batches in flight (their inputs are simply done again)."""
+    rows of batches in flight (their inputs are simply done again). On an object store, which
+    cannot append, rows are buffered and written as a new part under `manifest.jsonl.d/`
+    every `flush_s` seconds (and at the end)."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, out_root: str) -> None:
+    def __init__(self, fs: fsspec.AbstractFileSystem, out_root: str,
+                 flush_s: float = 30.0) -> None:
         fs.makedirs(out_root, exist_ok=True)
         path = posixpath.join(out_root, MANIFEST)
-        # Object stores cannot append: there the manifest is rewritten from memory per batch.
         self._append = "file" in _protocols(fs)
-        self._fs, self._path = fs, path
+        self._fs, self._root, self._flush_s = fs, out_root, flush_s
         self._lines: list[str] = []
-        if not self._append and fs.exists(path):
-            self._lines = fs.cat_file(path).decode().splitlines(keepends=True)
-            if self._lines and not self._lines[-1].endswith("\n"):
-                self._lines[-1] += "\n"
+        self._last = time.monotonic()
+        self._run = f"{time.time_ns():020d}"  # parts sort in the order they were written
+        self._part = 0
         cut_short = self._append and fs.exists(path) and fs.size(path) > 0 and \
             fs.cat_file(path, start=fs.size(path) - 1) != b"\n"
         self._file = fs.open(path, "ab") if self._append else None
@@ -128,13 +153,24 @@ class ManifestWriter:
         if self._file is not None:
             self._file.write(text.encode())
             self._file.flush()
-        else:
-            self._lines.append(text)
-            self._fs.pipe_file(self._path, "".join(self._lines).encode())
+            return
+        self._lines.append(text)
+        if time.monotonic() - self._last >= self._flush_s:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        if self._lines:
+            name = f"{self._run}-{self._part:06d}.jsonl"
+            self._fs.pipe_file(posixpath.join(self._root, MANIFEST_PARTS, name),
+                               "".join(self._lines).encode())
+            self._lines, self._part = [], self._part + 1
+        self._last = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        else:
+            self._flush_part()
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
@@ -154,11 +190,13 @@ def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def process_batch(inputs: Sequence[str], *, in_url: str, out_url: str, model: str,
+def process_batch(inputs: Sequence[str], outputs: Sequence[str] | None = None, *,
+                  in_url: str, out_url: str, model: str,
                   segment_batch: Callable[[list[np.ndarray]], list[np.ndarray]],
                   max_pixels: int, output_format: str = "png",
                   background: Background | None = None) -> list[Row]:
-    """Cut out `inputs` (paths relative to `in_url`) and write them under `out_url`.
+    """Cut out `inputs` (paths relative to `in_url`) and write them under `out_url` as
+    `outputs` (relative paths; default `output_names(inputs, output_format)`).
 
     The masks of the batch's decodable images come from one `segment_batch` call (one model
     run on the whole batch); each image is then composed and encoded exactly like an async
@@ -166,6 +204,8 @@ def process_batch(inputs: Sequence[str], *, in_url: str, out_url: str, model: st
     """
     in_fs, in_root = url_to_fs(in_url)
     out_fs, out_root = url_to_fs(out_url)
+    names = dict(zip(inputs, outputs)) if outputs is not None else output_names(inputs,
+                                                                                output_format)
     started = time.perf_counter()
     rows: dict[str, Row] = {}
     images: dict[str, DecodedImage] = {}
@@ -195,7 +235,7 @@ def process_batch(inputs: Sequence[str], *, in_url: str, out_url: str, model: st
             data, _ = render_cutout(image, mask, output_format=output_format,
                                     background=background)
             del image
-            out_rel = output_name(rel, output_format)
+            out_rel = names[rel]
             _put(out_fs, posixpath.join(out_root, out_rel), data)
         except (ServiceError, OSError) as exc:
             error = exc.message if isinstance(exc, ServiceError) else f"cannot write: {exc}"

@@ -32,6 +32,7 @@ MASK_INPUT_SIZE = 256
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 MAX_POINTS = 32
+MAX_DECODE_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,13 @@ class Prompt:
     def __bool__(self) -> bool:
         return bool(self.foreground or self.background or self.box)
 
-    def check(self, width: int, height: int) -> None:
+    def check(self, width: float, height: float) -> None:
         points = [*self.foreground, *self.background]
         if len(points) > MAX_POINTS:
             raise InvalidParameter(f"At most {MAX_POINTS} points per prompt.")
         for x, y in points + ([self.box[:2], self.box[2:]] if self.box else []):
+            if not (np.isfinite(x) and np.isfinite(y)):
+                raise InvalidParameter("Prompt coordinates must be finite numbers.")
             if not (0 <= x <= width and 0 <= y <= height):
                 raise InvalidParameter(
                     f"Prompt point ({x:g}, {y:g}) is outside the {width}x{height} image.")
@@ -166,19 +169,28 @@ class PromptSegmenter:
         else:
             coords.append((0.0, 0.0))
             labels.append(-1.0)
+        # The decoder upsamples its 256x256 logits to `orig_im_size`: ask for at most
+        # MAX_DECODE_SIDE a side and enlarge the 8-bit mask ourselves (a 100 MP image would
+        # otherwise cost a 400 MB float map per call). Points stay in the 1024 frame, which
+        # depends only on the aspect ratio.
+        shrink = min(1.0, MAX_DECODE_SIDE / max(emb.width, emb.height))
+        dw, dh = max(1, round(emb.width * shrink)), max(1, round(emb.height * shrink))
         feeds = {
             "image_embeddings": emb.tensor,
             "point_coords": (np.asarray(coords, np.float32) * emb.scale)[None],
             "point_labels": np.asarray(labels, np.float32)[None],
             "mask_input": np.zeros((1, 1, MASK_INPUT_SIZE, MASK_INPUT_SIZE), np.float32),
             "has_mask_input": np.zeros(1, np.float32),
-            "orig_im_size": np.asarray([emb.height, emb.width], np.float32),
+            "orig_im_size": np.asarray([dh, dw], np.float32),
         }
         masks, scores = self.decoder.run(["masks", "iou_predictions"], feeds)[:2]
         best = int(np.argmax(scores[0])) if scores.size > 1 else 0
         logits = masks[0, best]
         # Soft edge over about one pixel of logit range, like a matte, not a hard threshold.
-        return (np.clip(logits * 0.5 + 0.5, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        mask = (np.clip(logits * 0.5 + 0.5, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        if (dw, dh) != (emb.width, emb.height):
+            mask = cv2.resize(mask, (emb.width, emb.height), interpolation=cv2.INTER_LINEAR)
+        return mask
 
     def segment(self, rgb: np.ndarray, prompt: Prompt, base: np.ndarray | None = None,
                 mode: str = "replace") -> np.ndarray:

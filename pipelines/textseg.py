@@ -17,6 +17,8 @@ import numpy as np
 
 from pipelines.errors import ModelFileMissing
 
+WORK_SIDE = 1024
+
 
 class TermMaps(Protocol):
     def heatmaps(self, rgb: np.ndarray, terms: list[str]) -> np.ndarray:
@@ -42,14 +44,21 @@ class ClipSegBackend:
     def heatmaps(self, rgb: np.ndarray, terms: list[str]) -> np.ndarray:
         from PIL import Image  # noqa: PLC0415
 
-        image = Image.fromarray(rgb)
+        h, w = working_size(rgb.shape[1], rgb.shape[0])
+        image = Image.fromarray(rgb).resize((w, h), Image.BILINEAR)
         inputs = self.processor(text=terms, images=[image] * len(terms), padding=True,
-                                return_tensors="pt").to(self.device)
+                                truncation=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
             logits = self.model(**inputs).logits
         probs = self.torch.sigmoid(logits).reshape(len(terms), *logits.shape[-2:]).cpu().numpy()
-        h, w = rgb.shape[:2]
         return np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
+
+
+def working_size(width: int, height: int) -> tuple[int, int]:
+    """(height, width) of the maps: the image's, at most WORK_SIDE on the long side (the maps
+    are coarse anyway; a 100 MP image must not cost 16 full-size float maps)."""
+    s = min(1.0, WORK_SIDE / max(width, height))
+    return max(1, round(height * s)), max(1, round(width * s))
 
 
 def select(maps: np.ndarray, terms: list[str], base: np.ndarray, *, threshold: float = 0.4,
@@ -59,7 +68,7 @@ def select(maps: np.ndarray, terms: list[str], base: np.ndarray, *, threshold: f
     A term matches when at least `min_area` of the image has probability >= `threshold`. The
     matched terms' regions are joined, widened by ~2 % of the image so that the cut-out's own
     edge (finer than CLIPSeg's 352x352 maps) decides the outline, and softened."""
-    h, w = base.shape
+    h, w = maps.shape[1:]  # the maps' size (may be smaller than the base mask's)
     matched = [t for t, m in zip(terms, maps) if (m >= threshold).mean() >= min_area]
     report = {"matched": matched, "unmatched": [t for t in terms if t not in matched]}
     if not matched:
@@ -71,4 +80,6 @@ def select(maps: np.ndarray, terms: list[str], base: np.ndarray, *, threshold: f
     r = max(1, round(0.02 * max(h, w)))
     region = cv2.dilate(region * 255, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
     region = cv2.GaussianBlur(region, (0, 0), r / 2)
+    if region.shape != base.shape:
+        region = cv2.resize(region, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
     return np.minimum(base, region), report

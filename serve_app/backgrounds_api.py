@@ -15,8 +15,8 @@ from fastapi.responses import Response
 from ray.serve.exceptions import BackPressureError
 
 from pipelines import effects, scene
-from pipelines.errors import InvalidImage, ModelUnavailable, ServiceUnavailable
-from pipelines.generate import GenerateOptions, transparent_enough
+from pipelines.errors import InvalidImage, InvalidParameter, ModelUnavailable, ServiceUnavailable
+from pipelines.generate import MAX_SIDE, GenerateOptions, transparent_enough
 from pipelines.images import DecodedImage, decode_image, encode_png
 from serve_app.app import app
 from serve_app.image_api import ERRORS, PNG
@@ -42,9 +42,14 @@ class BackgroundsApi:
         decoded = await self._read_image(image)
         backdrop = await self._read_image(scene_image) if scene_image is not None else None
         await self.require_credits(request, self.settings.price_backdrop)
-        # A cut-out keeps its own alpha; anything else is cut out by the model first.
-        alpha = (decoded.alpha if transparent_enough(decoded.alpha)
-                 else await self.mask_for(decoded, options))
+        # A cut-out keeps its own alpha (clicks and a box still correct it); anything else is
+        # cut out by the model first.
+        if transparent_enough(decoded.alpha):
+            alpha, prompt = decoded.alpha, options.prompt()
+            if prompt:
+                alpha = await self.prompted_mask(decoded.rgb, prompt, alpha, options.prompt_mode)
+        else:
+            alpha = await self.mask_for(decoded, options)
         w, h = decoded.size
 
         def render() -> bytes:
@@ -74,8 +79,13 @@ class BackgroundsApi:
         decoded = await self._read_image(image)
         if not transparent_enough(decoded.alpha):
             raise InvalidImage(NOT_TRANSPARENT)
-        await self.require_credits(request, self.settings.price_generate)
         options = GenerateOptions(**form.model_dump())
+        w, h = options.output_size(*decoded.size)
+        if w * h > self.settings.regular_max_pixels or max(w, h) > MAX_SIDE:
+            raise InvalidParameter(f"Output size {w}x{h} is larger than this endpoint makes "
+                                   f"({self.settings.regular_max_pixels:,} pixels, at most "
+                                   f"{MAX_SIDE} a side).")
+        await self.require_credits(request, self.settings.price_generate)
         try:
             out: np.ndarray = await self.generator.generate.remote(decoded.rgb, decoded.alpha,
                                                                    options)

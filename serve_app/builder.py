@@ -10,6 +10,7 @@ are not on disk are not deployed; they are reported at start-up and by /health.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,8 @@ def _generator(config: AppConfig, placement: dict) -> tuple[Application | None, 
         return None, ("not configured (set generate.model_dir in the Serve config to a "
                       "diffusers inpainting pipeline folder; docs/prompts-and-generation.md)")
     folder = Path(options.model_dir).expanduser()
+    if importlib.util.find_spec("diffusers") is None:
+        return None, "not installed (the `ai` extra: torch, diffusers)"
     if not (folder / "model_index.json").is_file():
         log.warning("generate.model_dir %s has no model_index.json; generation off", folder)
         return None, f"not installed ({folder} has no model_index.json)"
@@ -197,6 +200,8 @@ def _text_model(config: AppConfig, placement: dict) -> tuple[Application | None,
         return None, ("not configured (set text_prompt.model_dir in the Serve config to a "
                       "CLIPSeg checkpoint folder; docs/prompts-and-generation.md)")
     folder = Path(options.model_dir).expanduser()
+    if importlib.util.find_spec("transformers") is None:
+        return None, "not installed (the `ai` extra: torch, transformers)"
     if not (folder / "config.json").is_file():
         log.warning("text_prompt.model_dir %s has no config.json; text prompts off", folder)
         return None, f"not installed ({folder} has no config.json)"

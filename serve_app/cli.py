@@ -325,7 +325,7 @@ def _batch(args: argparse.Namespace) -> int:
             threads_per_worker=args.threads_per_worker, gpus_per_worker=args.gpus_per_worker,
             batch_size=args.batch_size, output_format=args.format, bg_color=args.bg_color,
             address=args.address, on_row=lambda row: bar.update())
-    except (ServiceError, FileNotFoundError) as exc:
+    except (ServiceError, FileNotFoundError, ValueError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     finally:

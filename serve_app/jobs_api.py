@@ -340,6 +340,9 @@ class JobsApi:
                                  "'person, handbag'.", {"field": "text_prompt"})
         if len(terms) > 16:
             raise InvalidRequest("text_prompt: at most 16 terms.", {"field": "text_prompt"})
+        if any(len(t) > 100 for t in terms):
+            raise InvalidRequest("text_prompt: each term at most 100 characters.",
+                                 {"field": "text_prompt"})
         if kind != "image":
             raise InvalidRequest("text_prompt is for image jobs in this version.",
                                  {"field": "text_prompt"})

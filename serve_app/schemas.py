@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
-from pipelines.sam import Prompt, parse_box, parse_points
+from pipelines.sam import MAX_POINTS, Prompt, parse_box, parse_points
 
 _MODEL_DOC = "Model id from the catalog (GET /models). Default: the app's default model."
 
@@ -317,13 +317,22 @@ class HdProcessing(BaseModel):
 class JobPrompt(BaseModel):
     """Clicks and a box for an image job (the prompt model), in input image pixels."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    points: list[tuple[float, float]] = Field(default_factory=list, max_length=32,
+    points: list[tuple[float, float]] = Field(default_factory=list, max_length=MAX_POINTS,
                                               description="Foreground clicks [[x, y], ...].")
-    background_points: list[tuple[float, float]] = Field(default_factory=list, max_length=32)
+    background_points: list[tuple[float, float]] = Field(default_factory=list,
+                                                         max_length=MAX_POINTS)
     box: tuple[float, float, float, float] | None = Field(None, description="[x0, y0, x1, y1]")
     mode: Literal["refine", "replace"] = "refine"
+
+    @model_validator(mode="after")
+    def _check(self) -> JobPrompt:
+        # Everything but the image's bounds (checked once the image is read).
+        self.prompt().check(float("inf"), float("inf"))
+        if self.mode == "replace" and not self.points and self.box is None:
+            raise InvalidParameter("prompt.mode 'replace' needs a foreground point or a box.")
+        return self
 
     def prompt(self) -> Prompt:
         return Prompt(tuple(self.points), tuple(self.background_points), self.box)

@@ -110,6 +110,22 @@ def mobilesam() -> Path:
     return folder
 
 
+def _letters_tokenizer(folder: Path, tokenizer_class):
+    """A CLIP BPE tokenizer whose vocabulary is the letters (no merges): enough to feed tiny
+    text encoders real token ids, built offline."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in map(chr, range(ord("a"), ord("z") + 1)):
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "letters-vocab.json").write_text(json.dumps(vocab))
+    (folder / "letters-merges.txt").write_text("#version: 0.2\n")
+    return tokenizer_class(str(folder / "letters-vocab.json"),
+                           str(folder / "letters-merges.txt"), model_max_length=77)
+
+
 def make_tiny_clipseg(folder: Path) -> Path | None:
     """A random-weight CLIPSeg checkpoint (two layers, 64x64) with a letters-only CLIP
     tokenizer, saved like a real one (save_pretrained); None without transformers."""
@@ -119,16 +135,8 @@ def make_tiny_clipseg(folder: Path) -> Path | None:
                                   CLIPSegProcessor, CLIPTokenizer, ViTImageProcessor)
     except ImportError:
         return None
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in map(chr, range(ord("a"), ord("z") + 1)):
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer = _letters_tokenizer(folder, CLIPTokenizer)
+    vocab = tokenizer.get_vocab()
     layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
               "num_attention_heads": 4}
     config = CLIPSegConfig(
@@ -156,15 +164,8 @@ def make_tiny_inpainter(folder: Path) -> Path | None:
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     except ImportError:
         return None
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in map(chr, range(ord("a"), ord("z") + 1)):
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (folder / "v.json").write_text(json.dumps(vocab))
-    (folder / "m.txt").write_text("#version: 0.2\n")
+    tokenizer = _letters_tokenizer(folder, CLIPTokenizer)
+    vocab = tokenizer.get_vocab()
     torch.manual_seed(0)
     pipe = StableDiffusionInpaintPipeline(
         unet=UNet2DConditionModel(
@@ -180,11 +181,10 @@ def make_tiny_inpainter(folder: Path) -> Path | None:
             vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
             pad_token_id=1)),
-        tokenizer=CLIPTokenizer(str(folder / "v.json"), str(folder / "m.txt"),
-                                model_max_length=77),
+        tokenizer=tokenizer,
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear", clip_sample=False,
-                                set_alpha_to_one=False),
+                                set_alpha_to_one=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder

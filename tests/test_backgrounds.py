@@ -141,6 +141,9 @@ def test_generate_endpoint(client):
     bad = client.post("/image/generate/v1", files={"image": ("a.png", _rgba_png(rgb, alpha))},
                       data={"steps": "0"})
     assert bad.status_code == 422 and "message" in bad.json()
+    huge = client.post("/image/generate/v1", files={"image": ("a.png", _rgba_png(rgb, alpha))},
+                       data={"width": "4096", "height": "4096"})  # 16.7 MP from a thumbnail
+    assert huge.status_code == 422 and "Output size 4096x4096" in huge.json()["message"]
 
 
 @pytest.mark.serve
@@ -165,3 +168,15 @@ def test_backdrop_endpoint(client):
     r = client.post("/image/backdrop/v1", files={"image": ("a.png", png_bytes(disk_image()))},
                     data={"scene": "moon"})
     assert r.status_code == 422
+    # Clicks correct a cut-out's own alpha too (never silently ignored).
+    features = client.get("/health").json()["features"]
+    r = client.post("/image/backdrop/v1", files={"image": ("a.png", _rgba_png(rgb, alpha))},
+                    data={"background_points": "48,32", "scene": "gradient",
+                          "scene_color": "#00ff00", "scene_color_end": "#00ff00",
+                          "shadow_opacity": "0", "light_wrap": "0"})
+    if features["prompts"] != "available":
+        assert r.status_code == 503 and "mobilesam" in r.json()["message"]
+    else:
+        assert r.status_code == 200, r.text
+        out = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert tuple(out[32, 48]) == pytest.approx((0, 255, 0), abs=3)  # the subject is gone

@@ -20,7 +20,9 @@ from conftest import REPO, disk_image, tiny_catalog
 from pipelines.batch import (
     MANIFEST,
     ManifestWriter,
+    check_folders,
     list_images,
+    output_names,
     pending,
     process_batch,
     read_manifest,
@@ -120,16 +122,49 @@ def test_manifest_survives_a_cut_line_and_resume_picks_what_is_left(tmp_path):
     rows = read_manifest(fs, out)
     assert sorted(rows) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
     inputs = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
-    assert pending(inputs, rows, fs, out, model="m", output_format="png") == [
-        "c.jpg", "d.jpg", "e.jpg"]
+    png, webp = output_names(inputs, "png"), output_names(inputs, "webp")
+    assert pending(png, rows, fs, out, model="m") == ["c.jpg", "d.jpg", "e.jpg"]
     # Another model or format is not "done" by these rows.
-    assert pending(inputs, rows, fs, out, model="other", output_format="png") == inputs
-    assert pending(inputs, rows, fs, out, model="m", output_format="webp") == inputs
+    assert pending(png, rows, fs, out, model="other") == inputs
+    assert pending(webp, rows, fs, out, model="m") == inputs
     # Appending after the cut line starts a new line: the next rows parse.
     writer = ManifestWriter(fs, out)
     writer.write([{"input": "e.jpg", "output": "e.png", "model": "m", "status": "ok"}])
     writer.close()
     assert read_manifest(fs, out)["e.jpg"]["status"] == "ok"
+
+
+def test_output_names_never_collide_and_output_stays_out_of_the_input():
+    names = output_names(["a.jpg", "a.png", "sub/b.jpg", "c.webp"], "png")
+    assert names == {"a.jpg": "a.jpg.png", "a.png": "a.png.png", "sub/b.jpg": "sub/b.png",
+                     "c.webp": "c.png"}
+    assert len(set(names.values())) == 4
+    fs = LocalFileSystem()
+    check_folders(fs, "/data/in", fs, "/data/out")
+    check_folders(fs, "/data/in", fs, "/data/in-cutouts")  # a sibling whose name starts alike
+    for out in ("/data/in", "/data/in/cutouts", "/data/in/"):
+        with pytest.raises(ValueError, match="inside"):
+            check_folders(fs, "/data/in", fs, out)
+
+
+def test_manifest_on_an_object_store_is_written_in_parts():
+    """fsspec's memory filesystem stands for S3/GCS here: no appends, so each flush is a new
+    part, and reading merges the parts in order."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/bgr-test-{os.getpid()}"
+    for status in ("failed", "ok"):  # two runs: the second one's row wins
+        writer = ManifestWriter(fs, root, flush_s=0)
+        writer.write([{"input": "a.jpg", "output": "a.png", "model": "m", "status": status}])
+        writer.write([{"input": f"{status}.jpg", "output": None, "model": "m",
+                       "status": status}])
+        writer.close()
+    parts = fs.find(f"{root}/manifest.jsonl.d")
+    assert len(parts) == 4 and not fs.exists(f"{root}/{MANIFEST}")
+    rows = read_manifest(fs, root)
+    assert rows["a.jpg"]["status"] == "ok" and set(rows) == {"a.jpg", "failed.jpg", "ok.jpg"}
+    fs.rm(root, recursive=True)
 
 
 # ---- `bgremove batch` on a real local Ray ----------------------------------------------------
@@ -206,6 +241,15 @@ def test_batch_command_with_ray_data_is_resumable_after_a_kill(tmp_path, batch_e
     bad = subprocess.run(_batch_cmd(src, out, "--model", "nope"), env=batch_env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr
+    inside = subprocess.run(_batch_cmd(src, src / "cutouts"), env=batch_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert inside.returncode == 2 and "inside" in inside.stderr
+
+    # One image as the input.
+    one = subprocess.run(_batch_cmd(src / names[0], tmp_path / "one"), env=batch_env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "1 images: 0 already done, 1 cut out, 0 failed" in one.stdout, one.stdout + one.stderr
+    assert (tmp_path / "one" / Path(names[0]).with_suffix(".png").name).is_file()
 
 
 

@@ -99,6 +99,18 @@ def test_click_and_box_find_a_synthetic_subject(sam):
         sam.segment(image, Prompt(background=((1, 1),)))
 
 
+def test_large_images_are_decoded_at_a_capped_size(sam, monkeypatch):
+    """The decoder works at most MAX_DECODE_SIDE a side; the mask is enlarged after, same cut."""
+    import pipelines.sam as sam_module
+
+    image = disk_image(640, 480)
+    full = sam.segment(image, Prompt(((320, 240),))) > 127
+    monkeypatch.setattr(sam_module, "MAX_DECODE_SIDE", 200)
+    small = sam.segment(image, Prompt(((320, 240),)))
+    assert small.shape == (480, 640)
+    assert _iou(small > 127, full) > 0.97
+
+
 def test_embedding_is_computed_once_per_image(sam):
     image = disk_image(300, 200)
     before = sam.cache_stats()

@@ -32,6 +32,16 @@ def test_select_keeps_what_matched_terms_cover():
     assert report["matched"] == [] and not none.any()
 
 
+def test_select_on_maps_smaller_than_the_mask():
+    """Large images are scored at a capped size; the region is enlarged to the mask's."""
+    base = np.full((400, 800), 255, np.uint8)
+    small = np.zeros((1, 100, 200), np.float32)
+    small[0, :, :50] = 0.9
+    mask, report = select(small, ["left"], base)
+    assert mask.shape == (400, 800) and report["matched"] == ["left"]
+    assert mask[200, 50] == 255 and mask[200, 700] == 0
+
+
 def test_clipseg_backend_from_a_local_folder(tmp_path):
     from pipelines.textseg import ClipSegBackend
 
@@ -116,6 +126,17 @@ def test_job_prompt_errors(client):
     assert_002(r, 400, "invalid_request")
     r = client.post(f"/v1/jobs/{created['job_id']}/start", json={"prompt": {"box": [1, 2]}})
     assert_002(r, 400, "invalid_request")
+    for prompt in ({"box": [9, 9, 1, 1]}, {"background_points": [[1, 1]], "mode": "replace"},
+                   {"points": [[1, 1]] * 20, "background_points": [[2, 2]] * 20},
+                   {"points": [[-1, 3]]}):
+        r = client.post(f"/v1/jobs/{created['job_id']}/start", json={"prompt": prompt})
+        assert_002(r, 400, "invalid_request")
+    r = client.post(f"/v1/jobs/{created['job_id']}/start", headers={"content-type":
+                    "application/json"}, content='{"prompt": {"points": [[NaN, 1]]}}')
+    assert_002(r, 400, "invalid_request")
+    r = client.post(f"/v1/jobs/{created['job_id']}/start", json={"text_prompt": "x" * 101})
+    assert_002(r, 400, "invalid_request")
+    assert client.get(f"/v1/jobs/{created['job_id']}").json()["status"] == "created"
 
 
 @pytest.mark.serve
