@@ -37,10 +37,15 @@ def serve_config(path: Path) -> dict:
 
 
 def models_to_pull(config: dict, field: str = "models") -> list[str]:
-    """The `models` (or `optional_models`) of every application, each once."""
+    """The `models` (or `optional_models`) of every application, each once; the click/box
+    prompt model (`mobilesam`) counts as optional wherever prompts are enabled."""
     ids: list[str] = []
     for app in config["applications"]:
-        ids += [m for m in (app.get("args") or {}).get(field, []) if m not in ids]
+        args = app.get("args") or {}
+        wanted = list(args.get(field, []))
+        if field == "optional_models" and (args.get("prompt") or {}).get("enabled", True):
+            wanted.append("mobilesam")
+        ids += [m for m in wanted if m not in ids]
     return ids
 
 
