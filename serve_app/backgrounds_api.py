@@ -73,9 +73,8 @@ class BackgroundsApi:
     async def generate_background(self, request: Request, image: Annotated[UploadFile, File()],
                                   form: Annotated[GenerateForm, Form()]):
         if self.generator is None:
-            raise ModelUnavailable(
-                "AI background generation is not available on this server: no generator is "
-                f"configured ({self.setup.features.get('generate')}).")
+            raise ModelUnavailable("AI background generation is not available on this "
+                                   f"server: the generator is {self.setup.features.get('generate')}.")
         decoded = await self._read_image(image)
         if not transparent_enough(decoded.alpha):
             raise InvalidImage(NOT_TRANSPARENT)
