@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from conftest import REPO
 from pipelines.catalog import Tier
 from serve_app.builder import AppConfig, PoolOptions, check_resources
 
@@ -83,3 +84,29 @@ def test_optional_models_share_the_uniqueness_check():
     assert config.optional_models == ["sinet-portrait"]
     with pytest.raises(ValidationError, match="duplicate"):
         AppConfig.model_validate({"models": ["u2netp"], "optional_models": ["u2netp"]})
+
+
+def test_local_config_fits_a_two_core_machine():
+    """`make run` on the smallest machine we support (2 cores): every replica local.yaml can
+    start, optional models and the prompt model included, books at most 2 logical CPUs.
+    Otherwise Serve waits forever for a replica it cannot place (the app stays DEPLOYING)."""
+    import yaml
+
+    from pipelines.catalog import load_catalog
+
+    app = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())["applications"][0]
+    config = AppConfig.model_validate(app["args"])
+    catalog = load_catalog()
+    booked = 0.0
+    for model_id in config.models + config.optional_models:
+        pool = config.pool_for(model_id, catalog.get(model_id).tier)
+        booked += pool.ray_actor_options.get("num_cpus", 1) * pool.min_replicas()
+    replicas = config.ingress.num_replicas if isinstance(config.ingress.num_replicas, int) else 1
+    booked += config.ingress.ray_actor_options.get("num_cpus", 1) * replicas
+    booked += config.jobs.ray_actor_options.get("num_cpus", 1) * config.jobs.num_replicas
+    if config.prompt.enabled:
+        booked += config.prompt.ray_actor_options.get("num_cpus", 1) * config.prompt.num_replicas
+    for extra in (config.text_prompt, config.generate):
+        if extra.model_dir:
+            booked += extra.ray_actor_options.get("num_cpus", 1) * extra.num_replicas
+    assert booked <= 2.0, f"local.yaml books {booked:g} CPUs"
