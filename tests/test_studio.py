@@ -103,6 +103,24 @@ def test_effect(studio, tmp_path, shots):
     assert "blur: done" in studio.find_element(By.ID, "notice").text
     studio.save_screenshot(str(shots / "studio-effect.png"))
 
+    # Shift+click on the result: a "remove" click, sent as background_points; the cut-out is
+    # redone with it (or, without the prompt model, the API's reason is shown).
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    result = studio.find_element(By.ID, "effect-result")
+    first = result.get_attribute("src")
+    (ActionChains(studio).key_down(Keys.SHIFT).move_to_element(result).click()
+     .key_up(Keys.SHIFT).perform())
+    assert studio.find_element(By.ID, "clicks").text == "0 keep, 1 remove"
+    wait(studio, lambda d: d.find_element(By.ID, "effect-result").get_attribute("src") != first
+         or d.find_element(By.ID, "error").is_displayed())
+    if studio.find_element(By.ID, "error").is_displayed():
+        assert "mobilesam" in studio.find_element(By.ID, "error").text
+    else:
+        assert "blur: done" in studio.find_element(By.ID, "notice").text
+    studio.find_element(By.ID, "clear-clicks").click()
+    assert studio.find_element(By.ID, "clicks").text == ""
+
 
 def test_video_progress_and_player(studio, tmp_path, shots):
     from selenium.webdriver.common.by import By

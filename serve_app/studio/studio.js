@@ -127,8 +127,16 @@ drop.addEventListener("drop", (e) => {
   if (e.dataTransfer.files[0]) runShotgun(e.dataTransfer.files[0]);
 });
 
-// ---- background effects (Image API v1) ---------------------------------------------------
-$("apply-effect").addEventListener("click", async () => {
+// ---- background effects (Image API v1), refined by clicks ----------------------------------
+const clicks = { keep: [], remove: [] };
+
+function showClicks() {
+  const n = clicks.keep.length + clicks.remove.length;
+  $("clicks").textContent = n ? `${clicks.keep.length} keep, ${clicks.remove.length} remove` : "";
+  $("clear-clicks").hidden = !n;
+}
+
+async function applyEffect() {
   const file = $("effect-file").files[0];
   if (!file) { fail("Pick an image first."); return; }
   const effect = $("effect").value;
@@ -137,11 +145,32 @@ $("apply-effect").addEventListener("click", async () => {
   const fields = { blur: ["blur_strength"], color: ["bg_color"], gradient: ["gradient_start", "gradient_end"],
                    shadow: ["shadow_opacity"] }[effect] || [];
   for (const name of fields) form.append(name, $(name).value);
+  const asText = (pts) => pts.map(([x, y]) => `${x},${y}`).join(";");
+  if (clicks.keep.length) form.append("points", asText(clicks.keep));
+  if (clicks.remove.length) form.append("background_points", asText(clicks.remove));
   try {
     const resp = await call(`/image/${effect}/v1`, { method: "POST", body: form });
     $("effect-result").src = URL.createObjectURL(await resp.blob());
     notify(`${effect}: done in ${resp.headers.get("X-Processing-Time-Ms") || "?"} ms.`);
   } catch (e) { fail(e.message); }
+}
+
+$("apply-effect").addEventListener("click", applyEffect);
+$("effect-file").addEventListener("change", () => {
+  clicks.keep = []; clicks.remove = []; showClicks();
+});
+$("clear-clicks").addEventListener("click", () => {
+  clicks.keep = []; clicks.remove = []; showClicks(); applyEffect();
+});
+$("effect-result").addEventListener("click", (e) => {
+  const img = e.currentTarget;
+  if (!img.naturalWidth) return;
+  // From the displayed size to the image's own pixels (what the API's points are in).
+  const x = Math.round(e.offsetX * img.naturalWidth / img.clientWidth);
+  const y = Math.round(e.offsetY * img.naturalHeight / img.clientHeight);
+  (e.shiftKey ? clicks.remove : clicks.keep).push([x, y]);
+  showClicks();
+  applyEffect();
 });
 
 // ---- video: submit, live progress, play the result -----------------------------------------
