@@ -23,7 +23,7 @@ import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
@@ -245,6 +245,3 @@ def process_batch(inputs: Sequence[str], outputs: Sequence[str] | None = None, *
                         width, height)
     return [rows[rel] for rel in inputs]
 
-
-def as_dicts(rows: Iterable[Row]) -> list[dict]:
-    return [asdict(r) for r in rows]

@@ -175,43 +175,40 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
 def _generator(config: AppConfig, placement: dict) -> tuple[Application | None, str | None]:
     """The AI background generator's deployment when configured, else (None, why not)."""
     options = config.generate
-    if options.model_dir is None:
-        return None, ("not configured (set generate.model_dir in the Serve config to a "
-                      "diffusers inpainting pipeline folder; docs/prompts-and-generation.md)")
-    folder = Path(options.model_dir).expanduser()
-    if importlib.util.find_spec("diffusers") is None:
-        return None, "not installed (the `ai` extra: torch, diffusers)"
-    if not (folder / "model_index.json").is_file():
-        log.warning("generate.model_dir %s has no model_index.json; generation off", folder)
-        return None, f"not installed ({folder} has no model_index.json)"
-    placement["BackgroundGenerator"] = (options.ray_actor_options, options.num_replicas)
-    app = serve.deployment(
-        BackgroundGenerator, name="BackgroundGenerator", num_replicas=options.num_replicas,
-        ray_actor_options=options.ray_actor_options,
-        max_ongoing_requests=options.max_ongoing_requests,
-    ).bind(str(folder), device=options.device, dtype=options.dtype)
-    return app, None
+    return _checkpoint_deployment(
+        BackgroundGenerator, "generate", options, "diffusers inpainting pipeline folder",
+        "model_index.json", "diffusers", placement, options.max_ongoing_requests,
+        device=options.device, dtype=options.dtype)
 
 
 def _text_model(config: AppConfig, placement: dict) -> tuple[Application | None, str | None]:
     """The text_prompt backend's deployment when configured, else (None, why not)."""
     options = config.text_prompt
+    return _checkpoint_deployment(
+        TextSegmentation, "text_prompt", options, "CLIPSeg checkpoint folder", "config.json",
+        "transformers", placement, 8, device=options.device, threads=options.threads,
+        threshold=options.threshold)
+
+
+def _checkpoint_deployment(cls: type, field: str, options: Any, what: str, marker: str,
+                           package: str, placement: dict, max_ongoing: int,
+                           **bind: Any) -> tuple[Application | None, str | None]:
+    """A deployment of `cls` over the checkpoint folder `options.model_dir` (one with `marker`
+    in it, read by `package`), or (None, why not) for /health."""
     if options.model_dir is None:
-        return None, ("not configured (set text_prompt.model_dir in the Serve config to a "
-                      "CLIPSeg checkpoint folder; docs/prompts-and-generation.md)")
+        return None, (f"not configured (set {field}.model_dir in the Serve config to a {what}; "
+                      "docs/prompts-and-generation.md)")
     folder = Path(options.model_dir).expanduser()
-    if importlib.util.find_spec("transformers") is None:
-        return None, "not installed (the `ai` extra: torch, transformers)"
-    if not (folder / "config.json").is_file():
-        log.warning("text_prompt.model_dir %s has no config.json; text prompts off", folder)
-        return None, f"not installed ({folder} has no config.json)"
-    placement["TextSegmentation"] = (options.ray_actor_options, options.num_replicas)
-    app = serve.deployment(
-        TextSegmentation, name="TextSegmentation", num_replicas=options.num_replicas,
-        ray_actor_options=options.ray_actor_options, max_ongoing_requests=8,
-    ).bind(str(folder), device=options.device, threads=options.threads,
-           threshold=options.threshold)
-    return app, None
+    if importlib.util.find_spec(package) is None:
+        return None, f"not installed (the `ai` extra: torch, {package})"
+    if not (folder / marker).is_file():
+        log.warning("%s.model_dir %s has no %s; %s off", field, folder, marker, field)
+        return None, f"not installed ({folder} has no {marker})"
+    placement[cls.__name__] = (options.ray_actor_options, options.num_replicas)
+    return serve.deployment(
+        cls, name=cls.__name__, num_replicas=options.num_replicas,
+        ray_actor_options=options.ray_actor_options, max_ongoing_requests=max_ongoing,
+    ).bind(str(folder), **bind), None
 
 
 def _prompt_model(config: AppConfig, catalog: Catalog, search_dirs: list[Path],
