@@ -33,6 +33,8 @@ from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, Servi
 from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
+from pipelines.sam import prompt_model_missing
+from pipelines.textseg import split_terms
 from pipelines.temporal import MaskSmoother
 from serve_app.artifacts import artifact_store
 from serve_app.db import now
@@ -198,7 +200,7 @@ class JobWorker:
             mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
             terms = params.get("text_prompt")
             if isinstance(terms, str):  # stored as given by versions before text prompts ran
-                terms = [t.strip() for t in terms.split(",") if t.strip()]
+                terms = split_terms(terms)
             if terms:
                 mask, report["text_prompt"] = self._text_select(ref, terms, mask)
             if params.get("prompt"):
@@ -219,8 +221,7 @@ class JobWorker:
 
     def _prompted(self, ref, prompt: JobPrompt, mask: np.ndarray) -> np.ndarray:
         if self.prompter is None:
-            raise ModelUnavailable("Click and box prompts need the prompt model, which is not "
-                                   "being served by this deployment.")
+            raise prompt_model_missing()
         return self.prompter.segment.remote(ref, prompt.prompt(), mask, prompt.mode).result(
             timeout_s=self.model_timeout_s)
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from pipelines.errors import InvalidParameter, ModelFileMissing
+from pipelines.errors import InvalidParameter, ModelFileMissing, ModelUnavailable
 from pipelines.segmenter import session_options
 
 INPUT_SIZE = 1024
@@ -58,6 +58,12 @@ class Prompt:
                     f"Prompt point ({x:g}, {y:g}) is outside the {width}x{height} image.")
         if self.box and not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
             raise InvalidParameter("box must be x0,y0,x1,y1 with x0 < x1 and y0 < y1.")
+
+
+def prompt_model_missing() -> ModelUnavailable:
+    """What a request with clicks or a box gets where the prompt model is not served."""
+    return ModelUnavailable("Click and box prompts need the prompt model, which is not being "
+                            "served: run `bgremove models pull mobilesam` and redeploy.")
 
 
 def parse_points(text: str | None) -> tuple[tuple[float, float], ...]:

@@ -20,6 +20,11 @@ from pipelines.errors import ModelFileMissing
 WORK_SIDE = 1024
 
 
+def split_terms(text: str) -> list[str]:
+    """'person, handbag ,' -> ['person', 'handbag']."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 class TermMaps(Protocol):
     def heatmaps(self, rgb: np.ndarray, terms: list[str]) -> np.ndarray:
         """float32 (len(terms), H, W) in [0, 1] at the image's size."""

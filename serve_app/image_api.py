@@ -16,8 +16,9 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from pipelines import effects
-from pipelines.errors import ModelUnavailable, PayloadTooLarge, ServiceUnavailable
+from pipelines.errors import PayloadTooLarge, ServiceUnavailable
 from pipelines.images import DecodedImage, decode_image, encode_png
+from pipelines.sam import prompt_model_missing
 from serve_app.app import app
 from serve_app.keys import Charge
 from serve_app.errors import validation_error
@@ -115,9 +116,7 @@ class ImageApiV1:
                             mode: str) -> np.ndarray:
         """The mask corrected (or replaced) by clicks and a box, from the prompt model."""
         if self.prompter is None:
-            raise ModelUnavailable("Click and box prompts need the prompt model, which is not "
-                                   "being served: run `bgremove models pull mobilesam` and "
-                                   "redeploy.")
+            raise prompt_model_missing()
         prompt.check(rgb.shape[1], rgb.shape[0])
         try:
             return await self.prompter.segment.remote(rgb, prompt, base, mode)

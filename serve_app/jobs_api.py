@@ -20,7 +20,6 @@ from starlette.background import BackgroundTask
 
 from pipelines.errors import (
     InvalidRequest,
-    ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -28,6 +27,8 @@ from pipelines.errors import (
     StateConflict,
 )
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
+from pipelines.sam import prompt_model_missing
+from pipelines.textseg import split_terms
 from serve_app.app import app, read_json
 from serve_app.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
 from serve_app.platform import caller, caller_id
@@ -328,13 +329,11 @@ class JobsApi:
             raise InvalidRequest("prompt (clicks and box) is for image jobs.",
                                  {"field": "prompt"})
         if self.prompter is None:
-            raise ModelUnavailable("Click and box prompts need the prompt model, which is not "
-                                   "being served: run `bgremove models pull mobilesam` and "
-                                   "redeploy.")
+            raise prompt_model_missing()
         return prompt.model_dump(mode="json")
 
     def _text_terms(self, text: str, kind: str) -> list[str]:
-        terms = [t.strip() for t in text.split(",") if t.strip()]
+        terms = split_terms(text)
         if not terms:
             raise InvalidRequest("text_prompt has no terms: give comma-separated words, e.g. "
                                  "'person, handbag'.", {"field": "text_prompt"})
