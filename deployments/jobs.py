@@ -257,7 +257,7 @@ class JobWorker:
 
         last = [0.0]
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int | None) -> None:
             if done == total or time.monotonic() - last[0] > 0.5:
                 last[0] = time.monotonic()
                 self.store.set_progress(job.job_id, done, total)

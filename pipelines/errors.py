@@ -138,6 +138,13 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class RangeNotSatisfiable(ServiceError):
+    """A `Range` header that selects no byte of the file."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+
+
 class StateConflict(ServiceError):
     """An operation the job's current state does not allow (e.g. starting a started job)."""
 

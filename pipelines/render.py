@@ -120,7 +120,7 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
                  composition: Composition | None = None, max_duration_s: float | None = None,
                  window: int = 16, smoother: Callable[[np.ndarray, np.ndarray], np.ndarray]
                  | None = None, decontaminate: bool = False,
-                 on_progress: Callable[[int, int], None] | None = None) -> VideoResult:
+                 on_progress: Callable[[int, int | None], None] | None = None) -> VideoResult:
     """Stream `src` through segmentation into `dst`: frames are decoded one by one, their masks
     computed `window` at a time (`submit`, see `iter_masks`), smoothed over time, composited
     (transparent, colour, image, optional canvas composition) and encoded as they come back.
@@ -132,8 +132,10 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
     width, height = info.display_size
     if composition is not None and composition.canvas is not None:
         width, height = composition.canvas.width, composition.canvas.height
-    total = video.duration_ceiling_frames(
-        video.processed_duration(info.duration_s, max_duration_s), info.fps)
+    total = None  # unknown: a file with no duration and no packet timestamps
+    if info.duration_known:
+        total = video.duration_ceiling_frames(
+            video.processed_duration(info.duration_s, max_duration_s), info.fps)
     bg_pixels = None
     if background_image is not None:
         bg_pixels = fit_background(background_image, width, height)
@@ -155,7 +157,7 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
             writer.write(out)
             count += 1
             if on_progress is not None:
-                on_progress(count, max(total, count))
+                on_progress(count, None if total is None else max(total, count))
         audio_error = writer.audio_error
     return VideoResult(frames=count, original_duration_s=info.duration_s,
                        processed_duration_s=video.processed_duration(info.duration_s,

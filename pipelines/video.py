@@ -26,6 +26,7 @@ import av
 import numpy as np
 
 from pipelines.errors import InvalidRequest
+from pipelines.media_types import is_video_type, sniff_file
 
 NOT_A_VIDEO_MESSAGE = "File must be a video"
 
@@ -100,11 +101,12 @@ class VideoInfo:
     width: int  # as stored (before rotation)
     height: int
     fps: Fraction
-    duration_s: float
-    frame_count: int  # the container's count, else duration x fps (an estimate)
+    duration_s: float  # 0.0 when nothing in the file says (`duration_known` is then False)
+    frame_count: int  # the container's count, else counted packets, else duration x fps
     has_audio: bool
     codec: str
     rotation: int  # counter-clockwise degrees to turn stored frames upright: 0, 90, 180, 270
+    duration_known: bool = True
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -178,6 +180,37 @@ def _stream_duration(container, stream) -> float:
     return 0.0
 
 
+def _scan_packets(path: str, fps: Fraction) -> tuple[float, int]:
+    """(seconds, frames) of the first video stream from its packets' timestamps, without
+    decoding: for files whose header states no duration (a browser's MediaRecorder WebM, live
+    streams). Demuxing reads the file once; no frame is decoded. A packet without a duration
+    lasts one frame interval. (0.0, n) when the packets carry no timestamps."""
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 1000)
+        interval = 1 / (fps * time_base)  # one frame, in time-base units
+        first = last = None
+        frames = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the demuxer's final empty packet
+                    continue
+                frames += 1
+                if packet.pts is None:
+                    continue
+                end = packet.pts + (packet.duration or interval)
+                first = packet.pts if first is None else min(first, packet.pts)
+                last = end if last is None else max(last, end)
+        except av.FFmpegError:
+            pass  # a damaged tail: what was read so far is the best answer
+        if first is None or last is None:
+            return 0.0, frames
+        return float((last - first) * time_base), frames
+    finally:
+        container.close()
+
+
 def _start_time(stream) -> Fraction:
     if stream.start_time is not None and stream.time_base:
         return stream.start_time * stream.time_base
@@ -185,7 +218,11 @@ def _start_time(stream) -> Fraction:
 
 
 def probe(path: str) -> VideoInfo:
-    """Header facts plus one decoded frame; `InvalidRequest` for anything not a usable video."""
+    """Header facts plus one decoded frame; `InvalidRequest` for anything not a usable video:
+    "File must be a video" when the first bytes name no video container (text, images,
+    documents), the decoder's reason when a video container is damaged."""
+    if not is_video_type(sniff_file(path)):
+        raise InvalidRequest(NOT_A_VIDEO_MESSAGE)
     container = _open_input(path)
     try:
         if not container.streams.video:
@@ -204,7 +241,11 @@ def probe(path: str) -> VideoInfo:
             raise InvalidRequest("Invalid video file: no frame size")
         fps = _stream_fps(stream)
         duration = _stream_duration(container, stream)
-        frames = stream.frames or int(round(duration * fps))
+        frames = stream.frames
+        if duration <= 0:  # the header states no duration: read it from the packets
+            duration, counted = _scan_packets(path, fps)
+            frames = frames or counted
+        frames = frames or int(round(duration * fps))
         rotation = _frame_rotation(first) or _metadata_rotation(stream)
         return VideoInfo(
             width=int(width),
@@ -215,6 +256,7 @@ def probe(path: str) -> VideoInfo:
             has_audio=bool(container.streams.audio),
             codec=codec,
             rotation=rotation,
+            duration_known=duration > 0,
         )
     finally:
         container.close()

@@ -337,6 +337,12 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _serve(args) -> int:
+    from serve_app.launcher import run_service  # noqa: PLC0415
+
+    return run_service(args.config)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -386,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     kr8 = k8sub.add_parser("render", help="write k8s/*/generated/ from configs/cluster*.yaml")
     kr8.add_argument("--repo", type=Path, default=Path("."), help="repository root (.)")
     kr8.set_defaults(func=_k8s_render)
+    sv = sub.add_parser("serve", help="run the service (serve run CONFIG) until Ctrl-C or "
+                        "SIGTERM, then stop it and its local Ray cluster cleanly")
+    sv.add_argument("config", nargs="?", default="configs/local.yaml")
+    sv.set_defaults(func=_serve)
     b = sub.add_parser("batch", help="cut out a folder (or fsspec URL) of images with Ray Data")
     b.add_argument("input", help="folder, image file or fsspec URL (s3://, gs://, ... with its "
                    "fsspec package installed)")

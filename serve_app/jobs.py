@@ -453,7 +453,9 @@ class JobStore:
         return [dict(r._mapping) for r in rows]
 
     # ---- progress -----------------------------------------------------------------------------
-    def set_progress(self, job_id: str, current: int, total: int) -> None:
+    def set_progress(self, job_id: str, current: int, total: int | None) -> None:
+        """Frames done of `total`; None: the total is not known (stored as 0)."""
+        total = total or 0
         t = now()
         with self._serial, self.engine.begin() as conn:
             done = conn.execute(update(job_progress).where(job_progress.c.job_id == job_id)
@@ -462,11 +464,12 @@ class JobStore:
                 conn.execute(job_progress.insert().values(job_id=job_id, current=current,
                                                           total=total, updated_at=t))
 
-    def get_progress(self, job_id: str) -> tuple[int, int] | None:
+    def get_progress(self, job_id: str) -> tuple[int, int | None] | None:
+        """(frames done, total or None when unknown), or None before the first report."""
         with self._serial, self.engine.connect() as conn:
             row = conn.execute(select(job_progress.c.current, job_progress.c.total)
                                .where(job_progress.c.job_id == job_id)).first()
-        return (row.current, row.total) if row else None
+        return (row.current, row.total or None) if row else None
 
     # ---- uploads ----------------------------------------------------------------------------
     def add_upload(self, upload_id: str, key: str, filename: str, media_type: str, kind: str,

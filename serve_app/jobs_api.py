@@ -8,9 +8,11 @@ mixin of `serve_app.ingress.Ingress`.
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import File, Form, Header, Request, UploadFile
@@ -22,6 +24,7 @@ from pipelines.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     RateLimited,
     ServiceUnavailable,
     StateConflict,
@@ -30,6 +33,7 @@ from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
 from serve_app.app import app, read_json
+from serve_app.errors import render as render_error
 from serve_app.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
 from serve_app.platform import caller, caller_id
 from serve_app.schemas import (
@@ -45,6 +49,7 @@ from serve_app.uploads import receive_upload
 
 log = logging.getLogger("ray.serve.bgremove")
 _JSON_LIMIT = 256 * 1024
+_RANGE = re.compile(r"bytes\s*=\s*(\d*)\s*-\s*(\d*)", re.IGNORECASE)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -57,6 +62,28 @@ def too_many_jobs(exc: TooManyJobs) -> RateLimited:
     return RateLimited(f"Too many jobs in progress: {exc.limit} allowed at once for this API "
                        "key; retry when one has finished.",
                        {"limit": exc.limit, "active": exc.active, "retry_after_s": 5})
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range (first, last; inclusive) a `Range` header asks of a `size`-byte file,
+    or None for the whole file (no header, another unit, several ranges or bad syntax: RFC 9110
+    lets a server ignore those). RangeNotSatisfiable when it selects no byte."""
+    m = _RANGE.fullmatch(header.strip()) if header else None
+    if m is None or not any(m.groups()):
+        return None
+    first, last = m.groups()
+    unsatisfiable = RangeNotSatisfiable(f"Range not satisfiable: the file has {size} bytes.",
+                                        {"size": size})
+    if not first:  # a suffix: the last N bytes
+        if int(last) == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid, so ignored
+    if start >= size:
+        raise unsatisfiable
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def detail(status: int, message: str) -> JSONResponse:
@@ -261,39 +288,78 @@ class JobsApi:
         return UploadView(upload_id=info.upload_id, filename=info.filename,
                           media_type=info.media_type, kind=info.kind, size_bytes=info.size)
 
-    @app.get("/api/download/{job_id}", summary="Download a completed job's output (once)",
-             responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
+    @app.get("/api/download/{job_id}", summary="Download a completed job's output",
+             description="Served as often as asked (byte ranges too) until `output_expires_at`.",
+             responses={200: {"content": {"image/png": {}, "image/webp": {}, "video/webm": {},
+                                          "video/mp4": {}, "video/quicktime": {}}},
+                        206: {"description": "The requested byte range"}})
     async def download(self, job_id: str, request: Request):
         job = await self._find_job(request, job_id, None)
         if job is None:
             raise NotFound("Job not found")
         if job.state != COMPLETED:
             raise InvalidRequest("Job not completed", {"status": job.state})
+        gone = NotFound("Output not found: it has expired.")
+        expires = job.output_expires_at
+        if expires is not None and expires <= datetime.now(UTC):
+            raise gone
 
         def missing():
-            raise NotFound("Output not found: it was already downloaded or has expired.")
+            raise gone
 
-        return self._output_response(job, missing=missing,
-                                     download_name=f"{job.job_id}.{job.params['output_format']}")
+        try:
+            return self._output_response(
+                job, missing=missing, download_name=f"{job.job_id}.{job.params['output_format']}",
+                one_shot=False, range_header=request.headers.get("range"))
+        except RangeNotSatisfiable as exc:
+            response = render_error(request, exc)
+            response.headers["Content-Range"] = f"bytes */{exc.details['size']}"
+            return response
 
     # ---- helpers ------------------------------------------------------------------------------
     def _output_response(self, job: Job, missing, download_name: str | None,
-                         extra_headers: dict[str, str] | None = None) -> Response:
-        """Stream the output, then delete it (outputs are cleaned up after download) - but only
-        once the whole file was sent; the file is opened first, so a concurrent cleanup cannot
-        turn this response into an error."""
+                         extra_headers: dict[str, str] | None = None, one_shot: bool = True,
+                         range_header: str | None = None) -> Response:
+        """Stream the output. `one_shot` (the v1 image/video results): delete it once the whole
+        file was sent (spec 000: "cleaned up after download"); the file is opened first, so a
+        concurrent cleanup cannot turn this response into an error. Otherwise (/api/download)
+        it stays until it expires, and a single `Range` is answered with 206."""
         try:
             f = self.artifacts.open(job.output_key) if job.output_key else None
         except (FileNotFoundError, ValueError):
             f = None
         if f is None:
             return missing()
+        headers = {"Cache-Control": "no-cache", **(extra_headers or {})}
+        if download_name:
+            headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
+        status, start, length = 200, 0, None
+        if not one_shot:
+            size = f.seek(0, os.SEEK_END)
+            headers["Accept-Ranges"] = "bytes"
+            try:
+                span = byte_range(range_header, size)
+            except RangeNotSatisfiable:
+                f.close()
+                raise
+            if span is not None:
+                start, end = span
+                status, length = 206, end - start + 1
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            headers["Content-Length"] = str(size if length is None else length)
         sent_all = False
 
         def chunks():
             nonlocal sent_all
             with f:
-                while chunk := f.read(1024 * 1024):
+                f.seek(start)
+                left = length
+                while left is None or left > 0:
+                    chunk = f.read(1024 * 1024 if left is None else min(left, 1024 * 1024))
+                    if not chunk:
+                        break
+                    if left is not None:
+                        left -= len(chunk)
                     yield chunk
             sent_all = True
 
@@ -303,11 +369,9 @@ class JobsApi:
                 if key:
                     self.artifacts.delete(key)
 
-        headers = {"Cache-Control": "no-cache", **(extra_headers or {})}
-        if download_name:
-            headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
-        return StreamingResponse(chunks(), media_type=job.output_media_type, headers=headers,
-                                 background=BackgroundTask(cleanup))
+        return StreamingResponse(chunks(), status_code=status, media_type=job.output_media_type,
+                                 headers=headers,
+                                 background=BackgroundTask(cleanup) if one_shot else None)
 
     def _view(self, job: Job) -> JobView:
         output_url = None

@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 
 from pipelines.errors import FileTooLarge, InvalidFileType, InvalidRequest
+from pipelines.media_types import SNIFF_BYTES, sniff_media_type
 
 try:  # python-multipart >= 0.0.13 (the old `multipart` name is a deprecated shim there)
     from python_multipart.exceptions import FormParserError
@@ -47,7 +48,6 @@ IMAGE_TYPES = frozenset(t for t in ALLOWED_TYPES if t.startswith("image/"))
 # A Content-Length above max_bytes + this is refused unread, and so is a body that grows past it;
 # part headers plus other fields' values together may not exceed it either.
 FORM_OVERHEAD_BYTES = 64 * 1024
-SNIFF_BYTES = 64  # buffered before deciding the type (enough for every magic number below)
 WRITE_BATCH_BYTES = 1024 * 1024  # one worker-thread write per ~1 MiB received
 MAX_FILENAME_CHARS = 255
 
@@ -69,65 +69,6 @@ def upload_key(upload_id: str) -> str:
 
 
 # -- sniffing ------------------------------------------------------------------------------------
-
-_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
-_AVIF_BRANDS = {b"avif", b"avis"}
-_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"F4A ", b"F4B "}
-# First atoms of classic QuickTime files that have no `ftyp` box.
-_QT_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
-
-
-def sniff_media_type(head: bytes) -> str | None:
-    """The media type the first bytes (>= 12 for every format, 64 is plenty) announce, or None.
-
-    Recognises more than is accepted (GIF, AVI, HEIF/AVIF, 3GP, ...) so refusals can say what
-    was received. ISO BMFF (`ftyp`) files are told apart by their major brand: `qt  ` ->
-    video/quicktime, image and audio brands -> those, anything else -> video/mp4. EBML
-    (Matroska and WebM alike) -> video/webm.
-    """
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if head[:4] == b"RIFF" and len(head) >= 12:
-        return {b"WEBP": "image/webp", b"AVI ": "video/x-msvideo", b"WAVE": "audio/wav"}.get(
-            head[8:12]
-        )
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "video/webm"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    if head[:2] == b"BM" and len(head) >= 14 and head[6:10] == b"\x00\x00\x00\x00":
-        return "image/bmp"
-    if head[:5] == b"%PDF-":
-        return "application/pdf"
-    if len(head) >= 12 and head[4:8] == b"ftyp":
-        return _sniff_iso_bmff(head)
-    if len(head) >= 8 and head[4:8] in _QT_ATOMS:
-        box_size = int.from_bytes(head[:4], "big")
-        if box_size in (0, 1) or box_size >= 8:
-            return "video/quicktime"
-    return None
-
-
-def _sniff_iso_bmff(head: bytes) -> str:
-    major = head[8:12]
-    if major == b"qt  ":
-        return "video/quicktime"
-    if major in _AVIF_BRANDS:
-        return "image/avif"
-    if major in _HEIF_BRANDS:
-        return "image/heif"
-    if major in _AUDIO_BRANDS:
-        return "audio/mp4"
-    if major.startswith(b"3g2"):
-        return "video/3gpp2"
-    if major.startswith(b"3g"):
-        return "video/3gpp"
-    return "video/mp4"
-
 
 def sanitize_filename(raw: bytes | str | None) -> str:
     """The client's filename reduced to a printable basename of at most 255 characters ("" when

@@ -136,9 +136,10 @@ class VideoApi:
             body = {"message": "Video is still processing", "uuid": uuid, "status": "processing"}
             progress = await asyncio.to_thread(self.jobs.get_progress, uuid)
             if progress is not None:
-                done, total = progress
+                done, total = progress  # total None: the clip states no length
                 body |= {"current_frame": done, "total_frames": total,
-                         "progress_percentage": round(100.0 * done / max(total, 1), 1)}
+                         "progress_percentage": (None if total is None
+                                                 else round(100.0 * done / max(total, 1), 1))}
             return JSONResponse(body, status_code=202)
         fmt = job.params["output_format"]
         original, limit = job.params["original_duration_s"], job.params["max_duration_s"]

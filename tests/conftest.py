@@ -323,3 +323,38 @@ def static_http_server(payloads: dict[str, bytes]):
 
 # The session's Ray Serve app (imported last: serve_harness imports this module's helpers).
 from serve_harness import api_key, base_url, client  # noqa: E402, F401
+
+
+# Clips whose container states no duration, as browsers and live encoders write them:
+# MediaRecorder WebM (VP8/VP9 or H.264 in Matroska, no Duration element) and fragmented MP4
+# (empty moov). (container format, codec, muxer options)
+UNSIZED_CLIPS = {
+    "webm-vp9": ("webm", "libvpx-vp9", {"live": "1"}),
+    "webm-h264": ("matroska", "libx264", {"live": "1"}),
+    "mp4-fragmented": ("mp4", "libx264", {"movflags": "frag_keyframe+empty_moov"}),
+}
+
+
+def unsized_clip(kind: str, seconds: float, fps: int = 10, size=(96, 64)) -> bytes:
+    """A moving bright disk; `kind` from UNSIZED_CLIPS. The header holds no duration (checked)."""
+    import av
+
+    fmt, codec, options = UNSIZED_CLIPS[kind]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt, options=options) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        if codec == "libvpx-vp9":
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        for i in range(int(round(seconds * fps))):
+            img = np.roll(disk_image(*size), i, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = buf.getvalue()
+    with av.open(io.BytesIO(data)) as check:  # what a MediaRecorder file looks like
+        assert not check.streams.video[0].frames
+        if fmt != "mp4":  # FFmpeg sums an mp4's fragments; a live Matroska has nothing
+            assert not check.duration and not check.streams.video[0].duration
+    return data

@@ -8,11 +8,13 @@ import io
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import update
 
 from conftest import disk_image, png_bytes, tiny_catalog
 from pipelines import webhooks
@@ -23,6 +25,7 @@ from ray import serve  # noqa: E402
 from pipelines.catalog import load_catalog  # noqa: E402
 from serve_app.ingress import Ingress  # noqa: E402
 from serve_app.jobs import JobStore  # noqa: E402
+from serve_app.jobs import jobs as jobs_table  # noqa: E402
 from serve_app.settings import get_settings  # noqa: E402
 
 pytestmark = pytest.mark.serve
@@ -109,7 +112,7 @@ def test_hd_job_that_fails_reports_500(client, jobs_db):
 
 
 # ---- /v1/jobs, uploads, downloads -----------------------------------------------------------
-def test_upload_create_start_poll_download(client):
+def test_upload_create_start_poll_download(client, jobs_db):
     up = client.post("/api/upload", files={"file": ("me.png", png_bytes(disk_image(120, 80)),
                                                     "image/png")})
     assert up.status_code == 201, up.text
@@ -144,8 +147,28 @@ def test_upload_create_start_poll_download(client):
     assert out.shape == (100, 300, 3)  # the canvas, opaque: colour background
     np.testing.assert_allclose(out[50, 290], (0, 0, 255), atol=3)  # right edge: background
     assert out[50, 10 + 60, 0] > 150  # the subject (bright disk), anchored left + 10 px
-    gone = client.get(final["output_url"])
-    assert_002(gone, 404, "not_found")
+    # output_url is time-bound, not one-shot: fetched again, through /api/download, in ranges
+    assert client.get(final["output_url"]).content == got.content
+    direct = client.get(f"/api/download/{job['job_id']}")
+    assert direct.status_code == 200 and direct.content == got.content
+    size = len(got.content)
+    assert direct.headers["accept-ranges"] == "bytes"
+    part = client.get(final["output_url"], headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == got.content[:100]
+    assert part.headers["content-range"] == f"bytes 0-99/{size}"
+    tail = client.get(final["output_url"], headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == got.content[-10:]
+    rest = client.get(final["output_url"], headers={"Range": f"bytes={size - 5}-"})
+    assert rest.status_code == 206 and rest.content == got.content[-5:]
+    beyond = client.get(final["output_url"], headers={"Range": f"bytes={size}-"})
+    assert_002(beyond, 416, "range_not_satisfiable")
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    # once it expires it is gone (the worker's sweep deletes the file later)
+    with jobs_db.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.job_id == job["job_id"]).values(
+            output_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert_002(client.get(final["output_url"]), 404, "not_found",
+               "Output not found: it has expired.")
 
 
 def test_idempotent_create(client):

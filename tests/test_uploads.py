@@ -19,13 +19,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipelines.errors import FileTooLarge, InvalidFileType, InvalidRequest, ServiceError
+from pipelines.media_types import sniff_media_type
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.uploads import (
     ALLOWED_TYPES,
     UploadInfo,
     receive_upload,
     sanitize_filename,
-    sniff_media_type,
 )
 
 BOUNDARY = "----bgremoveTestBoundary7MA4YWxkTrZu0gW"
@@ -170,6 +170,10 @@ def split(body: bytes, size: int = CHUNK) -> list[bytes]:
         (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "image/avif"),
         (b"\x00\x00\x00\x1cftyp3gp4\x00\x00\x00\x00isom3gp4", "video/3gpp"),
         (b"%PDF-1.7\n", "application/pdf"),
+        (b"FLV\x01\x05\x00\x00\x00\x09", "video/x-flv"),
+        (b"OggS\x00\x02" + bytes(8), "video/ogg"),
+        (b"\x00\x00\x01\xba\x44\x00\x04", "video/mpeg"),
+        (b"GET / HTTP/1.1\r\n", None),
         (b"hello, world\n" * 5, None),
         (b"<svg xmlns='http://www.w3.org/2000/svg'/>", None),
         (b"\x89PN", None),  # truncated magic

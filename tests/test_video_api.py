@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import disk_image, png_bytes, static_http_server
+from conftest import disk_image, png_bytes, static_http_server, unsized_clip
 from pipelines import video
 
 pytestmark = pytest.mark.serve
@@ -123,11 +123,15 @@ def _audio_only() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("case", ["text", "audio_only", "bad_color", "not_image", "blocked"])
+@pytest.mark.parametrize("case", ["text", "damaged", "audio_only", "bad_color", "not_image",
+                                  "blocked"])
 def test_documented_400s(client, files_server, case):
     clip = make_clip(0.5)
     if case == "text":
         resp = submit(client, b"hello, I am not a video")
+        assert resp.status_code == 400 and resp.json() == {"detail": "File must be a video"}
+    elif case == "damaged":  # a video container cut short keeps the decoder's reason
+        resp = submit(client, clip[: len(clip) // 3])
         assert resp.status_code == 400 and resp.json()["detail"].startswith("Invalid video file")
     elif case == "audio_only":
         resp = submit(client, _audio_only())
@@ -149,3 +153,22 @@ def test_unknown_task(client):
     resp = client.get("/video/result/00000000-0000-0000-0000-000000000000")
     assert resp.status_code == 404
     assert resp.json() == {"message": "Task not found", "status": "not_found"}
+
+
+def test_recording_without_a_container_duration_is_measured_and_trimmed(client, tmp_path):
+    """A MediaRecorder-style WebM (no duration in its header), 10 s: the submit states its real
+    length and the trim warning, and only the first 4 s are processed."""
+    resp = client.post("/video/submit/v1",
+                       files={"video": ("rec.webm", unsized_clip("webm-vp9", 10.0), "video/webm")},
+                       data={"bg_color": "0,0,255"})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["duration"] == "10.00s" and body["processed_duration"] == "4s"
+    assert body["warning"] == ("Video duration (10.00s) exceeds 4s limit. Only the first 4s "
+                               "will be processed.")
+    done = wait_result(client, body["uuid"])
+    assert done.status_code == 200, done.text
+    assert done.headers["x-original-duration"] == "10.00s"
+    path = tmp_path / "out.mp4"
+    path.write_bytes(done.content)
+    assert len(list(video.iter_frames(str(path)))) == 40
