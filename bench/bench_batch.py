@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_batch.py --out docs/benchmarks.md --json /tmp/bench_batch.json
 
-Input: the photos of ../shared/media repeated to --images files in a temporary folder.
+Input: the benchmark photos (bench/media.py: scikit-image's samples) repeated to --images files in a temporary folder.
 1. Plain loop, in this process: one `OnnxSegmenter` (all cores' threads) and
    `pipelines.batch.process_batch` on one image at a time, the same decode -> model -> cut-out ->
    PNG -> write as the batch command; no Ray.
@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_shotgun import machine  # noqa: E402
 from docs_section import write_section  # noqa: E402
+from media import PHOTOS, media_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,13 +41,12 @@ from pipelines.catalog import load_catalog  # noqa: E402
 from pipelines.segmenter import OnnxSegmenter  # noqa: E402
 
 MODEL = "u2netp"
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 DOC_BEGIN, DOC_END = "<!-- bench_batch:start -->", "<!-- bench_batch:end -->"
 DOC_HEAD = """## Batch runs with Ray Data (issue 8)
 
 What is measured: `bgremove batch` (Ray Data actors running `pipelines.batch.process_batch`)
 versus a plain loop calling the same function one image at a time in one process, on the
-`../shared/media` photos repeated to a few hundred files, `u2netp`, PNG cut-outs written to a
+benchmark photos (scikit-image's samples) repeated to a few hundred files, `u2netp`, PNG cut-outs written to a
 local folder. Each batch run is a fresh command: "wall" includes starting a local Ray; "images/s"
 is the command's own figure after Ray is up (actor start and model loading included).
 
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--configs", nargs="+", default=["2x1/4", "1x2/4"])
     p.add_argument("--loop-threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
+    p.add_argument("--media", type=Path, default=media_dir())
     p.add_argument("--models-dir", type=Path, default=Path("~/.cache/bgremove/models"))
     p.add_argument("--out", type=Path, help="markdown file whose bench_batch section is rewritten")
     p.add_argument("--json", type=Path)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_hd_memory.py --out docs/benchmarks.md
     .venv/bin/python bench/bench_hd_memory.py --size 4000x3000 --masks edge --repeat 3
 
-An 8000x6000 photo-like RGB test image (`../shared/media/astronaut.png` upscaled when present,
+An 8000x6000 photo-like RGB test image (the astronaut sample photo, bench/media.py, upscaled when present,
 else a synthetic gradient; plus mild sensor-like noise, so the PNG is as hard to compress as a
 camera photo's) is built and PNG-encoded once, in its own subprocess, and saved to a temporary
 file. Each measurement is then a fresh Python process that runs what an HD worker runs after the
@@ -41,7 +41,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from docs_section import write_section  # noqa: E402
-MEDIA_DIR = Path(os.environ.get("BENCH_MEDIA_DIR", REPO.parent / "shared" / "media"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from media import media_dir  # noqa: E402
+
+MEDIA_DIR = media_dir()
 DOC_BEGIN, DOC_END = "<!-- bench_hd_memory:start -->", "<!-- bench_hd_memory:end -->"
 DOC_HEAD = """## HD image memory (issue 4)
 

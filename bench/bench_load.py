@@ -38,6 +38,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_matte import REPO, OursServer, wait_for_quiet  # noqa: E402
 from docs_section import write_section  # noqa: E402
+from media import photo  # noqa: E402
 
 SERVE_YAML = REPO / "bench" / "bench_load.yaml"
 DOC_BEGIN, DOC_END = "<!-- bench_load:start -->", "<!-- bench_load:end -->"
@@ -146,7 +147,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--image", type=Path, default=REPO.parent / "shared" / "media" / "astronaut.png")
+    p.add_argument("--image", type=Path, default=photo("astronaut.png"))
     p.add_argument("--models-dir", type=Path,
                    default=Path(os.environ.get("BGR_MODELS_DIR", "~/.cache/bgremove/models")))
     p.add_argument("--clients", type=int, default=4)

@@ -43,10 +43,12 @@ import httpx
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from media import PHOTOS, media_dir  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-MEDIA_DIR = Path(os.environ.get("BENCH_MEDIA_DIR", REPO.parent / "shared" / "media"))
-IMAGES = ("astronaut.png", "chelsea.png", "coffee.png")
+IMAGES = PHOTOS
 SERVE_YAML = REPO / "bench" / "bench_serve.yaml"
 MODEL = "u2netp"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -839,13 +841,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join([".venv/bin/python bench/bench_matte.py", *(sys.argv[1:] if argv is None else argv)])
-    missing = [n for n in IMAGES if not (MEDIA_DIR / n).is_file()]
-    if missing:
-        print(f"SKIP: benchmark images not found in {MEDIA_DIR}: {', '.join(missing)} "
-              "(set BENCH_MEDIA_DIR to a folder holding astronaut.png, chelsea.png, coffee.png)",
-              file=sys.stderr)
-        return 0
-    images = [(n, (MEDIA_DIR / n).read_bytes()) for n in IMAGES]
+    images = [(n, (media_dir() / n).read_bytes()) for n in IMAGES]
     ensure_weights(args.models_dir)
 
     which = [args.only] if args.only else ["ours", "rembg"]

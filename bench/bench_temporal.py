@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench_temporal.py --out docs/benchmarks.md
 
 Clips:
-  cockatoo   `../shared/media/cockatoo.mp4` (1280x720, 20 fps), first --seconds (4) decoded with
+  real clip  $BENCH_CLIP (e.g. ../shared/media/cockatoo.mp4), else bench/media.py's 1280x720 pan over
+             a real photo (20 fps), first --seconds (4) decoded with
              PyAV and downscaled to 640 wide (INTER_AREA) for speed; per-frame masks from the
              real u2netp-fp16w model (`OnnxSegmenter`, 2 threads). No ground truth: only the
              mean absolute alpha change between consecutive frames is reported.
@@ -37,8 +38,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 from docs_section import write_section  # noqa: E402
-SHARED = Path(os.environ.get("BENCH_SHARED_DIR", REPO.parent / "shared"))
+from media import clip as real_clip  # noqa: E402
+
+MODELS_DIR = Path(os.environ.get("BGR_MODELS_DIR", "~/.cache/bgremove/models")).expanduser()
 
 from pipelines.temporal import MaskSmoother, mean_abs_alpha_change  # noqa: E402
 
@@ -65,16 +69,18 @@ frame is timed on CPU.
 
 
 def cockatoo_clip(seconds: float, width: int = 640) -> tuple[list, list] | None:
-    video = SHARED / "media" / "cockatoo.mp4"
-    model = SHARED / "models" / "u2netp_fp16w_320x320.onnx"
-    if not video.is_file() or not model.is_file():
-        return None
     import av
 
     from pipelines.catalog import load_catalog
+    from pipelines.download import pull
     from pipelines.segmenter import OnnxSegmenter
 
-    seg = OnnxSegmenter(load_catalog().get("u2netp-fp16w"), model, intra_op_threads=2)
+    video = real_clip()
+    spec = load_catalog().get("u2netp")
+    model = MODELS_DIR / spec.weights.file
+    if not model.is_file():
+        model = pull(spec, MODELS_DIR)
+    seg = OnnxSegmenter(spec, model, intra_op_threads=2)
     frames, masks = [], []
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
@@ -165,7 +171,7 @@ def pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=4.0, help="cockatoo seconds to decode (4)")
+    p.add_argument("--seconds", type=float, default=4.0, help="real-clip seconds to decode (4)")
     p.add_argument("--out", type=Path, help="markdown file to write the table into")
     args = p.parse_args(argv)
 
@@ -176,16 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     cock = cockatoo_clip(args.seconds)
     cock_frames = None
     if cock is None:
-        print(f"skipping cockatoo: {SHARED} (media/cockatoo.mp4, models/u2netp_fp16w_320x320"
-              ".onnx) not found", file=sys.stderr)
+        print("skipping the real clip: no frames decoded", file=sys.stderr)
     else:
         cock_frames, masks = cock
         smoothed = smooth(cock_frames, masks)
         size = f"{cock_frames[0].shape[1]}x{cock_frames[0].shape[0]}"
         n = len(masks)
-        rows.append(f"| cockatoo.mp4 ({size}) | {n} | u2netp-fp16w, raw "
+        rows.append(f"| {real_clip().name} ({size}) | {n} | u2netp, raw "
                     f"| {pct(mean_abs_alpha_change(masks))} | n/a | n/a | n/a |")
-        rows.append(f"| cockatoo.mp4 ({size}) | {n} | u2netp-fp16w, smoothed "
+        rows.append(f"| {real_clip().name} ({size}) | {n} | u2netp, smoothed "
                     f"| {pct(mean_abs_alpha_change(smoothed))} | n/a | n/a | n/a |")
     frames, noisy, truth, static_band, moving_bands = synthetic_clip()
     smoothed = smooth(frames, noisy)

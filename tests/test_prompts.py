@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes
+from conftest import REFERENCE, disk_image, media, png_bytes
 from pipelines.errors import InvalidParameter, ModelUnavailable
 from pipelines.images import decode_image
 from pipelines.sam import Prompt, PromptSegmenter, parse_box, parse_points, preprocess
@@ -123,12 +123,10 @@ def test_embedding_is_computed_once_per_image(sam):
     assert sam.cache_stats()["entries"] == 2
 
 
-@needs_shared
 def test_real_photo_click_and_box_match_the_reference_cutout(sam):
     """coffee.png: one click on the cup, or its box, gives the cup u2netp's reference shows."""
-    image = decode_image((SHARED_MEDIA / "coffee.png").read_bytes()).rgb
-    ref = np.asarray(Image.open(SHARED_MODELS / "reference_outputs"
-                                / "u2netp_fp16w_320x320__coffee_mask.png")) > 127
+    image = decode_image(media("coffee").read_bytes()).rgb
+    ref = np.asarray(Image.open(REFERENCE / "u2netp_fp16w_320x320__coffee_mask.png")) > 127
     ys, xs = np.nonzero(ref)
     click = Prompt(((float(xs.mean()), float(ys.mean())),))
     box = Prompt(box=(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_MEDIA, SHARED_MODELS, disk_image, needs_shared, png_bytes
+from conftest import REFERENCE, disk_image, media, png_bytes
 from serve_harness import APP, UPLOAD_LIMIT
 from pipelines.errors import InvalidImage
 from pipelines.images import TOO_LARGE_MESSAGE
@@ -126,12 +126,10 @@ def test_missing_file_field(client):
     assert resp.status_code == 422 and resp.json()["message"].startswith("Invalid request data")
 
 
-@needs_shared
-def test_real_person_model_over_http(client):
-    resp = post(client, "matte", (SHARED_MEDIA / "astronaut.png").read_bytes(), model="mediapipe-selfie")
+def test_real_person_model_over_http(client, real_models):
+    resp = post(client, "matte", media("astronaut").read_bytes(), model="mediapipe-selfie")
     out = as_array(resp)
-    ref = np.asarray(Image.open(SHARED_MODELS / "reference_outputs" /
-                                "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"))
+    ref = np.asarray(Image.open(REFERENCE / "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"))
     a, b = out[..., 3] > 127, ref > 127
     assert (a & b).sum() / (a | b).sum() >= 0.95
     assert resp.headers["x-model"] == "mediapipe-selfie"

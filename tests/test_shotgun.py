@@ -14,10 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import (
-    SHARED_MEDIA,
-    SHARED_MODELS,
+    REFERENCE,
     disk_image,
-    needs_shared,
+    media,
     png_bytes,
     static_http_server,
     tiny_catalog,
@@ -88,15 +87,13 @@ def tiny_catalog_path():
     return get_settings().catalog_path  # the harness points it at the tiny test catalog
 
 
-@needs_shared
-def test_shotgun_on_a_real_photo_matches_the_reference_mask(client):
-    photo = (SHARED_MEDIA / "astronaut.png").read_bytes()
+def test_shotgun_on_a_real_photo_matches_the_reference_mask(client, real_models):
+    photo = media("astronaut").read_bytes()
     resp = shotgun(client, image=b64(photo), include_models=["mediapipe-selfie", "tiny"])
     assert resp.status_code == 200, resp.text
     rows = {r["model_id"]: r for r in resp.json()["results"]}
     out = decode(rows["mediapipe-selfie"]["image_base64"])
-    ref = np.asarray(Image.open(SHARED_MODELS / "reference_outputs" /
-                                "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"))
+    ref = np.asarray(Image.open(REFERENCE / "mediapipe_selfie_segmentation_256x256__astronaut_mask.png"))
     a, b = out[..., 3] > 127, ref > 127
     assert (a & b).sum() / (a | b).sum() >= 0.95
     assert rows["tiny"]["status"] == "success"

