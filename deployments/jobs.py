@@ -315,6 +315,10 @@ class JobWorker:
                 delivery_id=delivery_id))
             retry = result.retryable and attempt < webhooks.MAX_ATTEMPTS
             next_at = now() + timedelta(seconds=webhooks.retry_delay_s(attempt)) if retry else None
+            if not result.ok:
+                log.warning("webhook for job %s not delivered (attempt %d%s): %s", job.job_id,
+                            attempt, ", will retry" if retry else ", giving up", result.error,
+                            extra={"job_id": job.job_id, "webhook_attempt": attempt})
             self.store.record_delivery(job.job_id, delivery_id, event, attempt,
                                        result.ok, result.status_code, result.error,
                                        result.duration_ms, next_at)

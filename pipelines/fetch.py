@@ -229,6 +229,22 @@ async def _post(url: httpx.URL, body: bytes, headers: dict, policy: FetchPolicy,
             await client.aclose()
 
 
+async def check_url(url: str, policy: FetchPolicy, field: str) -> None:
+    """The fetch rules applied ahead of time (when a URL is accepted, before it is used):
+    FetchError for a URL that fetching or posting would refuse (invalid_url, scheme, userinfo,
+    blocked_address). A host that does not resolve now is let through: DNS may answer later,
+    and the attempt then reports it."""
+    parsed = _parse(url, field=field)
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            await _pin(parsed, policy, field)
+    except TimeoutError:
+        return
+    except FetchError as exc:
+        if (exc.details or {}).get("reason") != "unresolvable":
+            raise
+
+
 async def post_json(url: str, body: bytes, headers: dict, policy: FetchPolicy, *,
                     transport: httpx.AsyncBaseTransport | None = None,
                     field: str = "webhook_url",

@@ -392,3 +392,17 @@ def test_one_video_is_spread_over_replicas_and_batched(client):
     assert len(light) == 2 and all(d["images"] > 0 for d in light.values())
     pro = replicas("tiny-pro")
     assert max(d["largest_batch"] for d in pro.values()) > 1  # frames were batched
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.2:9/hook", "non-public address"),  # loopback outside the allowed network
+    ("http://[::1]/hook", "non-public address"),
+    ("http://169.254.169.254/latest", "non-public address"),
+    ("ftp://example.com/hook", "must use http or https"),
+    ("http://user:pw@example.com/hook", "user name or password"),
+])
+def test_webhook_url_is_checked_when_the_job_is_created(client, url, reason):
+    body = {"image_url": "http://127.0.0.1:9/never-fetched.png", "auto_start": False,
+            "webhook_url": url}
+    err = assert_002(client.post("/v1/jobs", json=body), 400, "invalid_request")
+    assert err["message"].startswith("webhook_url ") and reason in err["message"]

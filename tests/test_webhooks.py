@@ -415,3 +415,44 @@ class _NoJitter(random.Random):
 def test_module_does_not_import_ray():
     source = open(webhooks.__file__).read()
     assert "import ray" not in source and "from ray" not in source
+
+
+# ---- refused webhooks are logged by the worker --------------------------------------------------
+
+
+def test_webhook_refused_at_delivery_is_logged_with_the_job_id(tmp_path, monkeypatch, caplog):
+    """A job whose webhook_url the delivery rules refuse (here: written straight into the
+    store, as an older service version or a DNS change would leave it): the worker records the
+    attempt and logs the job id and the reason."""
+    import logging
+
+    from deployments.jobs import JobWorker
+    from serve_app.jobs import JobStore
+    from serve_app.settings import get_settings
+
+    monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BGR_JOB_POLL_S", "0.1")
+    monkeypatch.delenv("BGR_URL_ALLOWED_NETWORKS", raising=False)
+    monkeypatch.delenv("BGR_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    store = JobStore.from_settings(get_settings())
+    job, _ = store.create(api="v1", kind="image", params={"model": "light"}, start=True,
+                          webhook_url="http://127.0.0.2:9/hook")
+    assert store.claim("w1", 30).job_id == job.job_id
+    assert store.complete(job.job_id, "w1", "jobs/x/output.png", "image/png", 60)
+    logger = logging.getLogger("ray.serve.bgremove")
+    logger.addHandler(caplog.handler)
+    worker = JobWorker(models={})
+    try:
+        deadline = time.monotonic() + 20
+        while not store.deliveries(job.job_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker._stop.set()
+        logger.removeHandler(caplog.handler)
+        get_settings.cache_clear()
+    (delivery,) = store.deliveries(job.job_id)
+    assert not delivery["ok"] and "non-public address" in delivery["error"]
+    line = next(r for r in caplog.records if "not delivered" in r.getMessage())
+    assert job.job_id in line.getMessage() and "127.0.0.2" in line.getMessage()
+    assert line.levelno == logging.WARNING
