@@ -177,7 +177,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(tmp)
         server = LoadServer(args, workdir)
-        from serve_app.keys import KeyStore
+        from serve_app.core.keys import KeyStore
         keys_db = KeyStore(f"sqlite:///{workdir / 'data' / 'bgremove.db'}")
         bulk = keys_db.create("bulk", credits=1e9, rate_limit_per_min=10**6,
                               max_concurrent_jobs=100)[1]

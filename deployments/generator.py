@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.generate import DiffusersInpainter, GenerateOptions, generate
-from serve_app.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
+from deployments.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
 
 
 class BackgroundGenerator:

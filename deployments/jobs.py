@@ -4,7 +4,7 @@ Requests never run jobs: the ingress writes a job row and pokes a worker (`wake`
 runs one polling thread that claims queued jobs (a lease in the database, renewed while the job
 runs) and executes at most `job_concurrency` at once in a thread pool; model calls go to the
 model deployments through their handles. If a replica dies, its leases expire and another
-replica (or the restarted app) resumes the job; see `serve_app.jobs`. The same thread delivers
+replica (or the restarted app) resumes the job; see `serve_app.core.jobs`. The same thread delivers
 due webhooks (retried with backoff, every attempt recorded) and deletes expired outputs.
 """
 
@@ -36,13 +36,13 @@ from pipelines.render import render_image_job, render_video
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
 from pipelines.temporal import MaskSmoother
-from serve_app.artifacts import artifact_store
-from serve_app.db import now
-from serve_app.jobs import COMPLETED, Job, JobStore
-from serve_app.keys import Charge
-from serve_app.metrics import CREDITS_CHARGED, JOBS
-from serve_app.schemas import JobPrompt
-from serve_app.settings import get_settings
+from serve_app.core.artifacts import artifact_store
+from serve_app.core.db import now
+from serve_app.core.jobs import COMPLETED, Job, JobStore
+from serve_app.core.keys import Charge
+from deployments.metrics import CREDITS_CHARGED, JOBS
+from serve_app.core.job_params import JobPrompt
+from serve_app.core.settings import get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
 _MAINTENANCE_EVERY_S = 30.0

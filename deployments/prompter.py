@@ -16,7 +16,7 @@ import numpy as np
 from ray import serve
 
 from pipelines.sam import Prompt, PromptSegmenter
-from serve_app.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
+from deployments.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
 
 
 class PromptModel:

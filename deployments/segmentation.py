@@ -18,7 +18,7 @@ from ray import serve
 
 from pipelines.catalog import ModelSpec
 from pipelines.segmenter import OnnxSegmenter
-from serve_app.metrics import (
+from deployments.metrics import (
     MODEL_BATCH_SIZE,
     MODEL_IN_FLIGHT,
     MODEL_INFERENCE_SECONDS,

@@ -20,7 +20,7 @@ from pipelines.generate import MAX_SIDE, GenerateOptions, transparent_enough
 from pipelines.images import DecodedImage, decode_image, encode_png
 from serve_app.app import app
 from serve_app.image_api import ERRORS, PNG
-from serve_app.keys import Charge
+from serve_app.core.keys import Charge
 from serve_app.schemas import BackdropOptions, GenerateForm
 
 NOT_TRANSPARENT = "The input image must have a transparent background."

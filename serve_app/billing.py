@@ -1,5 +1,5 @@
 """Credits per API key: a request the caller's balance cannot cover is refused before any work
-(402 `insufficient_credits`), and only what succeeded is charged (`serve_app.keys.usage`).
+(402 `insufficient_credits`), and only what succeeded is charged (`serve_app.core.keys.usage`).
 Async jobs are checked here when they are submitted and charged by the worker when they
 complete. Callers without a key (auth off, Python handle calls) are not charged.
 
@@ -17,8 +17,8 @@ from fastapi import Request
 from pipelines.errors import InsufficientCredits, InvalidRequest
 from serve_app.app import app
 from serve_app.errors import request_id
-from serve_app.keys import Charge
-from serve_app.metrics import CREDITS_CHARGED
+from serve_app.core.keys import Charge
+from deployments.metrics import CREDITS_CHARGED
 from serve_app.platform import caller
 from serve_app.schemas import Usage, UsageItem
 

@@ -33,7 +33,7 @@ from serve_app.config import (  # noqa: F401 - re-exported: the config types liv
     PoolOptions,
 )
 from serve_app.ingress import Ingress
-from serve_app.settings import get_settings
+from serve_app.core.settings import get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
 

@@ -34,7 +34,7 @@ from pipelines.catalog import load_catalog
 from pipelines.download import pull
 from pipelines.errors import DownloadError, ServiceError
 from pipelines.weights import find_weights, verify
-from serve_app.settings import get_settings
+from serve_app.core.settings import get_settings
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -108,7 +108,7 @@ def _models_verify(args: argparse.Namespace) -> int:
 
 
 def _selections_stats(args: argparse.Namespace) -> int:
-    from serve_app.store import Store  # SQLAlchemy only when this command runs
+    from serve_app.core.store import Store  # SQLAlchemy only when this command runs
 
     url = args.database_url or get_settings().resolved_database_url()
     store = Store(url)
@@ -140,7 +140,7 @@ def _amount(text: str) -> float:
 
 
 def _key_store(args: argparse.Namespace):
-    from serve_app.keys import KeyStore
+    from serve_app.core.keys import KeyStore
 
     return KeyStore(args.database_url or get_settings().resolved_database_url())
 

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.metrics import ERRORS
+from deployments.metrics import ERRORS
 from pipelines.errors import (
     ImageTooLarge,
     InvalidImage,

@@ -20,7 +20,7 @@ from pipelines.errors import PayloadTooLarge, ServiceUnavailable
 from pipelines.images import DecodedImage, decode_image, encode_png
 from pipelines.sam import prompt_model_missing
 from serve_app.app import app
-from serve_app.keys import Charge
+from serve_app.core.keys import Charge
 from serve_app.errors import validation_error
 from serve_app.schemas import (
     BlurOptions,

@@ -24,19 +24,19 @@ from pipelines.catalog import Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from serve_app.app import VERSION, app
 from serve_app.config import IngressSetup
-from serve_app.artifacts import artifact_store
+from serve_app.core.artifacts import artifact_store
 from serve_app.billing import Billing
 from serve_app.backgrounds_api import BackgroundsApi
 from serve_app.image_api import ImageApiV1
-from serve_app.jobs import JobStore
+from serve_app.core.jobs import JobStore
 from serve_app.jobs_api import JobsApi
-from serve_app.keys import KeyStore
-from serve_app.results import ResultLinks
+from serve_app.core.keys import KeyStore
+from serve_app.core.results import ResultLinks
 from serve_app.schemas import Health, ModelHealth, ModelInfo, PoolHealth
-from serve_app.settings import get_settings
+from serve_app.core.settings import get_settings
 from serve_app.shotgun import ShotgunApi
 from serve_app.video_api import VideoApi
-from serve_app.store import Store
+from serve_app.core.store import Store
 
 log = logging.getLogger("ray.serve.bgremove")
 STUDIO = Path(__file__).parent / "studio"

@@ -1,7 +1,7 @@
 """Async jobs over HTTP: HD images (spec 000), the /v1/jobs workflow (spec 001), uploads and
 downloads (spec 002).
 
-Routes only write and read the durable job store (`serve_app.jobs`) and the artifact store; the
+Routes only write and read the durable job store (`serve_app.core.jobs`) and the artifact store; the
 work is done by the `JobWorker` deployment, which the ingress pokes after queueing a job. A
 mixin of `serve_app.ingress.Ingress`.
 """
@@ -35,7 +35,7 @@ from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
 from serve_app.app import app, read_json
 from serve_app.errors import render as render_error
-from serve_app.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
+from serve_app.core.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
 from serve_app.platform import caller, caller_id
 from serve_app.schemas import (
     CreateJobRequest,

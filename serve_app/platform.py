@@ -11,7 +11,7 @@ limit. One pure ASGI middleware (so the headers it adds are on every response, e
   at once; beyond that the answer is an immediate 503 with `Retry-After: 1`, decided before
   the key is looked up, so shedding load costs no database access. `/health` is exempt.
 - A key store that cannot answer (database locked or down) is a 503 with Retry-After too.
-- Rate limit per key (`serve_app.keys`, counted in the database so all ingress replicas agree):
+- Rate limit per key (`serve_app.core.keys`, counted in the database so all ingress replicas agree):
   `X-RateLimit-Limit/Remaining/Reset` on every authenticated response; over the limit 429
   `rate_limited` with `Retry-After`.
 
@@ -33,8 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.errors import RateLimited, ServiceError, ServiceUnavailable, Unauthorized
 from serve_app.errors import new_request_id, render, route_path
-from serve_app.keys import ApiKey, KeyStore, hash_secret
-from serve_app.settings import get_settings
+from serve_app.core.keys import ApiKey, KeyStore, hash_secret
+from serve_app.core.settings import get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",

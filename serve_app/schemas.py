@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
-from pipelines.sam import MAX_POINTS, Prompt, parse_box, parse_points
+from serve_app.core.job_params import JobPrompt
+from pipelines.sam import Prompt, parse_box, parse_points
 
 _MODEL_DOC = "Model id from the catalog (GET /models). Default: the app's default model."
 
@@ -312,30 +313,6 @@ class HdProcessing(BaseModel):
     message: str = "Task is still processing"
     uuid: str
     status: Literal["processing"] = "processing"
-
-
-class JobPrompt(BaseModel):
-    """Clicks and a box for an image job (the prompt model), in input image pixels."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    points: list[tuple[float, float]] = Field(default_factory=list, max_length=MAX_POINTS,
-                                              description="Foreground clicks [[x, y], ...].")
-    background_points: list[tuple[float, float]] = Field(default_factory=list,
-                                                         max_length=MAX_POINTS)
-    box: tuple[float, float, float, float] | None = Field(None, description="[x0, y0, x1, y1]")
-    mode: Literal["refine", "replace"] = "refine"
-
-    @model_validator(mode="after")
-    def _check(self) -> JobPrompt:
-        # Everything but the image's bounds (checked once the image is read).
-        self.prompt().check(float("inf"), float("inf"))
-        if self.mode == "replace" and not self.points and self.box is None:
-            raise InvalidParameter("prompt.mode 'replace' needs a foreground point or a box.")
-        return self
-
-    def prompt(self) -> Prompt:
-        return Prompt(tuple(self.points), tuple(self.background_points), self.box)
 
 
 class TermMatches(BaseModel):

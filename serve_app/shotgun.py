@@ -49,7 +49,7 @@ from pipelines.images import (
     upscale,
 )
 from serve_app.app import app, read_json
-from serve_app.keys import Charge
+from serve_app.core.keys import Charge
 from serve_app.platform import caller_id
 from serve_app.schemas import (
     Dimensions,
@@ -68,7 +68,7 @@ from serve_app.schemas import (
     UpscaleResponse,
     WinRateRow,
 )
-from serve_app.store import ModelRun
+from serve_app.core.store import ModelRun
 
 log = logging.getLogger("ray.serve.bgremove")
 Body = TypeVar("Body", bound=BaseModel)

@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - python-multipart < 0.0.13
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from serve_app.artifacts import ArtifactStore
+    from serve_app.core.artifacts import ArtifactStore
 
 FILE_FIELD = "file"
 ALLOWED_TYPES = frozenset(

@@ -20,7 +20,7 @@ from pipelines.errors import InvalidImage, InvalidRequest, ServiceError
 from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.images import decode_image
 from serve_app.app import app
-from serve_app.jobs import COMPLETED, FAILED, TooManyJobs
+from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
 from serve_app.jobs_api import detail, too_many_jobs
 
 log = logging.getLogger("ray.serve.bgremove")

@@ -84,12 +84,12 @@ def base_url(tmp_path_factory, tiny_model):
     from ray import serve
 
     from serve_app.builder import build_app
-    from serve_app.settings import get_settings
+    from serve_app.core.settings import get_settings
 
     get_settings.cache_clear()
     # The app runs with API keys on, as in production; the tests' own key has limits no test
     # reaches (tests of the limits make their own keys).
-    from serve_app.keys import KeyStore
+    from serve_app.core.keys import KeyStore
     keys = KeyStore(get_settings().resolved_database_url())
     _, secret = keys.create("tests", credits=1e12, rate_limit_per_min=10**9,
                             max_concurrent_jobs=10**6)

@@ -1,4 +1,4 @@
-"""serve_app.artifacts: the local-folder artifact store and its key rules."""
+"""serve_app.core.artifacts: the local-folder artifact store and its key rules."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.artifacts import ArtifactStore, LocalArtifactStore, artifact_store, validate_key
-from serve_app.settings import Settings
+from serve_app.core.artifacts import ArtifactStore, LocalArtifactStore, artifact_store, validate_key
+from serve_app.core.settings import Settings
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 import serve_app.platform as platform
 from serve_app.errors import install_error_handlers
-from serve_app.settings import Settings
+from serve_app.core.settings import Settings
 
 
 def test_requests_past_the_in_flight_limit_get_503_with_retry_after(monkeypatch):
@@ -56,7 +56,7 @@ def test_requests_past_the_in_flight_limit_get_503_with_retry_after(monkeypatch)
 def test_a_key_store_that_cannot_answer_is_a_503_not_a_500(monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from serve_app.keys import KeyStore
+    from serve_app.core.keys import KeyStore
 
     def locked(self, secret):
         raise OperationalError("SELECT", {}, Exception("database is locked"))

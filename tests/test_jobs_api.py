@@ -24,9 +24,9 @@ from ray import serve  # noqa: E402
 
 from pipelines.catalog import load_catalog  # noqa: E402
 from serve_app.ingress import Ingress  # noqa: E402
-from serve_app.jobs import JobStore  # noqa: E402
-from serve_app.jobs import jobs as jobs_table  # noqa: E402
-from serve_app.settings import get_settings  # noqa: E402
+from serve_app.core.jobs import JobStore  # noqa: E402
+from serve_app.core.jobs import jobs as jobs_table  # noqa: E402
+from serve_app.core.settings import get_settings  # noqa: E402
 
 pytestmark = pytest.mark.serve
 

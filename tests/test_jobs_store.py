@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from serve_app.db import now
-from serve_app.jobs import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
+from serve_app.core.db import now
+from serve_app.core.jobs import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from serve_app.cli import main as cli
-from serve_app.jobs import PROCESSING, JobStore, TooManyJobs
-from serve_app.keys import WINDOW_S, KeyStore, hash_secret
+from serve_app.core.jobs import PROCESSING, JobStore, TooManyJobs
+from serve_app.core.keys import WINDOW_S, KeyStore, hash_secret
 
 
 def test_keys_are_stored_hashed_and_revocable(db_url):
@@ -144,7 +144,7 @@ def test_keys_cli(tmp_path, capsys):
 
 
 def test_credits_charges_and_usage(db_url, tmp_path, capsys):
-    from serve_app.keys import Charge
+    from serve_app.core.keys import Charge
     keys = KeyStore(db_url)
     key, _ = keys.create("dora", credits=10)
     keys.charge(key.key_id, Charge("image.matte", 1, 1.0), request_id="r1")
@@ -176,7 +176,7 @@ def test_credits_charges_and_usage(db_url, tmp_path, capsys):
 
 
 def test_balances_survive_float_arithmetic(tmp_path):
-    from serve_app.keys import Charge
+    from serve_app.core.keys import Charge
     keys = KeyStore(f"sqlite:///{tmp_path / 'f.db'}")
     key, _ = keys.create("eve", credits=0.3)
     for _ in range(2):

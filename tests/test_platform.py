@@ -12,14 +12,14 @@ import httpx
 import pytest
 
 from conftest import disk_image, png_bytes
-from serve_app.keys import KeyStore
+from serve_app.core.keys import KeyStore
 
 pytestmark = pytest.mark.serve
 
 
 @pytest.fixture(scope="module")
 def keys(base_url) -> KeyStore:
-    from serve_app.settings import Settings
+    from serve_app.core.settings import Settings
     data_dir = os.environ["BGR_DATA_DIR"]
     return KeyStore(Settings(data_dir=data_dir).resolved_database_url())
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from pipelines.errors import InvalidRequest, UnknownJob
 from serve_app import cli
-from serve_app.store import ModelRun, Store, WinRate
+from serve_app.core.store import ModelRun, Store, WinRate
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from pipelines.errors import FileTooLarge, InvalidFileType, InvalidRequest, ServiceError
 from pipelines.media_types import sniff_media_type
-from serve_app.artifacts import LocalArtifactStore
+from serve_app.core.artifacts import LocalArtifactStore
 from serve_app.uploads import (
     ALLOWED_TYPES,
     UploadInfo,

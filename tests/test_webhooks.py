@@ -427,8 +427,8 @@ def test_webhook_refused_at_delivery_is_logged_with_the_job_id(tmp_path, monkeyp
     import logging
 
     from deployments.jobs import JobWorker
-    from serve_app.jobs import JobStore
-    from serve_app.settings import get_settings
+    from serve_app.core.jobs import JobStore
+    from serve_app.core.settings import get_settings
 
     monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("BGR_JOB_POLL_S", "0.1")

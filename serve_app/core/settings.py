@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     hd_max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
     url_allowed_networks: list[str] = Field(default_factory=list)
-    # Where job inputs/outputs live (serve_app.artifacts): unset -> <data_dir>/artifacts;
+    # Where job inputs/outputs live (serve_app.core.artifacts): unset -> <data_dir>/artifacts;
     # file:///abs/path -> that folder (shared storage when several nodes serve).
     artifacts_url: str | None = None
     # Public base URL at which that store's files can be read (a web server or CDN in front of

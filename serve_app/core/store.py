@@ -1,7 +1,7 @@
 """Shotgun jobs, each model's outcome in them, and the result users selected.
 
 From these rows we read per-model win rates by image category (preference tracking). Tables
-live on the shared `serve_app.db.metadata` (SQLite by default, PostgreSQL when configured).
+live on the shared `serve_app.core.db.metadata` (SQLite by default, PostgreSQL when configured).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import (
 )
 
 from pipelines.errors import InvalidRequest, UnknownJob
-from serve_app.db import connect, metadata, now
+from serve_app.core.db import connect, metadata, now
 
 UNCATEGORIZED = "uncategorized"
 ALL = "all"

@@ -27,8 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.db import as_utc, connect, metadata, now
-from serve_app.keys import Charge, api_keys, apply_charge
+from serve_app.core.db import as_utc, connect, metadata, now
+from serve_app.core.keys import Charge, api_keys, apply_charge
 
 CREATED, PROCESSING, COMPLETED, FAILED = "created", "processing", "completed", "failed"
 TERMINAL = (COMPLETED, FAILED)

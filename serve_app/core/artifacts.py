@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
-    from serve_app.settings import Settings
+    from serve_app.core.settings import Settings
 
 MAX_KEY_LENGTH = 256
 _NAME_MAX = 255  # a path segment is a file or folder name on the local filesystem

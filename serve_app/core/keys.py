@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.db import as_utc, connect, metadata, now
+from serve_app.core.db import as_utc, connect, metadata, now
 
 KEY_PREFIX = "bgr_"
 WINDOW_S = 60
