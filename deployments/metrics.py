@@ -53,3 +53,9 @@ CREDITS_CHARGED = Counter(
     description="Credits charged to API keys, by operation.",
     tag_keys=("operation",),
 )
+
+DEPENDENCY_ERRORS = Counter(
+    "bgremove_dependency_errors_total",
+    description="Requests answered 503/507 because a dependency failed (database, storage).",
+    tag_keys=("dependency",),
+)

@@ -158,3 +158,15 @@ class ServiceUnavailable(ServiceError):
 
     status_code = 503
     code = "service_unavailable"
+
+
+class DependencyUnavailable(ServiceUnavailable):
+    """A dependency of the service (the job database) cannot be reached right now; a retry
+    after `retry_after_s` may succeed. Not the service's bug: never a 500."""
+
+
+class StorageUnavailable(ServiceError):
+    """The artifact storage is full or not writable (ENOSPC, EDQUOT, EROFS, EACCES)."""
+
+    status_code = 507
+    code = "insufficient_storage"

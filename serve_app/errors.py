@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.metrics import ERRORS
+from deployments.metrics import DEPENDENCY_ERRORS, ERRORS
 from pipelines.errors import (
+    DependencyUnavailable,
     ImageTooLarge,
     InvalidImage,
     InvalidParameter,
@@ -38,10 +39,27 @@ from pipelines.errors import (
     RateLimited,
     InsufficientCredits,
     ServiceUnavailable,
+    StorageUnavailable,
     Unauthorized,
 )
+from serve_app.core.dependencies import OutageLog, as_dependency_error
 
 log = logging.getLogger("ray.serve.bgremove")
+OUTAGES = OutageLog()  # per process: one log line per dependency outage
+
+
+def dependency_failure(exc: BaseException, prefix: str = "") -> ServiceError | None:
+    """The 503/507 error for a failed dependency (recorded: logged once per outage, counted),
+    or None when `exc` is something else."""
+    mapped = as_dependency_error(exc, prefix)
+    if mapped is not None:
+        dependency = (mapped.details or {})["dependency"]
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        OUTAGES.failed(dependency, f"{type(exc).__name__}: {first_line}")
+        DEPENDENCY_ERRORS.inc(1, {"dependency": dependency})
+    return mapped
+
+DEPENDENCY_ERRORS_TYPES = (DependencyUnavailable, StorageUnavailable)  # logged per outage
 
 # Spec 003's error types, most specific class first, with the status each type has there.
 _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
@@ -56,6 +74,7 @@ _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
     (RateLimited, "rate_limited", 429),
     (ModelUnavailable, "service_unavailable", 503),
     (ServiceUnavailable, "service_unavailable", 503),
+    (StorageUnavailable, "insufficient_storage", 507),
     (ServiceError, "internal_error", 500),
 ]
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
@@ -172,7 +191,7 @@ def validation_error(exc: ValidationError) -> InvalidParameter:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status_code >= 500:
+        if exc.status_code >= 500 and not isinstance(exc, DEPENDENCY_ERRORS_TYPES):
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         return render(request, exc)
 
@@ -202,5 +221,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        mapped = dependency_failure(exc)
+        if mapped is not None:  # an outage, not a bug: no stack trace, one log line
+            return render(request, mapped)
         log.exception("%s %s: unexpected error", request.method, request.url.path)
         return render(request, ServiceError("Internal Server Error"))

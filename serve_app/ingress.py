@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
@@ -32,7 +32,10 @@ from serve_app.core.jobs import JobStore
 from serve_app.jobs_api import JobsApi
 from serve_app.core.keys import KeyStore
 from serve_app.core.results import ResultLinks
-from serve_app.schemas import Health, ModelHealth, ModelInfo, PoolHealth
+from serve_app.core.db import ping
+from serve_app.core.dependencies import DependencyProbe
+from serve_app.errors import OUTAGES
+from serve_app.schemas import DependencyHealth, Health, ModelHealth, ModelInfo, PoolHealth
 from serve_app.core.settings import get_settings
 from serve_app.shotgun import ShotgunApi
 from serve_app.video_api import VideoApi
@@ -113,6 +116,9 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
         # Compositing and encoding are CPU- and memory-heavy (peak ~90 bytes per pixel: 2.2 GB
         # for a 25 MP cut-out); at most this many run at once, whatever the request load.
         self.cpu = CpuSlots(self.settings.composite_concurrency or os.cpu_count() or 1)
+        # /health's dependency checks: one real round-trip per 2 s, whatever the polling rate
+        self.database_probe = DependencyProbe(lambda: ping(self.jobs.engine))
+        self.storage_probe = DependencyProbe(self._storage_problem)
 
     def _handle(self, model_id: str) -> DeploymentHandle:
         if model_id in self.handles:
@@ -137,8 +143,49 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
             for m in self.catalog.values()
         ]
 
-    @app.get("/health", response_model=Health, summary="Service, per-model and per-pool health")
-    async def health(self) -> Health:
+    @app.get("/health/live", include_in_schema=True, summary="Liveness: the process answers")
+    async def live(self) -> dict[str, str]:
+        """For liveness probes: 200 while this replica serves HTTP, whatever its dependencies
+        (a database outage must not get replicas restarted; /health reports it)."""
+        return {"status": "alive"}
+
+    def _storage_problem(self) -> str | None:
+        space = getattr(self.artifacts, "space", None)
+        if space is None:  # a store that cannot tell (object storage): not checked here
+            return None
+        free, writable = space()
+        if not writable:
+            return "not_writable: the artifact folder is not writable"
+        if free < self.settings.min_free_storage_bytes:
+            return (f"full: {free:,} bytes free, below BGR_MIN_FREE_STORAGE_BYTES "
+                    f"({self.settings.min_free_storage_bytes:,})")
+        return None
+
+    async def _dependencies(self) -> dict[str, DependencyHealth]:
+        db, storage = await asyncio.gather(asyncio.to_thread(self.database_probe.check),
+                                           asyncio.to_thread(self.storage_probe.check))
+        if db.ok:
+            OUTAGES.recovered("database")
+        else:
+            OUTAGES.failed("database", db.detail or "unavailable")
+        storage_status = "ok"
+        if not storage.ok:
+            kind = (storage.detail or "").split(":", 1)[0]
+            storage_status = kind if kind in ("full", "not_writable") else "not_writable"
+        space = getattr(self.artifacts, "space", None)
+        free = (await asyncio.to_thread(space))[0] if space is not None and storage.ok else None
+        return {
+            "database": DependencyHealth(status="ok" if db.ok else "unavailable",
+                                         detail=db.detail, latency_ms=db.latency_ms),
+            "storage": DependencyHealth(status=storage_status, detail=storage.detail,
+                                        free_bytes=free),
+        }
+
+    @app.get("/health", response_model=Health, summary="Service, per-model and per-pool health",
+             responses={503: {"model": Health, "description": "a dependency fails"}})
+    async def health(self):
+        """200 healthy/degraded (a configured model is not serving); 503 unhealthy (the
+        database or the storage fails: readiness checks take the replica out of rotation)."""
         replicas = await asyncio.to_thread(_replica_counts)
         models: dict[str, ModelHealth] = {}
         pools: dict[str, PoolHealth] = {}
@@ -164,13 +211,20 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
                 status="missing", pool=self.catalog[model_id]["tier"], detail=reason
             )
         healthy = all(m.status == "loaded" for m in models.values())
-        return Health(
-            status="healthy" if healthy else "degraded", version=VERSION,
+        dependencies = await self._dependencies()
+        failing = any(d.status != "ok" for d in dependencies.values())
+        health = Health(
+            status="unhealthy" if failing else "healthy" if healthy else "degraded",
+            version=VERSION, dependencies=dependencies,
             default_model=self.default_model,
             services={model_id: m.status for model_id, m in models.items()},
             models=models, pools=pools,
             features={name: reason or "available" for name, reason in self.setup.features.items()},
         )
+        if failing:
+            return JSONResponse(health.model_dump(mode="json"), status_code=503,
+                                headers={"Retry-After": "5"})
+        return health
 
     @app.get("/studio", include_in_schema=False)
     async def studio(self):

@@ -34,6 +34,7 @@ from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
 from serve_app.app import app, read_json
+from serve_app.errors import dependency_failure
 from serve_app.errors import render as render_error
 from serve_app.core.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
 from serve_app.platform import caller, caller_id
@@ -122,8 +123,11 @@ class JobsApi:
             await asyncio.to_thread(self.artifacts.delete, key)
             raise too_many_jobs(exc) from None
         except Exception as exc:  # noqa: BLE001 - the documented 500 body
-            log.exception("HD submit failed")
             await asyncio.to_thread(self.artifacts.delete, key)
+            mapped = dependency_failure(exc, "Failed to submit image: ")
+            if mapped is not None:  # database down (503) or storage full (507)
+                raise mapped from None
+            log.exception("HD submit failed")
             return detail(500, f"Failed to submit image: {type(exc).__name__}")
         self._wake_worker()
         return HdSubmitted(uuid=job_id)
@@ -288,8 +292,13 @@ class JobsApi:
               summary="Upload an image or video (streamed to storage, up to 500 MB)")
     async def upload(self, request: Request) -> UploadView:
         info = await receive_upload(request, self.artifacts, self.settings.upload_max_bytes)
-        await asyncio.to_thread(self.jobs.add_upload, info.upload_id, info.key, info.filename,
-                                info.media_type, info.kind, info.size, caller_id(request))
+        try:
+            await asyncio.to_thread(self.jobs.add_upload, info.upload_id, info.key,
+                                    info.filename, info.media_type, info.kind, info.size,
+                                    caller_id(request))
+        except Exception:
+            await asyncio.to_thread(self.artifacts.delete, info.key)  # no unrecorded upload
+            raise
         return UploadView(upload_id=info.upload_id, filename=info.filename,
                           media_type=info.media_type, kind=info.kind, size_bytes=info.size)
 

@@ -37,7 +37,8 @@ from serve_app.core.keys import ApiKey, KeyStore, hash_secret
 from serve_app.core.settings import get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+HEALTH_PATHS = frozenset({"/health", "/health/live"})
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
                           "/studio"})
 PUBLIC_PREFIXES = ("/results/", "/studio/")  # the studio's page and assets; its calls use keys
 
@@ -88,7 +89,7 @@ class PlatformMiddleware:
         settings = get_settings()
         path = route_path(scope)
         # Shedding first: under overload a refusal must cost no database access.
-        if path != "/health" and 0 < settings.max_inflight_requests <= self._inflight:
+        if path not in HEALTH_PATHS and 0 < settings.max_inflight_requests <= self._inflight:
             await self._refuse(scope, receive, send, ServiceUnavailable(
                 f"Server busy: {self._inflight} requests in progress on this replica; retry "
                 "shortly.", {"retry_after_s": 1}), extra)

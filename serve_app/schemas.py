@@ -151,8 +151,18 @@ class PoolHealth(BaseModel):
     autoscaling_config: dict[str, Any] | None = None
 
 
+class DependencyHealth(BaseModel):
+    status: Literal["ok", "unavailable", "full", "not_writable"]
+    detail: str | None = None
+    latency_ms: float | None = None
+    free_bytes: int | None = None
+
+
 class Health(BaseModel):
-    status: Literal["healthy", "degraded"]
+    # unhealthy: a dependency (database, storage) fails: answered with HTTP 503, so readiness
+    # checks and load balancers stop sending traffic; degraded: a configured model is not
+    # serving (200: the rest works).
+    status: Literal["healthy", "degraded", "unhealthy"]
     version: str
     default_model: str
     # Spec 003's summary: one word per model deployment ("loaded", "missing", ...).
@@ -161,6 +171,7 @@ class Health(BaseModel):
     pools: dict[str, PoolHealth]
     # Optional features: "available", or why not ("not installed (...): run ...").
     features: dict[str, str] = Field(default_factory=dict)
+    dependencies: dict[str, DependencyHealth] = Field(default_factory=dict)
 
 
 class ModelInfo(BaseModel):

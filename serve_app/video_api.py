@@ -21,6 +21,7 @@ from pipelines.fetch import FetchPolicy, fetch_url
 from pipelines.images import decode_image
 from serve_app.app import app
 from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
+from serve_app.errors import dependency_failure
 from serve_app.jobs_api import detail, too_many_jobs
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -69,8 +70,11 @@ class VideoApi:
             await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
             return detail(400, exc.message)
         except Exception as exc:  # noqa: BLE001 - the documented 500 body
-            log.exception("video submit failed")
             await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+            mapped = dependency_failure(exc, "Failed to submit video: ")
+            if mapped is not None:  # storage full or not writable (507)
+                raise mapped from None
+            log.exception("video submit failed")
             return detail(500, f"Failed to submit video: {type(exc).__name__}")
 
         bg_key = None
@@ -99,6 +103,12 @@ class VideoApi:
         except TooManyJobs as exc:
             await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
             raise too_many_jobs(exc) from None
+        except Exception as exc:
+            await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
+            mapped = dependency_failure(exc, "Failed to submit video: ")
+            if mapped is not None:  # the job database is down (503)
+                raise mapped from None
+            raise
         self._wake_worker()
         body = {"message": "Video submitted for processing", "uuid": job_id,
                 "status": "processing", "duration": video.format_duration(info.duration_s)}

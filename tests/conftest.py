@@ -267,60 +267,80 @@ def _postgres_bin_dir() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A throwaway PostgreSQL server on 127.0.0.1 for this test session (skips without one).
+class PostgresServer:
+    """A throwaway PostgreSQL server on 127.0.0.1 that a test can stop and start again.
 
     initdb refuses to run as root, so as root the server runs as `nobody` in a /tmp dir it owns.
+    `start()` skips the test when the machine has no PostgreSQL server binaries.
     """
-    bindir = _postgres_bin_dir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    psycopg = pytest.importorskip("psycopg")
-    root = Path(tempfile.mkdtemp(prefix="bgr-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("nobody")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "nobody", "--"] if shutil.which("runuser") else [
-            "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-    data, log = root / "data", root / "server.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
 
-    def run(*cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, *cmd], cwd=root, capture_output=True, text=True,
-                              timeout=60)
+    def __init__(self) -> None:
+        self.bindir = _postgres_bin_dir()
+        if self.bindir is None:
+            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+        self.root = Path(tempfile.mkdtemp(prefix="bgr-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("nobody")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "nobody", "--"] if shutil.which("runuser") else [
+                "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.running = False
 
-    started = False
-    try:
-        res = run(str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-                  "-E", "UTF8", "--locale=C", "--no-sync")
+    def _run(self, *cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.as_user, *cmd], cwd=self.root, capture_output=True,
+                              text=True, timeout=60)
+
+    def start(self) -> PostgresServer:
+        psycopg = pytest.importorskip("psycopg")
+        if not self.data.exists():
+            res = self._run(str(self.bindir / "initdb"), "-D", str(self.data), "--auth=trust",
+                            "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
+            if res.returncode != 0:
+                pytest.skip(f"initdb failed: {res.stderr.strip()[-500:]}")
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                f"-c unix_socket_directories={self.root} -F")
+        res = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                        "-o", opts, "-w", "-t", "20", "start")
         if res.returncode != 0:
-            pytest.skip(f"initdb failed: {res.stderr.strip()[-500:]}")
-        opts = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -F"
-        res = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts,
-                  "-w", "-t", "20", "start")
-        started = res.returncode == 0
-        if not started:
-            tail = log.read_text()[-500:] if log.exists() else res.stderr
+            tail = self.log.read_text()[-500:] if self.log.exists() else res.stderr
             pytest.skip(f"PostgreSQL did not start: {tail.strip()}")
+        self.running = True
         deadline = time.monotonic() + 20
         while True:
             try:
-                psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
                                 connect_timeout=2).close()
-                break
+                return self
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
                     pytest.skip(f"PostgreSQL does not accept connections: {exc}")
                 time.sleep(0.2)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def stop(self, mode: str = "immediate") -> None:
+        """`immediate`: like a crash or a pulled cable (no clean shutdown)."""
+        if self.running:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+            self.running = False
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server for this test session (skips without one)."""
+    server = PostgresServer()
+    try:
+        yield server.start().url
     finally:
-        if started:
-            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import time
 import uuid
@@ -126,6 +127,11 @@ class LocalArtifactStore:
 
     def __repr__(self) -> str:
         return f"LocalArtifactStore({str(self.root)!r})"
+
+    def space(self) -> tuple[int, bool]:
+        """(free bytes, writable) of the folder's filesystem, for /health."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free, os.access(self.root, os.W_OK)
 
     # -- writing ---------------------------------------------------------------------------
 

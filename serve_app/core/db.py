@@ -59,9 +59,17 @@ def connect(url: str) -> tuple[Engine, AbstractContextManager]:
             serial = threading.Lock()
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(parsed, pool_pre_ping=True)
+        # A server that does not answer fails a request in seconds instead of hanging it.
+        engine = create_engine(parsed, pool_pre_ping=True, pool_timeout=5,
+                               connect_args={"connect_timeout": 5})
     _create_tables(engine)
     return engine, serial
+
+
+def ping(engine: Engine) -> None:
+    """One round-trip to the database (raises what the driver raises when it cannot)."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def _create_tables(engine: Engine, tries: int = 5) -> None:

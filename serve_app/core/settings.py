@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(30.0, gt=0)
     job_max_attempts: int = Field(3, ge=1, le=20)
     job_poll_s: float = Field(1.0, gt=0)
+    # /health reports the artifact storage as full (and the service unready) below this.
+    min_free_storage_bytes: int = Field(100 * 1024 * 1024, ge=0)
     job_output_ttl_s: int = Field(24 * 3600, gt=0)  # outputs are deleted after download or this
     hd_max_pixels: int = Field(100_000_000, gt=0)
     # Video (spec 000): longer clips are trimmed to this many seconds (with a warning).
