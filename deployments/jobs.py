@@ -42,7 +42,7 @@ from serve_app.core.jobs import COMPLETED, Job, JobStore
 from serve_app.core.keys import Charge
 from deployments.metrics import CREDITS_CHARGED, JOBS
 from serve_app.core.job_params import JobPrompt
-from serve_app.core.settings import get_settings
+from serve_app.core.settings import apply_log_level, get_settings
 
 log = logging.getLogger("ray.serve.bgremove")
 _MAINTENANCE_EVERY_S = 30.0
@@ -59,6 +59,7 @@ class JobWorker:
         self.text_segmenter = text_segmenter  # text_prompt terms (None: not configured)
         self.model_timeout_s = model_timeout_s
         self.settings = get_settings()
+        apply_log_level(self.settings)
         self.store = JobStore.from_settings(self.settings)
         self.artifacts = artifact_store(self.settings)
         self.worker_id = f"worker-{uuid.uuid4().hex[:10]}"

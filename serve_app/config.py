@@ -114,6 +114,9 @@ class WorkerOptions(_Options):
     # light, human the first served model of that tier.
     tier_models: dict[Literal["original", "pro", "light", "human"], str] = Field(
         default_factory=dict)
+    # How long the worker waits for one model call (an image, a video frame) before the job
+    # fails; HD images on a busy CPU pool can take minutes.
+    model_timeout_s: float = Field(600.0, gt=0)
 
 
 class PromptOptions(_Options):

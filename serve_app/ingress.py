@@ -36,7 +36,7 @@ from serve_app.core.db import ping
 from serve_app.core.dependencies import DependencyProbe
 from serve_app.errors import OUTAGES
 from serve_app.schemas import DependencyHealth, Health, ModelHealth, ModelInfo, PoolHealth
-from serve_app.core.settings import get_settings
+from serve_app.core.settings import apply_log_level, get_settings
 from serve_app.shotgun import ShotgunApi
 from serve_app.video_api import VideoApi
 from serve_app.core.store import Store
@@ -102,6 +102,7 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
         self.setup = IngressSetup.model_validate(setup)
         self.default_model = self.setup.default_model
         self.settings = get_settings()
+        apply_log_level(self.settings)
         if not self.settings.auth_enabled:
             log.warning("!" * 78 + "\n  AUTHENTICATION IS OFF (BGR_AUTH_ENABLED=false): every "
                         "client may call every endpoint,\n  with no rate limits and no "

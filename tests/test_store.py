@@ -194,3 +194,27 @@ def test_cli_stats(db_url, capsys):
     assert [ln.split()[:2] for ln in lines[1:]] == [
         ["people", "model-a"], ["people", "model-c"], ["people", "model-b"]]
     assert lines[1].split()[-1] == "66.7%"
+
+
+def test_a_selection_records_who_made_it(store):
+    store.record_job("job-owned", "remove-background", [ok("u2netp")], owner="key-1")
+    selection = store.log_selection("job-owned", "u2netp", "product", owner="key-1")
+    with store.engine.connect() as conn:
+        owner = conn.execute(text("SELECT owner FROM selections WHERE selection_id = :s"),
+                             {"s": selection}).scalar()
+    assert owner == "key-1"
+
+
+def test_log_level_setting_reaches_the_service_logger(monkeypatch):
+    import logging
+
+    from serve_app.core.settings import Settings, apply_log_level
+
+    logger = logging.getLogger("ray.serve.bgremove")
+    before = logger.level
+    try:
+        monkeypatch.setenv("BGR_LOG_LEVEL", "WARNING")
+        apply_log_level(Settings())
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(before)

@@ -6,7 +6,9 @@ pools, resources) is the typed app config in `serve_app.builder`, read from the 
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
+from typing import Literal
 from pathlib import Path
 
 from pydantic import Field
@@ -28,7 +30,9 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(32 * 1024 * 1024, gt=0)
     regular_max_pixels: int = Field(2048 * 2048, gt=0)
-    log_level: str = "INFO"
+    # The service's own log records (logger ray.serve.bgremove) below this level are dropped;
+    # Serve's and Ray's own logs follow the Serve config's logging_config.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Compositing/encoding jobs one ingress replica runs at once (0: one per CPU core). Bounds
     # its CPU and memory under load: each can peak at ~90 bytes per pixel.
     composite_concurrency: int = Field(0, ge=0)
@@ -106,6 +110,11 @@ class Settings(BaseSettings):
         if self.extra_models_dir is not None:
             dirs.append(self.extra_models_dir.expanduser().resolve())
         return dirs
+
+
+def apply_log_level(settings: Settings) -> None:
+    """BGR_LOG_LEVEL on this process's service logger (each replica calls it at start)."""
+    logging.getLogger("ray.serve.bgremove").setLevel(settings.log_level)
 
 
 @lru_cache

@@ -125,7 +125,7 @@ class Store:
             selection_id = str(uuid.uuid4())
             conn.execute(selections.insert().values(
                 selection_id=selection_id, job_id=job_id, selected_model_id=selected_model_id,
-                image_category=image_category, notes=notes, created_at=now()))
+                image_category=image_category, notes=notes, created_at=now(), owner=owner))
         return selection_id
 
     def win_rates(self, category: str | None = None) -> list[WinRate]:
