@@ -30,7 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from pipelines import webhooks
 from pipelines.compose import Background, Composition
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
-from pipelines.fetch import FetchPolicy, fetch_url
+from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
 from pipelines.sam import prompt_model_missing
@@ -64,9 +64,7 @@ class JobWorker:
         self.artifacts = artifact_store(self.settings)
         self.worker_id = f"worker-{uuid.uuid4().hex[:10]}"
         s = self.settings
-        self.fetch_policy = FetchPolicy.from_strings(s.hd_max_upload_bytes, s.url_fetch_timeout_s,
-                                                     s.url_fetch_max_redirects,
-                                                     s.url_allowed_networks)
+        self.fetch_policy = s.fetch_policy(s.hd_max_upload_bytes)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._slots = threading.Semaphore(s.job_concurrency)
@@ -314,11 +312,12 @@ class JobWorker:
             result = loop.run_until_complete(webhooks.deliver(
                 job.webhook_url, payload, job.webhook_secret, self.fetch_policy,
                 delivery_id=delivery_id))
-            retry = result.retryable and attempt < webhooks.MAX_ATTEMPTS
-            next_at = now() + timedelta(seconds=webhooks.retry_delay_s(attempt)) if retry else None
+            delay = webhooks.next_retry_delay_s(result, attempt)
+            next_at = None if delay is None else now() + timedelta(seconds=delay)
             if not result.ok:
                 log.warning("webhook for job %s not delivered (attempt %d%s): %s", job.job_id,
-                            attempt, ", will retry" if retry else ", giving up", result.error,
+                            attempt, ", giving up" if delay is None else ", will retry",
+                            result.error,
                             extra={"job_id": job.job_id, "webhook_attempt": attempt})
             self.store.record_delivery(job.job_id, delivery_id, event, attempt,
                                        result.ok, result.status_code, result.error,

@@ -1,6 +1,6 @@
 """Batch cut-outs of a folder of images: listing, the manifest, and one batch's work.
 
-Pure Python (no Ray): `deployments/batch.py` runs `process_batch` in Ray Data actors; the
+Pure Python (no Ray): `serve_app/batch.py` runs `process_batch` in Ray Data actors; the
 benchmark's plain loop calls it directly. Paths are fsspec URLs (a local folder, `file://`,
 `s3://...` with s3fs installed, anything fsspec can list).
 

@@ -37,6 +37,12 @@ class DecodedImage:
         """(width, height)"""
         return self.rgb.shape[1], self.rgb.shape[0]
 
+    def within_alpha(self, mask: np.ndarray) -> np.ndarray:
+        """`mask` kept inside the transparency the input already had (mask x alpha / 255)."""
+        if self.alpha is None:
+            return mask
+        return ((mask.astype(np.uint16) * self.alpha) // 255).astype(np.uint8)
+
 
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
     """Scale 16/32-bit integer or float samples to uint8 by their nominal range."""

@@ -43,7 +43,7 @@ def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *
     """Encoded output and its media type. Raises the project's errors for bad input."""
     image = decode_job_image(data, max_pixels)
     mask = segment(image.rgb)
-    cut = [_cutout(image, mask)]
+    cut = [cutout(image, mask)]
     del image, mask  # large inputs: only the cut-out is needed from here on
     return _compose_encode(cut, output_format, background, composition)
 
@@ -52,13 +52,13 @@ def render_cutout(image: DecodedImage, mask: np.ndarray, *, output_format: str =
                   background: Background | None = None,
                   composition: Composition | None = None) -> tuple[bytes, str]:
     """The same output from an image already decoded and its mask (batch runs)."""
-    return _compose_encode([_cutout(image, mask)], output_format, background, composition)
+    return _compose_encode([cutout(image, mask)], output_format, background, composition)
 
 
-def _cutout(image: DecodedImage, mask: np.ndarray) -> np.ndarray:
-    if image.alpha is not None:  # keep transparency the input already had
-        mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
-    return effects.cutout(image.rgb, mask)
+def cutout(image: DecodedImage, mask: np.ndarray) -> np.ndarray:
+    """The RGBA cut-out (edge colours decontaminated) of a decoded image and its model mask,
+    keeping any transparency the input had: the one cut-out step of every API."""
+    return effects.cutout(image.rgb, image.within_alpha(mask))
 
 
 def _compose_encode(cut: list[np.ndarray], output_format: str, background: Background | None,

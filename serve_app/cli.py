@@ -312,7 +312,7 @@ def _usage(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from deployments.batch import run_batch
+    from serve_app.batch import run_batch
 
     settings = get_settings()
     bar = tqdm(unit="image", disable=None)

@@ -47,8 +47,7 @@ ERRORS = {
 def render(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Options) -> np.ndarray:
     """Composite the effect at full resolution (pure CPU work, run in a thread)."""
     rgb = image.rgb
-    if image.alpha is not None:  # keep transparency the input already had
-        mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
+    mask = image.within_alpha(mask)  # keep transparency the input already had
     if effect is Effect.matte:
         return effects.cutout(rgb, mask)
     if effect is Effect.blur:

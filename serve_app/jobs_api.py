@@ -29,7 +29,7 @@ from pipelines.errors import (
     ServiceUnavailable,
     StateConflict,
 )
-from pipelines.fetch import FetchPolicy, check_url
+from pipelines.fetch import check_url
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
@@ -222,9 +222,7 @@ class JobsApi:
             raise InvalidRequest("mp4 cannot carry transparency: give a colour background, or "
                                  "use webm or mov.")
         if req.webhook_url is not None:  # the delivery rules, checked now rather than never
-            s = self.settings
-            await check_url(req.webhook_url, FetchPolicy.from_strings(
-                0, s.url_fetch_timeout_s, 0, s.url_allowed_networks), "webhook_url")
+            await check_url(req.webhook_url, self.settings.fetch_policy(0), "webhook_url")
         if req.auto_start:
             await self._require_job_credits(request, kind)
         params = {"model": req.model, "model_id": self._tier_model(req.model),

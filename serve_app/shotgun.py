@@ -27,7 +27,6 @@ from ray.serve.exceptions import BackPressureError
 from fastapi import Query, Request
 from pydantic import BaseModel
 
-from pipelines import effects
 from pipelines.errors import (
     ImageTooLarge,
     InvalidImage,
@@ -39,7 +38,8 @@ from pipelines.errors import (
     ServiceError,
     UnsupportedFormat,
 )
-from pipelines.fetch import FetchPolicy, fetch_url
+from pipelines.fetch import fetch_url
+from pipelines.render import cutout
 from pipelines.images import (
     SHOTGUN_INPUT_FORMATS,
     DecodedImage,
@@ -115,7 +115,7 @@ class ShotgunApi:
         fmt = req.output_format
 
         def finish(model_id: str, mask: np.ndarray) -> tuple[str, str | None]:
-            data = encode_image(_cutout(image, mask), fmt)
+            data = encode_image(cutout(image, mask), fmt)
             link = None
             if self.links.enabled:
                 path = self.links.save(job_id, f"{model_id}.{fmt}", data)
@@ -178,7 +178,7 @@ class ShotgunApi:
         job_id = str(uuid.uuid4())
 
         def finish(model_id: str, mask: np.ndarray) -> tuple[str, tuple[int, ...]]:
-            out = upscale(_cutout(image, mask), factor)
+            out = upscale(cutout(image, mask), factor)
             return base64.b64encode(encode_image(out, req.output_format)).decode("ascii"), out.shape
 
         outcomes = await self._fan_out(image, model_ids, finish)
@@ -355,7 +355,7 @@ class ShotgunApi:
             raise MissingImage("Neither image nor image_url was provided.",
                                {"fields": ["image", "image_url"]})
         if req.image_url is not None:
-            data = await fetch_url(req.image_url, self._fetch_policy())
+            data = await fetch_url(req.image_url, self.settings.fetch_policy(self.settings.shotgun_max_bytes))
         elif isinstance(req.image, bytes):
             data = req.image
         else:
@@ -365,11 +365,6 @@ class ShotgunApi:
                                   {"field": "image", "limit_bytes": max_bytes,
                                    "received_bytes": len(data)})
         return await self.cpu.run(_decode_supported, data, self.settings.shotgun_max_pixels)
-
-    def _fetch_policy(self) -> FetchPolicy:
-        s = self.settings
-        return FetchPolicy.from_strings(s.shotgun_max_bytes, s.url_fetch_timeout_s,
-                                        s.url_fetch_max_redirects, s.url_allowed_networks)
 
     def _check_upscale(self, image: DecodedImage, factor: int, results: int = 1) -> None:
         """Each output within `upscale_max_output_pixels`; all of a /process request's outputs
@@ -413,12 +408,6 @@ class ShotgunApi:
 
 def _overall(rows: list[ModelResult | ModelFailure]) -> str:
     return "partial" if any(r.status == "error" for r in rows) else "completed"
-
-
-def _cutout(image: DecodedImage, mask: np.ndarray) -> np.ndarray:
-    if image.alpha is not None:  # keep transparency the input already had
-        mask = ((mask.astype(np.uint16) * image.alpha) // 255).astype(np.uint8)
-    return effects.cutout(image.rgb, mask)
 
 
 def _b64decode(text: str, max_bytes: int) -> bytes:

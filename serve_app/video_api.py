@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from pipelines import video
 from pipelines.errors import InvalidImage, InvalidRequest, ServiceError
-from pipelines.fetch import FetchPolicy, fetch_url
+from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from serve_app.app import app
 from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
@@ -119,10 +119,8 @@ class VideoApi:
 
     async def _fetch_background(self, url: str, key: str) -> str | None:
         s = self.settings
-        policy = FetchPolicy.from_strings(s.hd_max_upload_bytes, s.url_fetch_timeout_s,
-                                          s.url_fetch_max_redirects, s.url_allowed_networks)
         try:
-            data = await fetch_url(url, policy)
+            data = await fetch_url(url, s.fetch_policy(s.hd_max_upload_bytes))
         except ServiceError as exc:
             return f"Failed to download background image: {exc.message}"
         try:

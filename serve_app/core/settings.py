@@ -15,6 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.catalog import DEFAULT_CATALOG
+from pipelines.fetch import FetchPolicy
 
 
 class Settings(BaseSettings):
@@ -99,6 +100,13 @@ class Settings(BaseSettings):
     price_video_second: float = Field(1.0, ge=0)  # per processed second of video
     price_backdrop: float = Field(1.0, ge=0)  # /image/backdrop/v1
     price_generate: float = Field(10.0, ge=0)  # /image/generate/v1 (a diffusion run)
+
+    def fetch_policy(self, max_bytes: int) -> FetchPolicy:
+        """The rules for fetching a URL (image_url, bg_image_url, a job's input) or posting
+        to one (webhooks): this many bytes at most, the timeout, redirects and allowed
+        networks of these settings."""
+        return FetchPolicy.from_strings(max_bytes, self.url_fetch_timeout_s,
+                                        self.url_fetch_max_redirects, self.url_allowed_networks)
 
     def resolved_database_url(self) -> str:
         if self.database_url:
