@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_batch.py --out docs/benchmarks.md --json /tmp/bench_batch.json
 
-Input: the benchmark photos (bench/media.py: scikit-image's samples) repeated to --images files in a temporary folder.
+Input: the benchmark photos (bench/media.py: scikit-image's samples) repeated to --images files
+in a temporary folder.
 1. Plain loop, in this process: one `OnnxSegmenter` (all cores' threads) and
    `pipelines.batch.process_batch` on one image at a time, the same decode -> model -> cut-out ->
    PNG -> write as the batch command; no Ray.

@@ -37,10 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from docs_section import write_section  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from media import media_dir  # noqa: E402
 

@@ -167,8 +167,9 @@ def main() -> int:
     args.models_dir = args.models_dir.expanduser()
     if not wait_for_quiet(args):
         return 2
-    from PIL import Image
     import io
+
+    from PIL import Image
     with Image.open(args.image) as im:
         buf = io.BytesIO()
         im.convert("RGB").resize((512, 512)).save(buf, "PNG")

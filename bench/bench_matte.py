@@ -457,9 +457,16 @@ class RembgServer(Server):
         return r.status_code == 200 and r.json().get("status") == "healthy"
 
 
+def _shown(path: Path) -> Path:
+    """`path` relative to the repository when it is inside it."""
+    path = path.resolve()
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 # ---------------------------------------------------------------------------------------------
 # load
-async def _one(client: httpx.AsyncClient, server: Server, data: tuple[str, bytes]) -> tuple[float, str | None, float | None]:
+async def _one(client: httpx.AsyncClient, server: Server,
+               data: tuple[str, bytes]) -> tuple[float, str | None, float | None]:
     fname, body = data
     t0 = time.perf_counter()
     try:
@@ -617,10 +624,13 @@ def table(runs: dict[str, ServerRun], levels: list[int]) -> str:
         cpu_a = a.cpu_s / a.ok if a and a.ok else None
         cpu_b = b.cpu_s / b.ok if b and b.ok else None
         rows.append(
-            f"| {c} | {_fmt(rps_a, '.2f')} | {_fmt(rps_b, '.2f')} | {_fmt(ratio, '.2f')}{'x' if ratio else ''} "
+            f"| {c} | {_fmt(rps_a, '.2f')} | {_fmt(rps_b, '.2f')} "
+            f"| {_fmt(ratio, '.2f')}{'x' if ratio else ''} "
             f"| {_fmt(p50_a, '.0f')} | {_fmt(p50_b, '.0f')} | {_fmt(p95_a, '.0f')} | {_fmt(p95_b, '.0f')} "
-            f"| {_fmt(p95r, '.2f')}{'x' if p95r else ''} | {a.errors if a else '—'} / {b.errors if b else '—'} "
-            f"| {_fmt(a.peak_rss / 2**20 if a else None, '.0f')} / {_fmt(b.peak_rss / 2**20 if b else None, '.0f')} "
+            f"| {_fmt(p95r, '.2f')}{'x' if p95r else ''} "
+            f"| {a.errors if a else '—'} / {b.errors if b else '—'} "
+            f"| {_fmt(a.peak_rss / 2**20 if a else None, '.0f')} "
+            f"/ {_fmt(b.peak_rss / 2**20 if b else None, '.0f')} "
             f"| {_fmt(cpu_a, '.2f')} / {_fmt(cpu_b, '.2f')} |"
         )
     return "\n".join(rows)
@@ -674,7 +684,7 @@ def render_section(runs: dict[str, ServerRun], args: argparse.Namespace, command
         f"- Load: {args.requests} requests per concurrency level (after {args.warmup} warm-up "
         f"requests), images cycled: {', '.join(IMAGES)} (512x512, 451x300, 600x400 PNG); "
         "client (httpx) on the same machine, 127.0.0.1 only.",
-        f"- Ours: `serve run {args.serve_config.resolve().relative_to(REPO) if args.serve_config.resolve().is_relative_to(REPO) else args.serve_config}`; "
+        f"- Ours: `serve run {_shown(args.serve_config)}`; "
         "rembg: `bench/rembg_server.py` (uvicorn, 1 process).",
         "- Start-up to healthy: "
         + "; ".join(f"{r.name} {r.startup_s:.1f} s" for r in runs.values()),

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     for name, size, e, dc, db, f, n in rows:
         lines.append(f"| {name} | {size} | {e:.0f} | {dc:.0f} | {db:.0f} | {f:.0f} | {n:.0f} | "
                      f"{f / n:.1f}x |")
-    section = "\n".join(lines + [DOC_END])
+    section = "\n".join([*lines, DOC_END])
     print(section)
     if args.out:
         write_section(args.out, DOC_BEGIN, DOC_END, DOC_HEAD, section)

@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_shotgun.py                       # 30 requests each, writes docs
     .venv/bin/python bench/bench_shotgun.py --requests 3 --out /tmp/bench_smoke.md   # smoke run
 
-Starts `serve run bench/bench_shotgun.yaml` (five real models from ../shared/models, or the registry-served ones where it is absent; local.yaml's
+Starts `serve run bench/bench_shotgun.yaml` (five real models from ../shared/models, or the
+registry-served ones where it is absent; local.yaml's
 light and human pools, result links off, jobs in a throw-away data dir), then measures eight
 request kinds on the same photo: each model alone, and the three sets in SETS. Requests are
 interleaved: each round sends every kind once (--concurrency C: C at once), so drift on a shared
@@ -30,7 +31,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 import httpx
 import yaml

@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import cv2
 import numpy as np
 

@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import av
 import httpx
 import numpy as np
@@ -41,6 +40,7 @@ from bench_shotgun import machine  # noqa: E402
 sys.path.insert(0, str(REPO))
 from docs_section import write_section  # noqa: E402
 from media import clip as default_clip  # noqa: E402
+
 SERVE_YAML = REPO / "bench" / "bench_video.yaml"
 MODEL = "u2netp"
 COLOR = (0, 128, 255)
@@ -48,7 +48,8 @@ DURATION_S = 4.0
 DOC_BEGIN, DOC_END = "<!-- bench_video:start -->", "<!-- bench_video:end -->"
 DOC_HEAD = """## Video (issue 5)
 
-What is measured: the first 4 s of a 1280x720 clip (`$BENCH_CLIP`; earlier runs: `cockatoo.mp4`; default: bench/media.py's pan over a real photo) with `u2netp`
+What is measured: the first 4 s of a 1280x720 clip (`$BENCH_CLIP`; earlier runs: `cockatoo.mp4`;
+default: bench/media.py's pan over a real photo) with `u2netp`
 (fp32), end to end. Ours: `POST /video/submit/v1` on `bench/bench_video.yaml` (local.yaml's
 light pool, u2netp only), then polling `GET /video/result/{uuid}` until the file is read
 (transparent -> WebM/VP9 alpha; `bg_color=0,128,255` -> MP4/H.264), one warm-up job first. The
@@ -193,10 +194,10 @@ def run_naive(args, tmp: Path) -> dict:
 def run_profile(args, tmp: Path) -> dict:
     from pipelines import video
     from pipelines.catalog import load_catalog
+    from pipelines.compose import Background
     from pipelines.render import _over, render_video
     from pipelines.segmenter import OnnxSegmenter
     from pipelines.temporal import MaskSmoother
-    from pipelines.compose import Background
 
     src = str(args.clip)
     seg = OnnxSegmenter(load_catalog().get(MODEL), args.models_dir / f"{MODEL}.onnx",

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.generate import DiffusersInpainter, GenerateOptions, generate
 from deployments.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
+from pipelines.generate import DiffusersInpainter, GenerateOptions, generate
 
 
 class BackgroundGenerator:

@@ -27,6 +27,7 @@ import numpy as np
 import ray
 from ray.serve.handle import DeploymentHandle
 
+from deployments.metrics import CREDITS_CHARGED, JOBS
 from pipelines import webhooks
 from pipelines.compose import Background, Composition
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
@@ -34,14 +35,13 @@ from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
 from pipelines.sam import prompt_model_missing
-from pipelines.textseg import split_terms
 from pipelines.temporal import MaskSmoother
+from pipelines.textseg import split_terms
 from serve_app.core.artifacts import artifact_store
 from serve_app.core.db import now
+from serve_app.core.job_params import JobPrompt
 from serve_app.core.jobs import COMPLETED, Job, JobStore
 from serve_app.core.keys import Charge
-from deployments.metrics import CREDITS_CHARGED, JOBS
-from serve_app.core.job_params import JobPrompt
 from serve_app.core.settings import apply_log_level, get_settings
 
 log = logging.getLogger("ray.serve.bgremove")

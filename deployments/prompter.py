@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from pipelines.sam import Prompt, PromptSegmenter
 from deployments.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
+from pipelines.sam import Prompt, PromptSegmenter
 
 
 class PromptModel:

@@ -16,14 +16,14 @@ import numpy as np
 import ray
 from ray import serve
 
-from pipelines.catalog import ModelSpec
-from pipelines.segmenter import OnnxSegmenter
 from deployments.metrics import (
     MODEL_BATCH_SIZE,
     MODEL_IN_FLIGHT,
     MODEL_INFERENCE_SECONDS,
     resolution_bucket,
 )
+from pipelines.catalog import ModelSpec
+from pipelines.segmenter import OnnxSegmenter
 
 
 class SegmentationModel:

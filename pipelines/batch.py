@@ -12,8 +12,8 @@ The output folder holds one file per input (same relative path, `.png`/`.webp`) 
 
 A run appends rows as batches finish, so an interrupted run is resumed by running it again:
 inputs with an `ok` row (same model and format) and their output file present are skipped,
-everything else (failed, never reached, or cut off mid-write) is done again. Outputs are written to a temporary name and
-moved into place, so a file under its final name is always complete.
+everything else (failed, never reached, or cut off mid-write) is done again. Outputs are written
+to a temporary name and moved into place, so a file under its final name is always complete.
 """
 
 from __future__ import annotations

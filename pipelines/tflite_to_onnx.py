@@ -19,6 +19,8 @@ inference.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -53,7 +55,7 @@ _ACTIVATIONS = {
 _C_PADDING_SAME, _C_PADDING_VALID = 1, 2
 
 
-def convert_tflite_to_onnx(tflite_bytes: bytes, *, opset: int = 17) -> "onnx.ModelProto":
+def convert_tflite_to_onnx(tflite_bytes: bytes, *, opset: int = 17) -> onnx.ModelProto:
     """Graph input named "input", float32 NCHW [1,3,H,W] RGB in [0,1];
     graph output named "output", float32 NCHW [1,1,H,W] person probability (sigmoid applied)."""
     try:  # a damaged file shows up as these while following offsets and values
@@ -304,7 +306,7 @@ class _Converter:
         else:
             self._emit("Reshape", [x, shape], output)
 
-    _HANDLERS = {
+    _HANDLERS: ClassVar[dict[str, Callable]] = {
         "DEQUANTIZE": _dequantize, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
         "Convolution2DTransposeBias": _transpose_conv_bias, "ADD": _binary, "MUL": _binary,
         "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "MEAN": _mean,

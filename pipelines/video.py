@@ -144,7 +144,7 @@ def _open_input(path: str):
 
 
 def _normalise_rotation(degrees: float) -> int:
-    return int(round(degrees / 90.0)) * 90 % 360
+    return round(degrees / 90.0) * 90 % 360
 
 
 def _metadata_rotation(stream) -> int:
@@ -245,7 +245,7 @@ def probe(path: str) -> VideoInfo:
         if duration <= 0:  # the header states no duration: read it from the packets
             duration, counted = _scan_packets(path, fps)
             frames = frames or counted
-        frames = frames or int(round(duration * fps))
+        frames = frames or round(duration * fps)
         rotation = _frame_rotation(first) or _metadata_rotation(stream)
         return VideoInfo(
             width=int(width),
@@ -473,7 +473,7 @@ class VideoWriter:
                 format=sample_fmt, layout=layout, rate=rate, frame_size=frame_size
             )
             limit = (
-                None if self.max_duration_s is None else int(round(self.max_duration_s * rate))
+                None if self.max_duration_s is None else round(self.max_duration_s * rate)
             )
             packets: list = []
             written = 0
@@ -523,7 +523,7 @@ class VideoWriter:
         keeps_alpha = _VIDEO_SETTINGS[self.fmt][3]
         if keeps_alpha:
             if arr.shape[2] == 3:
-                alpha = np.full(arr.shape[:2] + (1,), 255, dtype=np.uint8)
+                alpha = np.full((*arr.shape[:2], 1), 255, dtype=np.uint8)
                 arr = np.concatenate([arr, alpha], axis=2)
             layout = "rgba"
         else:
@@ -565,10 +565,7 @@ class VideoWriter:
 def _cut_audio(frame, samples: int, layout: str, rate: int):
     """The first `samples` samples of an audio frame."""
     arr = frame.to_ndarray()
-    if frame.format.is_planar:
-        arr = arr[:, :samples]
-    else:
-        arr = arr[:, : samples * len(frame.layout.channels)]
+    arr = arr[:, :samples] if frame.format.is_planar else arr[:, :samples * len(frame.layout.channels)]
     cut = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=frame.format.name,
                                      layout=layout)
     cut.sample_rate = rate

@@ -9,11 +9,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.errors import FileTooLarge, InvalidRequest, PayloadTooLarge, ServiceError
+from serve_app.core.settings import Settings, get_settings
 from serve_app.errors import (
-    BodyTooLarge, install_error_handlers, render, route_path, validation_error,
+    BodyTooLarge,
+    install_error_handlers,
+    render,
+    route_path,
+    validation_error,
 )
 from serve_app.platform import PlatformMiddleware
-from serve_app.core.settings import Settings, get_settings
 from serve_app.uploads import FORM_OVERHEAD_BYTES
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -19,8 +19,8 @@ from pipelines.errors import InvalidImage, InvalidParameter, ModelUnavailable, S
 from pipelines.generate import MAX_SIDE, GenerateOptions, transparent_enough
 from pipelines.images import DecodedImage, decode_image, encode_png
 from serve_app.app import app
-from serve_app.image_api import ERRORS, PNG
 from serve_app.core.keys import Charge
+from serve_app.image_api import ERRORS, PNG
 from serve_app.schemas import BackdropOptions, GenerateForm
 
 NOT_TRANSPARENT = "The input image must have a transparent background."

@@ -14,11 +14,11 @@ import asyncio
 
 from fastapi import Request
 
+from deployments.metrics import CREDITS_CHARGED
 from pipelines.errors import InsufficientCredits, InvalidRequest
 from serve_app.app import app
-from serve_app.errors import request_id
 from serve_app.core.keys import Charge
-from deployments.metrics import CREDITS_CHARGED
+from serve_app.errors import request_id
 from serve_app.platform import caller
 from serve_app.schemas import Usage, UsageItem
 

@@ -22,8 +22,8 @@ from ray.serve import Application
 from deployments.generator import BackgroundGenerator
 from deployments.jobs import JobWorker
 from deployments.prompter import PromptModel
-from deployments.textseg import TextSegmentation
 from deployments.segmentation import SegmentationModel
+from deployments.textseg import TextSegmentation
 from pipelines.catalog import Catalog, load_catalog
 from pipelines.weights import find_weights
 from serve_app.config import (  # noqa: F401 - re-exported: the config types live in serve_app.config
@@ -32,8 +32,8 @@ from serve_app.config import (  # noqa: F401 - re-exported: the config types liv
     IngressSetup,
     PoolOptions,
 )
-from serve_app.ingress import Ingress
 from serve_app.core.settings import get_settings
+from serve_app.ingress import Ingress
 
 log = logging.getLogger("ray.serve.bgremove")
 
@@ -138,8 +138,9 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         ingress_opts.pop("num_replicas")
     if config.jobs.num_replicas > 0:
         placement["JobWorker"] = (config.jobs.ray_actor_options, config.jobs.num_replicas)
+    ingress_replicas = config.ingress.num_replicas
     placement["Ingress"] = (config.ingress.ray_actor_options,
-                            config.ingress.num_replicas if isinstance(config.ingress.num_replicas, int) else 1)
+                            ingress_replicas if isinstance(ingress_replicas, int) else 1)
     if config.validate_resources and ray.is_initialized():
         check_resources(placement)
     if missing:

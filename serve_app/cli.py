@@ -333,7 +333,8 @@ def _batch(args: argparse.Namespace) -> int:
     done = summary.ok + summary.failed
     print(f"{summary.listed} images: {summary.skipped} already done, {summary.ok} cut out, "
           f"{summary.failed} failed; {done} in {summary.seconds:.1f} s "
-          f"({summary.ray_start_s:.1f} s starting Ray): {summary.images_per_s:.2f} images/s (manifest: {args.output.rstrip('/')}/manifest.jsonl)")
+          f"({summary.ray_start_s:.1f} s starting Ray): {summary.images_per_s:.2f} images/s "
+          f"(manifest: {args.output.rstrip('/')}/manifest.jsonl)")
     return 1 if summary.failed else 0
 
 

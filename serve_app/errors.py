@@ -28,6 +28,7 @@ from deployments.metrics import DEPENDENCY_ERRORS, ERRORS
 from pipelines.errors import (
     DependencyUnavailable,
     ImageTooLarge,
+    InsufficientCredits,
     InvalidImage,
     InvalidParameter,
     InvalidRequest,
@@ -35,9 +36,8 @@ from pipelines.errors import (
     ModelUnavailable,
     PayloadTooLarge,
     ProcessingError,
-    ServiceError,
     RateLimited,
-    InsufficientCredits,
+    ServiceError,
     ServiceUnavailable,
     StorageUnavailable,
     Unauthorized,

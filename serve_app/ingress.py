@@ -11,8 +11,8 @@ Typed method twins serve Python callers of `serve.get_app_handle(...)`.
 import asyncio
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,23 +23,23 @@ from starlette.exceptions import HTTPException
 from pipelines.catalog import Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from serve_app.app import VERSION, app
+from serve_app.backgrounds_api import BackgroundsApi
+from serve_app.billing import Billing
 from serve_app.config import IngressSetup
 from serve_app.core.artifacts import artifact_store
-from serve_app.billing import Billing
-from serve_app.backgrounds_api import BackgroundsApi
-from serve_app.image_api import ImageApiV1
-from serve_app.core.jobs import JobStore
-from serve_app.jobs_api import JobsApi
-from serve_app.core.keys import KeyStore
-from serve_app.core.results import ResultLinks
 from serve_app.core.db import ping
 from serve_app.core.dependencies import DependencyProbe
-from serve_app.errors import OUTAGES
-from serve_app.schemas import DependencyHealth, Health, ModelHealth, ModelInfo, PoolHealth
+from serve_app.core.jobs import JobStore
+from serve_app.core.keys import KeyStore
+from serve_app.core.results import ResultLinks
 from serve_app.core.settings import apply_log_level, get_settings
+from serve_app.core.store import Store
+from serve_app.errors import OUTAGES
+from serve_app.image_api import ImageApiV1
+from serve_app.jobs_api import JobsApi
+from serve_app.schemas import DependencyHealth, Health, ModelHealth, ModelInfo, PoolHealth
 from serve_app.shotgun import ShotgunApi
 from serve_app.video_api import VideoApi
-from serve_app.core.store import Store
 
 log = logging.getLogger("ray.serve.bgremove")
 STUDIO = Path(__file__).parent / "studio"

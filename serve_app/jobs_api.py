@@ -34,9 +34,9 @@ from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
 from serve_app.app import app, read_json
+from serve_app.core.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
 from serve_app.errors import dependency_failure
 from serve_app.errors import render as render_error
-from serve_app.core.jobs import COMPLETED, FAILED, Job, TooManyJobs, TransitionError
 from serve_app.platform import caller, caller_id
 from serve_app.schemas import (
     CreateJobRequest,

@@ -32,14 +32,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.errors import RateLimited, ServiceError, ServiceUnavailable, Unauthorized
-from serve_app.errors import new_request_id, render, route_path
 from serve_app.core.keys import ApiKey, KeyStore, hash_secret
 from serve_app.core.settings import get_settings
+from serve_app.errors import new_request_id, render, route_path
 
 log = logging.getLogger("ray.serve.bgremove")
 HEALTH_PATHS = frozenset({"/health", "/health/live"})
-PUBLIC_PATHS = frozenset({"/health", "/health/live", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-                          "/studio"})
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json", "/studio"})
 PUBLIC_PREFIXES = ("/results/", "/studio/")  # the studio's page and assets; its calls use keys
 
 

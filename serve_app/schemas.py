@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
-from serve_app.core.job_params import JobPrompt
 from pipelines.sam import Prompt, parse_box, parse_points
+from serve_app.core.job_params import JobPrompt
 
 _MODEL_DOC = "Model id from the catalog (GET /models). Default: the app's default model."
 

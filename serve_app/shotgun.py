@@ -22,10 +22,10 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
 from fastapi import Query, Request
 from pydantic import BaseModel
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 
 from pipelines.errors import (
     ImageTooLarge,
@@ -39,7 +39,6 @@ from pipelines.errors import (
     UnsupportedFormat,
 )
 from pipelines.fetch import fetch_url
-from pipelines.render import cutout
 from pipelines.images import (
     SHOTGUN_INPUT_FORMATS,
     DecodedImage,
@@ -48,8 +47,10 @@ from pipelines.images import (
     flatten,
     upscale,
 )
+from pipelines.render import cutout
 from serve_app.app import app, read_json
 from serve_app.core.keys import Charge
+from serve_app.core.store import ModelRun
 from serve_app.platform import caller_id
 from serve_app.schemas import (
     Dimensions,
@@ -68,7 +69,6 @@ from serve_app.schemas import (
     UpscaleResponse,
     WinRateRow,
 )
-from serve_app.core.store import ModelRun
 
 log = logging.getLogger("ray.serve.bgremove")
 Body = TypeVar("Body", bound=BaseModel)
@@ -90,7 +90,7 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _ms(seconds: float) -> int:
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
 
 
 @dataclass

@@ -174,8 +174,13 @@ def make_tiny_clipseg(folder: Path) -> Path | None:
     tokenizer, saved like a real one (save_pretrained); None without transformers."""
     try:
         import torch
-        from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation,
-                                  CLIPSegProcessor, CLIPTokenizer, ViTImageProcessor)
+        from transformers import (
+            CLIPSegConfig,
+            CLIPSegForImageSegmentation,
+            CLIPSegProcessor,
+            CLIPTokenizer,
+            ViTImageProcessor,
+        )
     except ImportError:
         return None
     tokenizer = _letters_tokenizer(folder, CLIPTokenizer)
@@ -202,8 +207,12 @@ def make_tiny_inpainter(folder: Path) -> Path | None:
     save_pretrained like a real one; None without diffusers."""
     try:
         import torch
-        from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline,
-                               UNet2DConditionModel)
+        from diffusers import (
+            AutoencoderKL,
+            DDIMScheduler,
+            StableDiffusionInpaintPipeline,
+            UNet2DConditionModel,
+        )
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     except ImportError:
         return None
@@ -387,7 +396,6 @@ def static_http_server(payloads: dict[str, bytes]):
 # The session's Ray Serve app (imported last: serve_harness imports this module's helpers).
 from serve_harness import api_key, base_url, client  # noqa: E402, F401
 
-
 # Clips whose container states no duration, as browsers and live encoders write them:
 # MediaRecorder WebM (VP8/VP9 or H.264 in Matroska, no Duration element) and fragmented MP4
 # (empty moov). (container format, codec, muxer options)
@@ -409,7 +417,7 @@ def unsized_clip(kind: str, seconds: float, fps: int = 10, size=(96, 64)) -> byt
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         if codec == "libvpx-vp9":
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
-        for i in range(int(round(seconds * fps))):
+        for i in range(round(seconds * fps)):
             img = np.roll(disk_image(*size), i, axis=1)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)

@@ -13,8 +13,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import (make_tiny_clipseg, make_tiny_inpainter, mobilesam_dir, pulled_models_dir,
-                      tiny_catalog)
+from conftest import make_tiny_clipseg, make_tiny_inpainter, mobilesam_dir, pulled_models_dir, tiny_catalog
 
 APP = "bgremove"
 UPLOAD_LIMIT = 2 * 1024 * 1024

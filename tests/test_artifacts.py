@@ -56,22 +56,20 @@ def test_missing_objects(store: LocalArtifactStore) -> None:
 
 def test_writer_is_atomic(store: LocalArtifactStore) -> None:
     key = "uploads/u2/input"
-    with pytest.raises(RuntimeError, match="boom"):
-        with store.writer(key) as f:
-            f.write(b"partial data")
-            # not visible under its key while being written
-            assert not store.exists(key)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), store.writer(key) as f:
+        f.write(b"partial data")
+        # not visible under its key while being written
+        assert not store.exists(key)
+        raise RuntimeError("boom")
     assert not store.exists(key)
     assert all_files(store.root) == []  # no temp file left behind
     assert not (store.root / "uploads").exists()  # nor the folders created for it
 
     # a failed overwrite keeps the previous object
     store.put_bytes(key, b"old")
-    with pytest.raises(RuntimeError):
-        with store.writer(key) as f:
-            f.write(b"new but broken")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.writer(key) as f:
+        f.write(b"new but broken")
+        raise RuntimeError("boom")
     assert store.open(key).read() == b"old"
     assert all_files(store.root) == [key]
 

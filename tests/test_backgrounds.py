@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import disk_image, make_tiny_inpainter, png_bytes
 from pipelines import scene
 from pipelines.errors import InvalidParameter, ModelFileMissing, ModelUnavailable
 from pipelines.generate import GenerateOptions, generate, transparent_enough
+
+from conftest import disk_image, make_tiny_inpainter, png_bytes
 
 
 def _cutout(width: int = 160, height: int = 120) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +102,7 @@ def test_diffusers_inpainter_with_a_tiny_pipeline(inpainter, tmp_path):
     solid = alpha == 255
     assert np.array_equal(one[solid], rgb[solid])
     assert inpainter.native == 32 and inpainter.multiple == 4  # 16 latents x VAE factor 2
-    with pytest.raises(ModelFileMissing, match="model_index.json"):
+    with pytest.raises(ModelFileMissing, match=r"model_index\.json"):
         type(inpainter)(tmp_path)
 
 

@@ -9,8 +9,8 @@ import httpx
 from fastapi import FastAPI
 
 import serve_app.platform as platform
-from serve_app.errors import install_error_handlers
 from serve_app.core.settings import Settings
+from serve_app.errors import install_error_handlers
 
 
 def test_requests_past_the_in_flight_limit_get_503_with_retry_after(monkeypatch):

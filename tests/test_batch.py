@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from conftest import REPO, disk_image, tiny_catalog
 from pipelines.batch import (
     MANIFEST,
     ManifestWriter,
@@ -31,7 +31,8 @@ from pipelines.catalog import load_catalog
 from pipelines.images import decode_image
 from pipelines.render import render_image_job
 from pipelines.segmenter import OnnxSegmenter
-from fsspec.implementations.local import LocalFileSystem
+
+from conftest import REPO, disk_image, tiny_catalog
 
 
 def _photos(folder: Path, count: int, nested: bool = True) -> list[str]:

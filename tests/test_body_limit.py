@@ -15,8 +15,8 @@ from fastapi.responses import StreamingResponse
 
 import serve_app.app as app_module
 from serve_app.app import BodyLimitMiddleware
-from serve_app.errors import install_error_handlers
 from serve_app.core.settings import Settings
+from serve_app.errors import install_error_handlers
 from serve_app.uploads import FORM_OVERHEAD_BYTES
 
 LIMIT = 100_000

@@ -3,9 +3,10 @@
 import pytest
 from pydantic import ValidationError
 
-from conftest import REPO
 from pipelines.catalog import Tier
 from serve_app.builder import AppConfig, PoolOptions, check_resources
+
+from conftest import REPO
 
 
 def test_tier_defaults_pool_overrides_and_model_overrides_merge_in_order():
@@ -58,7 +59,7 @@ def test_check_resources_names_what_cannot_be_placed(monkeypatch):
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 1e9}}]
     monkeypatch.setattr("ray.nodes", lambda: nodes)
     check_resources({"u2netp": ({"num_cpus": 0.5}, 2), "Ingress": ({"num_cpus": 0.5}, 1)})
-    with pytest.raises(ValueError, match="'big' needs .*GPU.* no node has that"):
+    with pytest.raises(ValueError, match=r"'big' needs .*GPU.* no node has that"):
         check_resources({"big": ({"num_cpus": 1, "num_gpus": 1}, 1)})
     with pytest.raises(ValueError, match="CPU=3 in total"):
         check_resources({"a": ({"num_cpus": 1}, 3)})
@@ -72,7 +73,7 @@ def test_check_resources_honours_label_selectors(monkeypatch):
     check_resources({"pro": ({"num_gpus": 1, "label_selector": {"pool": "pro"}}, 1),
                      "light": ({"num_cpus": 1, "label_selector": {"pool": "!pro"}}, 1),
                      "any": ({"num_cpus": 1, "label_selector": {"pool": "in(light,pro)"}}, 1)})
-    with pytest.raises(ValueError, match="'gpu-on-light' needs .* labelled"):
+    with pytest.raises(ValueError, match=r"'gpu-on-light' needs .* labelled"):
         check_resources({"gpu-on-light": ({"num_gpus": 1, "label_selector": {"pool": "light"}}, 1)})
     with pytest.raises(ValueError, match="no node has that"):
         check_resources({"a100": ({"label_selector": {"ray.io/accelerator-type": "A100"}}, 1)})

@@ -8,19 +8,21 @@ import io
 import json
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 from PIL import Image
 
-from conftest import disk_image, png_bytes
 from serve_app.cli import main as cli
 from serve_app.client import ApiError, Client
+
+from conftest import disk_image, png_bytes
 
 
 class Flaky(http.server.BaseHTTPRequestHandler):
     """429 (Retry-After: 1), then 503 (Retry-After: 0), then 200; /bad is a 400 with a body."""
 
-    calls: list[float] = []
+    calls: ClassVar[list[float]] = []
 
     def do_GET(self):  # noqa: N802
         Flaky.calls.append(time.monotonic())
@@ -58,9 +60,9 @@ def test_client_honours_retry_after_and_raises_other_errors():
             assert err.value.status == 400 and err.value.body == {"message": "nope"}
     finally:
         server.shutdown()
-    with Client("http://127.0.0.1:9", retries=1, max_wait_s=0.1) as c:  # nothing listens
-        with pytest.raises(Exception, match="onnect"):
-            c.request("GET", "/")
+    with (Client("http://127.0.0.1:9", retries=1, max_wait_s=0.1) as c,  # nothing listens
+          pytest.raises(Exception, match="onnect")):
+        c.request("GET", "/")
 
 
 @pytest.mark.serve
@@ -110,7 +112,8 @@ def test_hd_shotgun_and_usage_commands(base_url, api_key, tmp_path, capsys):
     assert im.mode == "RGBA" and im.size == (2100, 60)
     small = tmp_path / "small.png"
     Image.fromarray(disk_image(48, 32)).save(small)
-    assert cli(["shotgun", str(small), "--out", str(tmp_path / "shot"), "--models", "tiny,tiny-human", *common]) == 0
+    assert cli(["shotgun", str(small), "--out", str(tmp_path / "shot"), "--models",
+                "tiny,tiny-human", *common]) == 0
     assert sorted(p.name for p in (tmp_path / "shot").iterdir()) == ["tiny-human.png", "tiny.png"]
     capsys.readouterr()
     assert cli(["usage", *common]) == 0

@@ -25,9 +25,10 @@ import yaml
 from PIL import Image
 from sqlalchemy import exc as sa_exc
 
-from conftest import REPO, PostgresServer, disk_image, png_bytes, tiny_catalog
 from pipelines.errors import DependencyUnavailable, StorageUnavailable
 from serve_app.core.dependencies import DependencyProbe, OutageLog, as_dependency_error
+
+from conftest import REPO, PostgresServer, disk_image, png_bytes, tiny_catalog
 
 # ---- the mapping ----------------------------------------------------------------------------
 

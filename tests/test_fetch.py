@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -370,7 +371,7 @@ def _tls_pair(name: str) -> tuple[bytes, bytes, bytes]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     pem = serialization.Encoding.PEM
 
     def cert(subject: str, key, issuer: str, signer, ca: bool):
@@ -463,5 +464,5 @@ def test_allowed_networks_also_cover_ipv4_mapped_addresses(server):
 
 
 def test_module_does_not_import_ray():
-    source = open(fetch.__file__).read()
+    source = Path(fetch.__file__).read_text()
     assert "import ray" not in source and "from ray" not in source

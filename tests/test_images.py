@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import disk_image, png_bytes
 from pipelines.errors import ImageTooLarge, InvalidImage
 from pipelines.images import TOO_LARGE_MESSAGE, decode_image, encode_png
+
+from conftest import disk_image, png_bytes
 
 
 def _png_claiming(width: int, height: int) -> bytes:

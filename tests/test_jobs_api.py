@@ -16,17 +16,18 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
-from conftest import disk_image, png_bytes, tiny_catalog
 from pipelines import webhooks
+
+from conftest import disk_image, png_bytes, tiny_catalog
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from pipelines.catalog import load_catalog  # noqa: E402
-from serve_app.ingress import Ingress  # noqa: E402
 from serve_app.core.jobs import JobStore  # noqa: E402
 from serve_app.core.jobs import jobs as jobs_table  # noqa: E402
 from serve_app.core.settings import get_settings  # noqa: E402
+from serve_app.ingress import Ingress  # noqa: E402
 
 pytestmark = pytest.mark.serve
 

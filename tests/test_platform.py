@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from conftest import disk_image, png_bytes
 from serve_app.core.keys import KeyStore
+
+from conftest import disk_image, png_bytes
 
 pytestmark = pytest.mark.serve
 

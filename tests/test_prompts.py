@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REFERENCE, disk_image, media, png_bytes
 from pipelines.errors import InvalidParameter, ModelUnavailable
 from pipelines.images import decode_image
 from pipelines.sam import Prompt, PromptSegmenter, parse_box, parse_points, preprocess
+
+from conftest import REFERENCE, disk_image, media, png_bytes
 
 
 def _ellipse(width: int = 320, height: int = 240) -> np.ndarray:
@@ -63,10 +64,10 @@ def test_missing_files_say_how_to_get_them(tmp_path):
 
 def test_prompts_without_the_model_are_refused_clearly(tmp_path):
     """No prompt model deployed: a 503 that says how to install it, never a silent ignore."""
+    from pipelines.catalog import load_catalog
     from serve_app.builder import _prompt_model
     from serve_app.config import AppConfig
     from serve_app.image_api import ImageApiV1
-    from pipelines.catalog import load_catalog
 
     config = AppConfig.model_validate({"models": ["u2netp"]})
     app, reason = _prompt_model(config, load_catalog(), [tmp_path], {})

@@ -6,10 +6,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import REFERENCE, media
 from pipelines.catalog import load_catalog
 from pipelines.images import decode_image
 from pipelines.segmenter import OnnxSegmenter, preprocess
+
+from conftest import REFERENCE, media
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from conftest import TINY_FAMILY, disk_image
 from pipelines.catalog import ModelSpec, Postprocess, Preprocess
 from pipelines.errors import ModelFileMissing
 from pipelines.segmenter import OnnxSegmenter, postprocess, preprocess
+
+from conftest import TINY_FAMILY, disk_image
 
 
 def tiny_spec() -> ModelSpec:

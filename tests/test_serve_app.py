@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REFERENCE, disk_image, media, png_bytes
-from serve_harness import APP, UPLOAD_LIMIT
 from pipelines.errors import InvalidImage
 from pipelines.images import TOO_LARGE_MESSAGE
+
+from conftest import REFERENCE, disk_image, media, png_bytes
+from serve_harness import APP, UPLOAD_LIMIT
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402

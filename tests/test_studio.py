@@ -119,7 +119,6 @@ def test_effect(studio, tmp_path, shots):
 
 def test_video_progress_and_player(studio, tmp_path, shots):
     from selenium.webdriver.common.by import By
-
     from test_video_api import make_clip
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(make_clip(2.0, size=(160, 96)))

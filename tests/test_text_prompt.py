@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from test_jobs_api import assert_002, wait_for
 
-from conftest import disk_image, make_tiny_clipseg, png_bytes, tiny_catalog
 from pipelines.errors import InvalidRequest, ModelFileMissing
 from pipelines.textseg import select
-from test_jobs_api import assert_002, wait_for
+
+from conftest import disk_image, make_tiny_clipseg, png_bytes, tiny_catalog
 
 transformers = pytest.importorskip("transformers", reason="text prompts need transformers")
 
@@ -48,8 +49,8 @@ def test_clipseg_backend_from_a_local_folder(tmp_path):
     backend = ClipSegBackend(make_tiny_clipseg(tmp_path / "m"))
     maps = backend.heatmaps(disk_image(90, 60), ["cat", "red dog"])
     assert maps.shape == (2, 60, 90) and maps.dtype == np.float32
-    assert 0 <= maps.min() and maps.max() <= 1 and not np.allclose(maps[0], maps[1])
-    with pytest.raises(ModelFileMissing, match="config.json"):
+    assert maps.min() >= 0 and maps.max() <= 1 and not np.allclose(maps[0], maps[1])
+    with pytest.raises(ModelFileMissing, match=r"config\.json"):
         ClipSegBackend(tmp_path / "empty")
 
 
@@ -62,7 +63,7 @@ def test_text_prompt_refused_clearly_without_a_backend():
     app, reason = _text_model(config, {})
     assert app is None and "text_prompt.model_dir" in reason
     api = SimpleNamespace(setup=SimpleNamespace(features={"text_prompt": reason}))
-    with pytest.raises(InvalidRequest, match="cannot be used.*not configured"):
+    with pytest.raises(InvalidRequest, match=r"cannot be used.*not configured"):
         JobsApi._text_terms(api, "person, bag", "image")
     ok = SimpleNamespace(setup=SimpleNamespace(features={"text_prompt": None}))
     assert JobsApi._text_terms(ok, " person ,, bag ", "image") == ["person", "bag"]
@@ -89,11 +90,12 @@ def _job(client, image: np.ndarray, start: dict) -> dict:
 
 @pytest.mark.serve
 def test_text_prompt_job_reports_terms_and_keeps_what_they_name(client, tmp_path, tiny_model):
-    from serve_harness import TEXT_THRESHOLD
     from pipelines.catalog import load_catalog
     from pipelines.render import render_image_job
     from pipelines.segmenter import OnnxSegmenter
     from pipelines.textseg import ClipSegBackend
+
+    from serve_harness import TEXT_THRESHOLD
 
     if client.get("/health").json()["features"]["text_prompt"] != "available":
         pytest.skip("text_prompt backend not deployed in the test app")

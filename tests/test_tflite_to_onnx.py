@@ -17,8 +17,9 @@ import onnx
 import pytest
 import tflite
 
-from conftest import MODELS_CACHE, REFERENCE, media
 from pipelines.tflite_to_onnx import convert_tflite_to_onnx
+
+from conftest import MODELS_CACHE, REFERENCE, media
 
 TOLERANCE = 1e-4
 

@@ -6,14 +6,16 @@ Every clip is synthetic and tiny (made here with PyAV), so the whole module runs
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from conftest import UNSIZED_CLIPS, unsized_clip
 from pipelines import video
 from pipelines.errors import InvalidRequest
+
+from conftest import UNSIZED_CLIPS, unsized_clip
 
 W, H = 96, 64
 
@@ -37,7 +39,7 @@ def make_clip(
     width: int = W,
     height: int = H,
 ):
-    n = int(round(seconds * fps))
+    n = round(seconds * fps)
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=fps)
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
@@ -142,7 +144,7 @@ def test_probe_rejects_audio_only_file(tmp_path):
 
 
 def test_probe_rejects_truncated_file(clip, tmp_path):
-    data = open(clip, "rb").read()
+    data = Path(clip).read_bytes()
     path = tmp_path / "cut.mp4"
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(InvalidRequest) as err:

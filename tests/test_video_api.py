@@ -10,8 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from conftest import disk_image, png_bytes, static_http_server, unsized_clip
 from pipelines import video
+
+from conftest import disk_image, png_bytes, static_http_server, unsized_clip
 
 pytestmark = pytest.mark.serve
 

@@ -18,8 +18,8 @@ import pytest
 
 from serve_app.core.artifacts import LocalArtifactStore
 from serve_app.core.jobs import JobStore
-from serve_app.jobs_api import JobsApi
 from serve_app.core.settings import Settings
+from serve_app.jobs_api import JobsApi
 from serve_app.video_api import VideoApi
 
 

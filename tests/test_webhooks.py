@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -413,7 +414,7 @@ class _NoJitter(random.Random):
 
 
 def test_module_does_not_import_ray():
-    source = open(webhooks.__file__).read()
+    source = Path(webhooks.__file__).read_text()
     assert "import ray" not in source and "from ray" not in source
 
 

@@ -10,8 +10,19 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import (
-    Column, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text, case, func,
-    literal_column, select,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    case,
+    func,
+    literal_column,
+    select,
 )
 
 from pipelines.errors import InvalidRequest, UnknownJob
