@@ -37,6 +37,7 @@ run: models
 
 test: install-test
 	$(VENV)/bin/ruff check serve_app deployments pipelines tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 bench: install-test models

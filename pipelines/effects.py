@@ -72,9 +72,9 @@ def _wide_blurs(
         narrow = [cv2.resize(x, (sw, y1 - y0), interpolation=cv2.INTER_AREA)
                   for x in (a, weighted_f, image)]
         narrow[0] = narrow[0][:, :, None]
-        narrow = np.concatenate(narrow, axis=2).reshape(y1 - y0, sw * 7)
+        stacked = np.concatenate(narrow, axis=2).reshape(y1 - y0, sw * 7)
         i0, weights = _area_weights(height, sh, y0, y1)
-        sums[i0:i0 + len(weights)] += weights @ narrow
+        sums[i0:i0 + len(weights)] += weights @ stacked
     small = sums.astype(np.float32).reshape(sh, sw, 7)
     r = max(1, radius // factor)
     blurred_a = _box(np.ascontiguousarray(small[:, :, 0]), r)
@@ -272,7 +272,7 @@ def drop_shadow(
     """
     h, w = alpha.shape
     a = _unit_alpha(alpha)
-    shift = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
+    shift = np.array([[1, 0, offset[0]], [0, 1, offset[1]]], np.float32)
     moved = cv2.warpAffine(alpha.astype(np.float32) / 255.0, shift, (w, h), borderValue=0.0)
     shadow_a = (np.clip(_gaussian(moved, blur), 0.0, 1.0) * opacity)[:, :, None]
     fg = _subject(rgb, alpha)

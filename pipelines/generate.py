@@ -108,8 +108,8 @@ class DiffusersInpainter:
                      if options.seed is not None else None)
         out = self.pipe(
             prompt=options.prompt, negative_prompt=options.negative_prompt or None,
-            image=Image.fromarray(rgb).resize((gw, gh), Image.LANCZOS),
-            mask_image=Image.fromarray(hole).resize((gw, gh), Image.BILINEAR),
+            image=Image.fromarray(rgb).resize((gw, gh), Image.Resampling.LANCZOS),
+            mask_image=Image.fromarray(hole).resize((gw, gh), Image.Resampling.BILINEAR),
             num_inference_steps=options.steps, guidance_scale=options.guidance_scale,
             height=gh, width=gw, generator=generator, output_type="np",
         ).images[0]

@@ -78,7 +78,7 @@ def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         if max_pixels is not None:
             raise ImageTooLarge(TOO_LARGE_MESSAGE) from None
@@ -160,5 +160,5 @@ def upscale(pixels: np.ndarray, factor: int) -> np.ndarray:
 def flatten(rgba: np.ndarray, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Composite an RGBA image over a solid colour; RGB uint8 out."""
     alpha = rgba[:, :, 3:4].astype(np.float32) / 255.0
-    out = rgba[:, :, :3].astype(np.float32) * alpha + np.float32(background) * (1.0 - alpha)
+    out = rgba[:, :, :3].astype(np.float32) * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)

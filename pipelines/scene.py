@@ -41,7 +41,7 @@ def bokeh(width: int, height: int, color: RGB, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = np.asarray(color, np.float32) * 0.35
     canvas = np.broadcast_to(base, (height, width, 3)).copy()
-    lights = np.zeros((height, width, 3), np.float32)
+    lights: np.ndarray = np.zeros((height, width, 3), np.float32)
     side = max(width, height)
     for _ in range(int(12 + 30 * rng.random())):
         r = int(side * (0.02 + 0.06 * rng.random()))
@@ -127,14 +127,15 @@ def place(rgb: np.ndarray, alpha: np.ndarray, scene: np.ndarray, *, shadow_opaci
     scene = scene.astype(np.float32)
     dark = contact_shadow(alpha, shadow_opacity)
     scene *= (1 - dark)[..., None]
-    subject = match_colors(rgb, alpha, scene.astype(np.uint8), color_match).astype(np.float32)
+    subject: np.ndarray = match_colors(rgb, alpha, scene.astype(np.uint8),
+                                       color_match).astype(np.float32)
     a = alpha.astype(np.float32)[..., None] / 255
     if light_wrap > 0:
         h, w = alpha.shape
         glow = cv2.GaussianBlur(scene, (0, 0), max(1.0, 0.01 * max(h, w)))
         edge = (1 - a) * a * 4 * light_wrap  # 0 inside and outside, up to light_wrap on the edge
         subject = subject * (1 - edge) + glow * edge
-    out = subject * a + scene * (1 - a)
+    out: np.ndarray = subject * a + scene * (1 - a)
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     if color_match <= 0:
         solid = alpha == 255

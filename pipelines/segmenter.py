@@ -31,7 +31,7 @@ def preprocess(rgb: np.ndarray, p: Preprocess) -> np.ndarray:
     im = Image.fromarray(rgb)
     if im.size != (p.width, p.height):
         im = im.resize((p.width, p.height), _RESAMPLE[p.resample])
-    x = np.asarray(im, dtype=np.float32)
+    x: np.ndarray = np.asarray(im, dtype=np.float32)
     if p.scale == "unit":
         x = x / 255.0
     elif p.scale == "max":

@@ -76,13 +76,13 @@ class MaskSmoother:
         """Weight in [0, 1] of 'moving' per pixel at full size (width, height)."""
         assert self._prev_small is not None
         c = cv2.split(cv2.absdiff(small, self._prev_small))
-        diff = cv2.max(cv2.max(c[0], c[1]), c[2]).astype(np.float32)
+        diff: np.ndarray = cv2.max(cv2.max(c[0], c[1]), c[2]).astype(np.float32)
         # Dilate first, so a thin change (an edge moving ~1 px) keeps its peak through the blur
         # (blurring first lets slow edges lag); the blur then softens the gate's outline.
         diff = cv2.dilate(diff, np.ones((3, 3), np.uint8))
         diff = cv2.blur(diff, (3, 3))
         t = self.motion_threshold
-        gate = _smoothstep(diff, 0.5 * t, 1.5 * t).astype(np.float32)
+        gate: np.ndarray = _smoothstep(diff, 0.5 * t, 1.5 * t).astype(np.float32)
         if gate.shape[::-1] != full_size:
             gate = cv2.resize(gate, full_size, interpolation=cv2.INTER_LINEAR)
         return gate
@@ -95,7 +95,8 @@ class MaskSmoother:
         small = self._small(rgb)
         m = mask.astype(np.float32)
         prev = self._prev_out
-        if prev is None or prev.shape != m.shape or self._prev_small.shape != small.shape:
+        if (prev is None or self._prev_small is None or prev.shape != m.shape
+                or self._prev_small.shape != small.shape):
             self._prev_small, self._prev_out = small, m
             return mask.copy()
         gate = self.motion_weight(small, (m.shape[1], m.shape[0]))

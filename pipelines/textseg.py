@@ -50,7 +50,7 @@ class ClipSegBackend:
         from PIL import Image  # noqa: PLC0415
 
         h, w = working_size(rgb.shape[1], rgb.shape[0])
-        image = Image.fromarray(rgb).resize((w, h), Image.BILINEAR)
+        image = Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR)
         inputs = self.processor(text=terms, images=[image] * len(terms), padding=True,
                                 truncation=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
@@ -78,7 +78,7 @@ def select(maps: np.ndarray, terms: list[str], base: np.ndarray, *, threshold: f
     report = {"matched": matched, "unmatched": [t for t in terms if t not in matched]}
     if not matched:
         return np.zeros_like(base), report
-    region = np.zeros((h, w), np.uint8)
+    region: np.ndarray = np.zeros((h, w), np.uint8)
     for term, heat in zip(terms, maps):
         if term in matched:
             region |= (heat >= threshold).astype(np.uint8)

@@ -108,6 +108,13 @@ class _Converter:
             self.names[index] = name if name not in self.names.values() else f"{name}__{index}"
         return self.names[index]
 
+    def _required_const(self, index: int, name: str) -> np.ndarray:
+        """The constant value of an operand that must be constant (axes, sizes)."""
+        value = self._const(index)
+        if value is None:
+            raise ValueError(f"{name}: expected a constant operand")
+        return value
+
     def _const(self, index: int) -> np.ndarray | None:
         """The tensor's constant value in TFLite layout, or None for a runtime tensor."""
         if index in self.folded:
@@ -257,7 +264,7 @@ class _Converter:
     def _mean(self, op, name: str) -> None:
         opts = self._options(op, tflite.ReducerOptions, name)
         rank, keep = len(self._shape(op.Inputs(0))), bool(opts.KeepDims())
-        axes = sorted({int(a) % rank for a in np.ravel(self._const(op.Inputs(1)))})
+        axes = sorted({int(a) % rank for a in np.ravel(self._required_const(op.Inputs(1), name))})
         if rank == 4:
             kept = [_NHWC_AXIS_TO_NCHW[a] for a in range(rank) if a not in axes]
             if not keep and kept != sorted(kept):
@@ -279,7 +286,7 @@ class _Converter:
         mode = ("align_corners" if opts.AlignCorners()
                 else "half_pixel" if opts.HalfPixelCenters() else "asymmetric")
         batch, _, _, channels = self._shape(op.Inputs(0))
-        new_h, new_w = (int(v) for v in self._const(op.Inputs(1)))
+        new_h, new_w = (int(v) for v in self._required_const(op.Inputs(1), name))
         sizes = self._initializer(np.array([batch, channels, new_h, new_w], np.int64), "sizes")
         self._emit("Resize", [self._input(op.Inputs(0)), "", "", sizes],
                    self._name(op.Outputs(0)), mode="linear",
@@ -354,7 +361,7 @@ class _Converter:
 
     def _value_info(self, index: int, name: str) -> onnx.ValueInfoProto:
         """Type and NCHW shape of a runtime tensor, as TFLite declares them."""
-        shape = self._shape(index)
-        shape = [shape[a] for a in _NHWC_TO_NCHW] if len(shape) == 4 else list(shape)
+        stored = self._shape(index)
+        shape = [stored[a] for a in _NHWC_TO_NCHW] if len(stored) == 4 else list(stored)
         dtype = np.dtype(_DTYPES.get(self.graph.Tensors(index).Type(), np.float32))
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), shape)

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -406,8 +407,8 @@ class VideoWriter:
             self.width + (self.width % 2 if pad else 0),
             self.height + (self.height % 2 if pad else 0),
         )
-        self._container = None
-        self._stream = None
+        self._container: Any = None  # av's OutputContainer once open
+        self._stream: Any = None
 
     # -- context manager ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipelines.catalog import ModelSpec, RembgSource
+from pipelines.catalog import AssetSpec, ModelSpec, RembgSource
 
 
 def rembg_home() -> Path:
@@ -47,7 +47,7 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, spec: ModelSpec) -> str | None:
+def verify(path: Path, spec: ModelSpec | AssetSpec) -> str | None:
     """None when the file matches the catalog's published checksum (or none is published),
     else a sentence saying what differs."""
     w = spec.weights

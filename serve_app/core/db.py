@@ -15,6 +15,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import overload
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -28,6 +29,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes for what was stored as UTC; PostgreSQL aware ones."""
     if value is None or value.tzinfo is not None:

@@ -13,6 +13,7 @@ headers says exactly when the count restarts.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import math
 import secrets
@@ -215,8 +216,8 @@ class KeyStore:
         window holds more than `limit` requests."""
         t = time.time() if t is None else t
         window = int(t // WINDOW_S)
-        stmt = self._upsert(rate_windows).values(key_id=key_id, window=window, count=1)
-        stmt = stmt.on_conflict_do_update(
+        insert = self._upsert(rate_windows).values(key_id=key_id, window=window, count=1)
+        stmt = insert.on_conflict_do_update(
             index_elements=["key_id", "window"],
             set_={"count": rate_windows.c.count + 1}).returning(rate_windows.c.count)
         with self._serial, self.engine.begin() as conn:
@@ -249,7 +250,7 @@ class KeyStore:
         with self._serial, self.engine.begin() as conn:
             apply_charge(conn, key_id, charge, request_id, job_id)
 
-    def usage(self, key_id: str) -> list[UsageRow]:
+    def usage(self, key_id: str) -> builtins.list[UsageRow]:
         """Charges per operation (count, units, credits), largest first."""
         with self._serial, self.engine.connect() as conn:
             rows = conn.execute(
