@@ -86,3 +86,42 @@ def test_401_and_429_per_family(base_url):
             ("GET", f"/v1/jobs/{JOB}"), ("POST", "/remove-background")]}
     assert shapes == {"/image/matte/v1": "message", "/image/hd/submit/v1": "detail",
                       f"/v1/jobs/{JOB}": "code", "/remove-background": "type"}
+
+
+@pytest.mark.parametrize("path, family", [("/image/matte/v1", "message"),
+                                          ("/image/hd/submit/v1", "detail"),
+                                          ("/video/submit/v1", "detail"),
+                                          ("/v1/jobs", "code"), ("/api/upload", "code"),
+                                          ("/remove-background", "type")])
+def test_dependency_failures_per_family(path, family):
+    """A database outage is 503 + Retry-After, full storage 507, in each family's shape
+    (test_dependencies.py drives the real outage; these are the bodies it relies on)."""
+    import json
+
+    from starlette.requests import Request
+
+    from pipelines.errors import DependencyUnavailable, StorageUnavailable
+    from serve_app.errors import render
+
+    def rendered(exc):
+        request = Request({"type": "http", "method": "POST", "path": path, "root_path": "",
+                           "headers": [], "query_string": b""})
+        response = render(request, exc)
+        return response.status_code, response.headers, json.loads(response.body)
+
+    status, headers, body = rendered(DependencyUnavailable(
+        "the job database cannot be reached right now; retry in a few seconds.",
+        {"dependency": "database", "retry_after_s": 5}))
+    assert status == 503 and headers["retry-after"] == "5" and shape(body) == family
+    if family == "code":
+        assert body["error"]["code"] == "service_unavailable"
+    if family == "type":
+        assert body["error"]["type"] == "service_unavailable"
+    status, headers, body = rendered(StorageUnavailable(
+        "storage is full (no space left on device); nothing was stored.",
+        {"dependency": "storage", "reason": "full"}))
+    assert status == 507 and "retry-after" not in headers and shape(body) == family
+    if family == "code":
+        assert body["error"]["code"] == "insufficient_storage"
+    if family == "type":
+        assert body["error"]["type"] == "insufficient_storage"
