@@ -27,8 +27,7 @@ from serve_app.backgrounds_api import BackgroundsApi
 from serve_app.billing import Billing
 from serve_app.config import IngressSetup
 from serve_app.core.artifacts import artifact_store
-from serve_app.core.db import ping
-from serve_app.core.dependencies import DependencyProbe
+from serve_app.core.dependencies import DependencyProbe, database_check, storage_check
 from serve_app.core.jobs import JobStore
 from serve_app.core.keys import KeyStore
 from serve_app.core.results import ResultLinks
@@ -118,8 +117,11 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
         # for a 25 MP cut-out); at most this many run at once, whatever the request load.
         self.cpu = CpuSlots(self.settings.composite_concurrency or os.cpu_count() or 1)
         # /health's dependency checks: one real round-trip per 2 s, whatever the polling rate
-        self.database_probe = DependencyProbe(lambda: ping(self.jobs.engine))
-        self.storage_probe = DependencyProbe(self._storage_problem)
+        self.database_probe = DependencyProbe(lambda: database_check(self.jobs.engine),
+                                              "unavailable")
+        self.storage_probe = DependencyProbe(
+            lambda: storage_check(self.artifacts, self.settings.min_free_storage_bytes),
+            "not_writable")
 
     def _handle(self, model_id: str) -> DeploymentHandle:
         if model_id in self.handles:
@@ -150,18 +152,6 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
         (a database outage must not get replicas restarted; /health reports it)."""
         return {"status": "alive"}
 
-    def _storage_problem(self) -> str | None:
-        space = getattr(self.artifacts, "space", None)
-        if space is None:  # a store that cannot tell (object storage): not checked here
-            return None
-        free, writable = space()
-        if not writable:
-            return "not_writable: the artifact folder is not writable"
-        if free < self.settings.min_free_storage_bytes:
-            return (f"full: {free:,} bytes free, below BGR_MIN_FREE_STORAGE_BYTES "
-                    f"({self.settings.min_free_storage_bytes:,})")
-        return None
-
     async def _dependencies(self) -> dict[str, DependencyHealth]:
         db, storage = await asyncio.gather(asyncio.to_thread(self.database_probe.check),
                                            asyncio.to_thread(self.storage_probe.check))
@@ -169,18 +159,9 @@ class Ingress(ImageApiV1, BackgroundsApi, ShotgunApi, JobsApi, VideoApi, Billing
             OUTAGES.recovered("database")
         else:
             OUTAGES.failed("database", db.detail or "unavailable")
-        storage_status = "ok"
-        if not storage.ok:
-            kind = (storage.detail or "").split(":", 1)[0]
-            storage_status = kind if kind in ("full", "not_writable") else "not_writable"
-        space = getattr(self.artifacts, "space", None)
-        free = (await asyncio.to_thread(space))[0] if space is not None and storage.ok else None
-        return {
-            "database": DependencyHealth(status="ok" if db.ok else "unavailable",
-                                         detail=db.detail, latency_ms=db.latency_ms),
-            "storage": DependencyHealth(status=storage_status, detail=storage.detail,
-                                        free_bytes=free),
-        }
+        return {name: DependencyHealth(status=c.status, detail=c.detail, latency_ms=c.latency_ms,
+                                       free_bytes=c.free_bytes)
+                for name, c in (("database", db), ("storage", storage))}
 
     @app.get("/health", response_model=Health, summary="Service, per-model and per-pool health",
              responses={503: {"model": Health, "description": "a dependency fails"}})

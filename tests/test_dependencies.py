@@ -91,9 +91,10 @@ def test_probe_caches_its_answer_and_never_raises():
         calls.append(1)
         raise _operational()
 
-    probe = DependencyProbe(check, ttl_s=60)
+    probe = DependencyProbe(check, "unavailable", ttl_s=60)
     first, second = probe.check(), probe.check()
     assert not first.ok and first is second and len(calls) == 1
+    assert first.status == "unavailable" and first.latency_ms is not None
     assert "cannot be reached" in first.detail
 
 

@@ -15,11 +15,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from pipelines.errors import DependencyUnavailable, ServiceError, StorageUnavailable
+from serve_app.core.artifacts import ArtifactStore
+from serve_app.core.db import ping
 
 log = logging.getLogger("ray.serve.bgremove")
 
@@ -95,17 +98,47 @@ class OutageLog:
 
 @dataclass(frozen=True)
 class Check:
-    ok: bool
+    """One dependency's state for /health: `status` is "ok" or what fails (database:
+    unavailable; storage: full, not_writable)."""
+
+    status: str = "ok"
     detail: str | None = None
     latency_ms: float | None = None
+    free_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def database_check(engine: Engine) -> Check:
+    """One round-trip to the database (raises when it cannot be reached)."""
+    ping(engine)
+    return Check()
+
+
+def storage_check(store: ArtifactStore, min_free_bytes: int) -> Check:
+    """Free space and writability of a store that can tell (the local folder); other stores
+    are not checked here."""
+    space = getattr(store, "space", None)
+    if space is None:
+        return Check()
+    free, writable = space()
+    if not writable:
+        return Check("not_writable", "the artifact folder is not writable", free_bytes=free)
+    if free < min_free_bytes:
+        return Check("full", f"{free:,} bytes free, below BGR_MIN_FREE_STORAGE_BYTES "
+                             f"({min_free_bytes:,})", free_bytes=free)
+    return Check(free_bytes=free)
 
 
 class DependencyProbe:
-    """A cached check (`fn` returns the detail of a problem, or None): at most one real check
-    per `ttl_s`, so /health under a load balancer's polling costs one round-trip a second."""
+    """A cached check: at most one real `fn()` per `ttl_s`, so /health under a load balancer's
+    polling costs one round-trip a second. An exception from `fn` is reported with
+    `failed_status`, never raised."""
 
-    def __init__(self, fn: Callable[[], str | None], ttl_s: float = 2.0) -> None:
-        self._fn, self._ttl = fn, ttl_s
+    def __init__(self, fn: Callable[[], Check], failed_status: str, ttl_s: float = 2.0) -> None:
+        self._fn, self._failed, self._ttl = fn, failed_status, ttl_s
         self._last: tuple[float, Check] | None = None
         self._lock = threading.Lock()
 
@@ -115,11 +148,12 @@ class DependencyProbe:
                 return self._last[1]
         started = time.monotonic()
         try:
-            problem = self._fn()
+            result = self._fn()
         except Exception as exc:  # noqa: BLE001 - a probe reports, never raises
             mapped = as_dependency_error(exc)
-            problem = mapped.message if mapped else f"{type(exc).__name__}: {exc}"[:300]
-        result = Check(problem is None, problem, round((time.monotonic() - started) * 1e3, 1))
+            result = Check(self._failed, mapped.message if mapped
+                           else f"{type(exc).__name__}: {exc}"[:300])
+        result = replace(result, latency_ms=round((time.monotonic() - started) * 1e3, 1))
         with self._lock:
             self._last = (time.monotonic(), result)
         return result
