@@ -29,14 +29,12 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import CREDITS_CHARGED, JOBS
 from pipelines import webhooks
-from pipelines.compose import Background, Composition
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
 from pipelines.sam import prompt_model_missing
 from pipelines.temporal import MaskSmoother
-from pipelines.textseg import split_terms
 from serve_app.core.artifacts import artifact_store
 from serve_app.core.db import now
 from serve_app.core.job_params import JobPrompt
@@ -131,7 +129,7 @@ class JobWorker:
 
         started = time.monotonic()
         fields = {"job_id": job.job_id, "api": job.api, "kind": job.kind, "key_id": job.owner,
-                  "model": job.params.get("model_id"), "attempt": job.attempts}
+                  "model": job.params.model_id, "attempt": job.attempts}
         beat = threading.Thread(target=heartbeat, daemon=True)
         beat.start()
         try:
@@ -171,9 +169,9 @@ class JobWorker:
             self._wake.set()
 
     def _model(self, job: Job) -> DeploymentHandle:
-        handle = self.models.get(job.params["model_id"])
+        handle = self.models.get(job.params.model_id)
         if handle is None:
-            raise ServiceError(f"Model '{job.params['model_id']}' is not served by this "
+            raise ServiceError(f"Model '{job.params.model_id}' is not served by this "
                                "deployment.")
         return handle
 
@@ -197,21 +195,16 @@ class JobWorker:
         def segment(rgb: np.ndarray) -> np.ndarray:
             ref = ray.put(rgb)
             mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
-            terms = params.get("text_prompt")
-            if isinstance(terms, str):  # stored as given by versions before text prompts ran
-                terms = split_terms(terms)
-            if terms:
-                mask, report["text_prompt"] = self._text_select(ref, terms, mask)
-            if params.get("prompt"):
-                mask = self._prompted(ref, JobPrompt.model_validate(params["prompt"]), mask)
+            if params.text_prompt:
+                mask, report["text_prompt"] = self._text_select(ref, params.text_prompt, mask)
+            if params.prompt is not None:
+                mask = self._prompted(ref, params.prompt, mask)
             return mask
 
-        fmt = params.get("output_format", "png")
-        composition = params.get("composition")
+        fmt = params.output_format
         output, media_type = render_image_job(
             data, segment, max_pixels=self.settings.hd_max_pixels, output_format=fmt,
-            background=Background.model_validate(params.get("background") or {}),
-            composition=Composition.model_validate(composition) if composition else None,
+            background=params.background, composition=params.composition,
         )
         # One key per attempt: a worker that lost its lease never touches the new owner's file.
         key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
@@ -248,7 +241,7 @@ class JobWorker:
         concurrent jobs' frames share the model's batches and every replica can take frames)."""
         params, settings = job.params, self.settings
         handle = self._model(job)
-        fmt = params["output_format"]
+        fmt = params.output_format
 
         def submit(rgb: np.ndarray):
             response = handle.segment.remote(rgb)
@@ -262,10 +255,9 @@ class JobWorker:
                 self.store.set_progress(job.job_id, done, total)
 
         background_image = None
-        if params.get("bg_image_key"):
-            with self.artifacts.open(params["bg_image_key"]) as f:
+        if params.bg_image_key:
+            with self.artifacts.open(params.bg_image_key) as f:
                 background_image = decode_image(f.read(), settings.hd_max_pixels).rgb
-        composition = params.get("composition")
         with tempfile.TemporaryDirectory(prefix="bgr-video-") as tmp:
             src = self.artifacts.local_path(job.input_key) if job.input_key else None
             if src is None:  # a URL, or a store without local files: work on a local copy
@@ -278,10 +270,9 @@ class JobWorker:
             dst = Path(tmp) / f"output.{fmt}"
             result = render_video(
                 str(src), str(dst), submit, output_format=fmt,
-                background=Background.model_validate(params.get("background") or {}),
-                background_image=background_image,
-                composition=Composition.model_validate(composition) if composition else None,
-                max_duration_s=params.get("max_duration_s"), window=settings.video_window,
+                background=params.background, background_image=background_image,
+                composition=params.composition, max_duration_s=params.max_duration_s,
+                window=settings.video_window,
                 smoother=MaskSmoother() if settings.video_smoothing else None,
                 decontaminate=settings.video_edge_decontamination, on_progress=progress)
             key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"

@@ -1,0 +1,1 @@
+"""Pure image, video and model code: no Ray, no HTTP."""

@@ -1,0 +1,1 @@
+"""The service: HTTP app, routers, settings, stores (core/), builder, CLI."""

@@ -8,7 +8,8 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.errors import FileTooLarge, InvalidRequest, PayloadTooLarge, ServiceError
+from pipelines.errors import InvalidRequest, PayloadTooLarge, ServiceError
+from serve_app.core.errors import FileTooLarge
 from serve_app.core.settings import Settings, get_settings
 from serve_app.errors import (
     BodyTooLarge,

@@ -11,20 +11,25 @@ somewhat below zero; the next request is then refused.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from deployments.metrics import CREDITS_CHARGED
-from pipelines.errors import InsufficientCredits, InvalidRequest
-from serve_app.app import app
-from serve_app.core.keys import Charge
+from serve_app.core.errors import InsufficientCredits
+from serve_app.core.keys import Charge, KeyStore
 from serve_app.errors import request_id
 from serve_app.platform import caller
-from serve_app.schemas import Usage, UsageItem
 
 
-class Billing:
-    async def require_credits(self, request: Request | None, credits: float) -> None:
+@dataclass
+class Credits:
+    """Checks and charges of the calling key's balance (the key comes from the request)."""
+
+    keys: KeyStore
+
+    async def require(self, request: Request | None, credits: float) -> None:
+        """InsufficientCredits (402) when the caller's balance cannot cover `credits`."""
         key = caller(request)
         if key is None or credits <= 0:
             return
@@ -40,17 +45,3 @@ class Billing:
             return
         await asyncio.to_thread(self.keys.charge, key.key_id, charge, request_id(request))
         CREDITS_CHARGED.inc(charge.credits, {"operation": charge.operation})
-
-    @app.get("/v1/usage", response_model=Usage,
-             summary="The calling key's credit balance and what it was charged, per operation")
-    async def usage(self, request: Request) -> Usage:
-        key = caller(request)
-        if key is None:
-            raise InvalidRequest("Usage is kept per API key; this deployment runs without keys.")
-        balance, rows = await asyncio.gather(asyncio.to_thread(self.keys.balance, key.key_id),
-                                             asyncio.to_thread(self.keys.usage, key.key_id))
-        return Usage(key=key.name, balance=round(balance, 4),
-                     total_credits=round(sum(r.credits for r in rows), 4),
-                     operations=[UsageItem(operation=r.operation, count=r.count,
-                                           units=round(r.units, 4), credits=round(r.credits, 4))
-                                 for r in rows])

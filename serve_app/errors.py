@@ -1,7 +1,8 @@
 """The one place where errors become HTTP responses.
 
-The hierarchy is `pipelines.errors.ServiceError`; this module renders it in the shape of the
-route family that was called:
+The hierarchy is `pipelines.errors.ServiceError` (domain errors) and `serve_app.core.errors`
+(the service's); `HTTP_STATUS` gives each class its status and code, and this module renders
+an error in the shape of the route family that was called:
 
 - Image API v1 (spec 000), paths under /image/ and /video/: `{"message": ...}` with the error's
   own status code.
@@ -26,23 +27,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.metrics import DEPENDENCY_ERRORS, ERRORS
 from pipelines.errors import (
-    DependencyUnavailable,
+    DownloadError,
     ImageTooLarge,
-    InsufficientCredits,
+    InferenceError,
     InvalidImage,
     InvalidParameter,
     InvalidRequest,
     MissingImage,
     ModelUnavailable,
     PayloadTooLarge,
-    ProcessingError,
-    RateLimited,
     ServiceError,
+)
+from serve_app.core.dependencies import OutageLog, as_dependency_error
+from serve_app.core.errors import (
+    DependencyUnavailable,
+    InsufficientCredits,
+    NotFound,
+    ProcessingError,
+    RangeNotSatisfiable,
+    RateLimited,
     ServiceUnavailable,
+    StateConflict,
     StorageUnavailable,
     Unauthorized,
 )
-from serve_app.core.dependencies import OutageLog, as_dependency_error
 
 log = logging.getLogger("ray.serve.bgremove")
 OUTAGES = OutageLog()  # per process: one log line per dependency outage
@@ -60,6 +68,33 @@ def dependency_failure(exc: BaseException, prefix: str = "") -> ServiceError | N
     return mapped
 
 DEPENDENCY_ERRORS_TYPES = (DependencyUnavailable, StorageUnavailable)  # logged per outage
+
+# Each error class's HTTP status and stable machine-readable code (the `code` of specs 001 and
+# 002), most specific class first; subclasses not listed take their parent's.
+HTTP_STATUS: list[tuple[type[ServiceError], int, str]] = [
+    (InvalidParameter, 422, "invalid_request"),
+    (InvalidRequest, 400, "invalid_request"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (ModelUnavailable, 503, "model_unavailable"),
+    (ProcessingError, 422, "processing_error"),
+    (DownloadError, 502, "download_failed"),
+    (Unauthorized, 401, "invalid_api_key"),
+    (InsufficientCredits, 402, "insufficient_credits"),
+    (RateLimited, 429, "rate_limited"),
+    (NotFound, 404, "not_found"),
+    (RangeNotSatisfiable, 416, "range_not_satisfiable"),
+    (StateConflict, 409, "conflict"),
+    (ServiceUnavailable, 503, "service_unavailable"),
+    (StorageUnavailable, 507, "insufficient_storage"),
+    (InferenceError, 500, "internal_error"),
+    (ServiceError, 500, "internal_error"),
+]
+
+
+def http_status(exc: ServiceError) -> tuple[int, str]:
+    """The HTTP status and code of `exc`."""
+    return next((status, code) for cls, status, code in HTTP_STATUS if isinstance(exc, cls))
+
 
 # Spec 003's error types, most specific class first, with the status each type has there.
 _SHOTGUN_TYPES: list[tuple[type[ServiceError], str, int]] = [
@@ -85,7 +120,7 @@ class BodyTooLarge(StarletteHTTPException):
     HTTPException so that FastAPI's form parsing passes it on; rendered as `error`."""
 
     def __init__(self, error: ServiceError) -> None:
-        super().__init__(status_code=error.status_code, detail=error.message)
+        super().__init__(status_code=http_status(error)[0], detail=error.message)
         self.error = error
 
 
@@ -124,7 +159,7 @@ def request_id(request: Request) -> str:
 
 def render(request: Request, exc: ServiceError) -> JSONResponse:
     response = _render(request, exc)
-    ERRORS.inc(1, {"code": exc.code, "status": str(response.status_code),
+    ERRORS.inc(1, {"code": http_status(exc)[1], "status": str(response.status_code),
                    "family": _family(request)})
     retry = (exc.details or {}).get("retry_after_s")
     if retry is not None:  # 429 rate_limited, 503 busy
@@ -134,16 +169,17 @@ def render(request: Request, exc: ServiceError) -> JSONResponse:
 
 def _render(request: Request, exc: ServiceError) -> JSONResponse:
     family = _family(request)
+    own_status, code = http_status(exc)
     if family == "message":
-        return JSONResponse({"message": exc.message}, status_code=exc.status_code)
+        return JSONResponse({"message": exc.message}, status_code=own_status)
     if family == "detail":  # spec 000's HD endpoints document 400s, not 422s
-        status = 400 if isinstance(exc, InvalidParameter) else exc.status_code
+        status = 400 if isinstance(exc, InvalidParameter) else own_status
         return JSONResponse({"detail": exc.message}, status_code=status)
     if family == "code":
-        body = {"error": {"code": exc.code, "message": exc.message,
+        body = {"error": {"code": code, "message": exc.message,
                           "request_id": request_id(request)}}
         # spec 002 knows no 422: a bad field is a 400 invalid_request there
-        status = 400 if isinstance(exc, InvalidParameter) else exc.status_code
+        status = 400 if isinstance(exc, InvalidParameter) else own_status
         return JSONResponse(body, status_code=status)
     error_type, status = next((t, s) for cls, t, s in _SHOTGUN_TYPES if isinstance(exc, cls))
     body = {"error": {"type": error_type, "message": exc.message, "details": exc.details or {}}}
@@ -191,7 +227,7 @@ def validation_error(exc: ValidationError) -> InvalidParameter:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status_code >= 500 and not isinstance(exc, DEPENDENCY_ERRORS_TYPES):
+        if http_status(exc)[0] >= 500 and not isinstance(exc, DEPENDENCY_ERRORS_TYPES):
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         return render(request, exc)
 

@@ -31,7 +31,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.errors import RateLimited, ServiceError, ServiceUnavailable, Unauthorized
+from pipelines.errors import ServiceError
+from serve_app.core.errors import RateLimited, ServiceUnavailable, Unauthorized
 from serve_app.core.keys import ApiKey, KeyStore, hash_secret
 from serve_app.core.settings import get_settings
 from serve_app.errors import new_request_id, render, route_path

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, BinaryIO
 import anyio
 import anyio.to_thread
 
-from pipelines.errors import FileTooLarge, InvalidFileType, InvalidRequest
+from pipelines.errors import InvalidRequest
 from pipelines.media_types import SNIFF_BYTES, sniff_media_type
+from serve_app.core.errors import FileTooLarge, InvalidFileType
 
 try:  # python-multipart >= 0.0.13 (the old `multipart` name is a deprecated shim there)
     from python_multipart.exceptions import FormParserError

@@ -107,15 +107,16 @@ def test_diffusers_inpainter_with_a_tiny_pipeline(inpainter, tmp_path):
 
 
 def test_generate_without_a_generator_says_so():
-    from serve_app.backgrounds_api import BackgroundsApi
     from serve_app.builder import _generator
     from serve_app.config import AppConfig
+    from serve_app.routes.backgrounds import generate_background
 
     app, reason = _generator(AppConfig.model_validate({"models": ["u2netp"]}), {})
     assert app is None and "generate.model_dir" in reason
-    ingress = SimpleNamespace(generator=None, setup=SimpleNamespace(features={"generate": reason}))
+    svc = SimpleNamespace(models=SimpleNamespace(generator=None),
+                          setup=SimpleNamespace(features={"generate": reason}))
     with pytest.raises(ModelUnavailable, match="not available on this server"):
-        asyncio.run(BackgroundsApi.generate_background(ingress, None, None, None))
+        asyncio.run(generate_background(svc, None, None, None))
 
 
 # ---- through the running app -------------------------------------------------------------------

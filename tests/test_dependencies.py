@@ -25,8 +25,8 @@ import yaml
 from PIL import Image
 from sqlalchemy import exc as sa_exc
 
-from pipelines.errors import DependencyUnavailable, StorageUnavailable
 from serve_app.core.dependencies import DependencyProbe, OutageLog, as_dependency_error
+from serve_app.core.errors import DependencyUnavailable, StorageUnavailable
 
 from conftest import REPO, PostgresServer, disk_image, png_bytes, tiny_catalog
 

@@ -100,7 +100,7 @@ def test_dependency_failures_per_family(path, family):
 
     from starlette.requests import Request
 
-    from pipelines.errors import DependencyUnavailable, StorageUnavailable
+    from serve_app.core.errors import DependencyUnavailable, StorageUnavailable
     from serve_app.errors import render
 
     def rendered(exc):

@@ -10,7 +10,10 @@ from datetime import timedelta
 import pytest
 
 from serve_app.core.db import now
+from serve_app.core.job_params import JobParams
 from serve_app.core.jobs import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
+
+P = JobParams(model_id="u2netp")
 
 
 @pytest.fixture
@@ -21,7 +24,8 @@ def jobs(db_url):
 
 
 def new(jobs, **kw):
-    job, created = jobs.create(api="v1", kind="image", params={"model": "light"}, **kw)
+    job, created = jobs.create(api="v1", kind="image",
+                               params=JobParams(model="light", model_id="u2netp"), **kw)
     assert created
     return job
 
@@ -29,8 +33,9 @@ def new(jobs, **kw):
 def test_lifecycle_and_audit_trail(jobs):
     job = new(jobs, input_url="https://example.com/a.png")
     assert job.state == CREATED and job.started_at is None and job.attempts == 0
-    started = jobs.start(job.job_id, {"output_format": "webp"})
-    assert started.state == PROCESSING and started.params == {"model": "light", "output_format": "webp"}
+    started = jobs.start(job.job_id, job.params.model_copy(update={"output_format": "webp"}))
+    assert started.state == PROCESSING and started.params == JobParams(
+        model="light", model_id="u2netp", output_format="webp")
     claimed = jobs.claim("w1", lease_s=30)
     assert claimed.job_id == job.job_id and claimed.lease_owner == "w1" and claimed.attempts == 1
     assert jobs.claim("w2", lease_s=30) is None  # leased: nobody else gets it
@@ -86,13 +91,13 @@ def test_expired_lease_is_resumed_then_failed_after_max_attempts(jobs):
 
 
 def test_idempotency_key_returns_the_same_job(jobs):
-    first, created = jobs.create(api="v1", kind="image", params={}, idempotency_key="k-1")
-    again, created_again = jobs.create(api="v1", kind="image", params={"x": 1},
+    first, created = jobs.create(api="v1", kind="image", params=P, idempotency_key="k-1")
+    again, created_again = jobs.create(api="v1", kind="image", params=JobParams(model_id="x"),
                                        idempotency_key="k-1")
-    assert created and not created_again and again.job_id == first.job_id and again.params == {}
+    assert created and not created_again and again.job_id == first.job_id and again.params == P
 
     def make(_):
-        return jobs.create(api="v1", kind="image", params={}, idempotency_key="k-2")[0].job_id
+        return jobs.create(api="v1", kind="image", params=P, idempotency_key="k-2")[0].job_id
 
     with ThreadPoolExecutor(6) as pool:  # concurrent retries: still one job
         assert len(set(pool.map(make, range(6)))) == 1
@@ -151,3 +156,20 @@ def test_a_due_webhook_is_claimed_by_one_worker_only(jobs):
     jobs.record_delivery(job.job_id, "d", "job_completed", 1, False, 500, "x", 5,
                          next_at=now())
     assert jobs.get(job.job_id).webhook_state == "delivered"
+
+
+def test_rows_of_older_versions_read_through_the_one_converter(jobs):
+    """Rows written before JobParams: text_prompt kept as the caller's string, a null
+    background; the worker sees today's typed record."""
+    from sqlalchemy import update
+
+    from serve_app.core.jobs import jobs as jobs_table
+    job = new(jobs)
+    old = {"model": "light", "model_id": "u2netp", "output_format": "webp", "background": None,
+           "text_prompt": "person, handbag ,", "unknown_old_field": 1}
+    with jobs.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.job_id == job.job_id)
+                     .values(params=old))
+    params = jobs.get(job.job_id).params
+    assert params.text_prompt == ["person", "handbag"] and params.background.type == "transparent"
+    assert params.output_format == "webp" and params.model_id == "u2netp"

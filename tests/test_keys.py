@@ -9,8 +9,11 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from serve_app.cli import main as cli
+from serve_app.core.job_params import JobParams
 from serve_app.core.jobs import PROCESSING, JobStore, TooManyJobs
 from serve_app.core.keys import WINDOW_S, KeyStore, hash_secret
+
+P = JobParams(model_id="u2netp")
 
 
 def test_keys_are_stored_hashed_and_revocable(db_url):
@@ -74,7 +77,7 @@ def test_concurrent_job_limit_is_atomic_across_replicas(db_url):
     def submit(store: JobStore) -> None:
         for _ in range(3):
             try:
-                store.create(api="v1", kind="image", params={}, start=True, owner=key.key_id,
+                store.create(api="v1", kind="image", params=P, start=True, owner=key.key_id,
                              max_active=3)
                 outcome = "ok"
             except TooManyJobs:
@@ -93,7 +96,7 @@ def test_concurrent_job_limit_is_atomic_across_replicas(db_url):
                               {"o": key.key_id, "s": PROCESSING}).scalar_one()
     assert active == 3
     # a created (not started) job does not count; starting it is checked the same way
-    job, _ = replicas[0].create(api="v1", kind="image", params={}, owner=key.key_id,
+    job, _ = replicas[0].create(api="v1", kind="image", params=P, owner=key.key_id,
                                 max_active=3)
     with pytest.raises(TooManyJobs):
         replicas[0].start(job.job_id, max_active=3)
@@ -102,9 +105,9 @@ def test_concurrent_job_limit_is_atomic_across_replicas(db_url):
 
 def test_idempotency_keys_are_per_api_key(db_url):
     jobs = JobStore(db_url)
-    a, created_a = jobs.create(api="v1", kind="image", params={}, idempotency_key="k", owner="A")
-    b, created_b = jobs.create(api="v1", kind="image", params={}, idempotency_key="k", owner="B")
-    again, created_again = jobs.create(api="v1", kind="image", params={}, idempotency_key="k",
+    a, created_a = jobs.create(api="v1", kind="image", params=P, idempotency_key="k", owner="A")
+    b, created_b = jobs.create(api="v1", kind="image", params=P, idempotency_key="k", owner="B")
+    again, created_again = jobs.create(api="v1", kind="image", params=P, idempotency_key="k",
                                        owner="A")
     assert created_a and created_b and not created_again
     assert a.job_id != b.job_id and again.job_id == a.job_id
@@ -159,12 +162,12 @@ def test_credits_charges_and_usage(db_url, tmp_path, capsys):
 
     # a job is charged to its owner in the transaction that completes it, and only then
     jobs = JobStore(db_url)
-    job, _ = jobs.create(api="v1", kind="video", params={}, start=True, owner=key.key_id)
+    job, _ = jobs.create(api="v1", kind="video", params=P, start=True, owner=key.key_id)
     assert jobs.claim("w", 30).job_id == job.job_id
     assert jobs.complete(job.job_id, "w", "out", "video/webm", 60, Charge("v1:video", 2.5, 2.5))
     assert not jobs.complete(job.job_id, "w", "out", "video/webm", 60, Charge("v1:video", 2.5, 2.5))
     assert keys.balance(key.key_id) == pytest.approx(5.0)
-    failed, _ = jobs.create(api="v1", kind="image", params={}, start=True, owner=key.key_id)
+    failed, _ = jobs.create(api="v1", kind="image", params=P, start=True, owner=key.key_id)
     jobs.claim("w", 30)
     jobs.fail(failed.job_id, "broken", worker_id="w")
     assert keys.balance(key.key_id) == pytest.approx(5.0)  # failures cost nothing

@@ -75,3 +75,14 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert (1, "ray") in found and (4, "serve_app.builder") in found
     assert layer("serve_app.builder") > layer("serve_app.core.jobs") > layer("pipelines.video")
     assert layer("deployments.jobs") == 2
+
+
+def test_every_module_says_what_it_is_for():
+    """A newcomer reads the first line of a module to know whether to read on."""
+    missing = []
+    for package in ("pipelines", "serve_app", "deployments"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            doc = ast.get_docstring(ast.parse(path.read_text(), str(path)))
+            if not doc or not doc.splitlines()[0].strip():
+                missing.append(str(path.relative_to(REPO)))
+    assert missing == [], f"modules without a first docstring line: {missing}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -67,17 +66,17 @@ def test_prompts_without_the_model_are_refused_clearly(tmp_path):
     from pipelines.catalog import load_catalog
     from serve_app.builder import _prompt_model
     from serve_app.config import AppConfig
-    from serve_app.image_api import ImageApiV1
+    from serve_app.gateway import ModelGateway
 
     config = AppConfig.model_validate({"models": ["u2netp"]})
     app, reason = _prompt_model(config, load_catalog(), [tmp_path], {})
     assert app is None and "bgremove models pull mobilesam" in reason
     off = AppConfig.model_validate({"models": ["u2netp"], "prompt": {"enabled": False}})
     assert "disabled" in _prompt_model(off, load_catalog(), [tmp_path], {})[1]
-    ingress = SimpleNamespace(prompter=None)
+    gateway = ModelGateway({}, {}, {}, "u2netp", prompter=None)
     with pytest.raises(ModelUnavailable, match="models pull mobilesam"):
-        asyncio.run(ImageApiV1.prompted_mask(ingress, np.zeros((4, 4, 3), np.uint8),
-                                             Prompt(((1, 1),)), None, "refine"))
+        asyncio.run(gateway.prompted_mask(np.zeros((4, 4, 3), np.uint8), Prompt(((1, 1),)),
+                                          None, "refine"))
 
 
 # ---- the real model ---------------------------------------------------------------------------

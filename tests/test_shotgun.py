@@ -29,8 +29,9 @@ from ray import serve  # noqa: E402
 from pipelines.catalog import load_catalog  # noqa: E402
 from pipelines.errors import InvalidRequest  # noqa: E402
 from serve_app.core.settings import get_settings  # noqa: E402
-from serve_app.ingress import CpuSlots, Ingress  # noqa: E402
+from serve_app.ingress import Ingress  # noqa: E402
 from serve_app.schemas import RemoveBackgroundRequest, RemoveBackgroundResponse  # noqa: E402
+from serve_app.services import CpuSlots  # noqa: E402
 
 pytestmark = pytest.mark.serve
 TINY_MODELS = ["tiny", "tiny-pro", "tiny-human"]

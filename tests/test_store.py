@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import text
 
-from pipelines.errors import InvalidRequest, UnknownJob
+from pipelines.errors import InvalidRequest
 from serve_app import cli
+from serve_app.core.errors import UnknownJob
 from serve_app.core.store import ModelRun, Store, WinRate
 
 

@@ -57,20 +57,20 @@ def test_clipseg_backend_from_a_local_folder(tmp_path):
 def test_text_prompt_refused_clearly_without_a_backend():
     from serve_app.builder import _text_model
     from serve_app.config import AppConfig
-    from serve_app.jobs_api import JobsApi
+    from serve_app.routes.jobs import _text_terms
 
     config = AppConfig.model_validate({"models": ["u2netp"]})
     app, reason = _text_model(config, {})
     assert app is None and "text_prompt.model_dir" in reason
     api = SimpleNamespace(setup=SimpleNamespace(features={"text_prompt": reason}))
     with pytest.raises(InvalidRequest, match=r"cannot be used.*not configured"):
-        JobsApi._text_terms(api, "person, bag", "image")
+        _text_terms(api, "person, bag", "image")
     ok = SimpleNamespace(setup=SimpleNamespace(features={"text_prompt": None}))
-    assert JobsApi._text_terms(ok, " person ,, bag ", "image") == ["person", "bag"]
+    assert _text_terms(ok, " person ,, bag ", "image") == ["person", "bag"]
     with pytest.raises(InvalidRequest, match="no terms"):
-        JobsApi._text_terms(ok, " , ", "image")
+        _text_terms(ok, " , ", "image")
     with pytest.raises(InvalidRequest, match="image jobs"):
-        JobsApi._text_terms(ok, "person", "video")
+        _text_terms(ok, "person", "video")
 
 
 # ---- through the running app -------------------------------------------------------------------

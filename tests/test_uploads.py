@@ -18,9 +18,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pipelines.errors import FileTooLarge, InvalidFileType, InvalidRequest, ServiceError
+from pipelines.errors import InvalidRequest, ServiceError
 from pipelines.media_types import sniff_media_type
 from serve_app.core.artifacts import LocalArtifactStore
+from serve_app.core.errors import FileTooLarge, InvalidFileType
+from serve_app.errors import http_status
 from serve_app.uploads import (
     ALLOWED_TYPES,
     UploadInfo,
@@ -91,9 +93,10 @@ def make_app(store: LocalArtifactStore, max_bytes: int) -> Starlette:
         try:
             info = await receive_upload(request, store, max_bytes)
         except ServiceError as exc:
+            status, code = http_status(exc)
             return JSONResponse(
-                {"code": exc.code, "message": exc.message, "details": exc.details},
-                status_code=exc.status_code,
+                {"code": code, "message": exc.message, "details": exc.details},
+                status_code=status,
             )
         return JSONResponse(dataclasses.asdict(info))
 
@@ -444,5 +447,6 @@ def test_client_disconnect_leaves_nothing(store: RecordingStore) -> None:
 
 
 def test_error_classes() -> None:
-    assert issubclass(FileTooLarge, InvalidRequest) and FileTooLarge.status_code == 400
-    assert issubclass(InvalidFileType, InvalidRequest) and InvalidFileType.status_code == 400
+    assert issubclass(FileTooLarge, InvalidRequest) and http_status(FileTooLarge("x"))[0] == 400
+    assert issubclass(InvalidFileType, InvalidRequest)
+    assert http_status(InvalidFileType("x")) == (400, "invalid_request")

@@ -17,10 +17,11 @@ import urllib.request
 import pytest
 
 from serve_app.core.artifacts import LocalArtifactStore
+from serve_app.core.job_params import JobParams
 from serve_app.core.jobs import JobStore
 from serve_app.core.settings import Settings
-from serve_app.jobs_api import JobsApi
-from serve_app.video_api import VideoApi
+from serve_app.job_desk import JobDesk
+from serve_app.routes.video import video_result
 
 
 @pytest.fixture
@@ -36,17 +37,21 @@ def published(tmp_path):
     server.shutdown()
 
 
-class ResultHandler(VideoApi, JobsApi):
-    """The ingress's Video API with the parts `video_result` uses."""
+class ResultHandler:
+    """`video_result` with the services it uses: settings, the job store and desk."""
 
     def __init__(self, settings: Settings, jobs: JobStore, artifacts) -> None:
         self.settings, self.jobs, self.artifacts = settings, jobs, artifacts
+        self.desk = JobDesk(settings, jobs, artifacts, worker=None)
+
+    def video_result(self, job_id: str, request):
+        return video_result(self, job_id, request)
 
 
 def finished_video(jobs: JobStore, store, original_s: float) -> str:
     job, _ = jobs.create(api="video", kind="video", input_key="inputs/x/input", start=True,
-                         params={"output_format": "webm", "original_duration_s": original_s,
-                                 "max_duration_s": 4.0})
+                         params=JobParams(model_id="u2netp", output_format="webm",
+                                          original_duration_s=original_s, max_duration_s=4.0))
     assert jobs.claim("w1", 30.0).job_id == job.job_id
     key = f"outputs/{job.job_id}/1.webm"
     store.put_bytes(key, b"\x1aE\xdf\xa3 processed video bytes")

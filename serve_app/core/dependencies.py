@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
-from pipelines.errors import DependencyUnavailable, ServiceError, StorageUnavailable
+from pipelines.errors import ServiceError
 from serve_app.core.artifacts import ArtifactStore
 from serve_app.core.db import ping
+from serve_app.core.errors import DependencyUnavailable, StorageUnavailable
 
 log = logging.getLogger("ray.serve.bgremove")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.compose import Background, Composition
 from pipelines.errors import InvalidParameter
 from pipelines.sam import MAX_POINTS, Prompt
+from pipelines.textseg import split_terms
 
 
 class JobPrompt(BaseModel):
@@ -32,3 +34,34 @@ class JobPrompt(BaseModel):
 
     def prompt(self) -> Prompt:
         return Prompt(tuple(self.points), tuple(self.background_points), self.box)
+
+
+class JobParams(BaseModel):
+    """What a job is to do: one record written by the API when the job is created (and when it
+    is started with new settings), stored as JSON in the job row, read back by the worker."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model_id: str = Field(description="The catalog model that segments the input.")
+    model: str = Field("original", description="The public model name the caller chose.")
+    output_format: str = "png"
+    background: Background = Field(default_factory=Background)
+    composition: Composition | None = None
+    prompt: JobPrompt | None = None
+    text_prompt: list[str] | None = None
+    bg_image_key: str | None = Field(None, description="Video submit: the fetched background.")
+    max_duration_s: float | None = Field(None, description="Video: process at most this long.")
+    original_duration_s: float | None = Field(None, description="Video: the clip's length.")
+
+    @classmethod
+    def from_stored(cls, raw: dict[str, Any]) -> JobParams:
+        """The one reader of stored rows, of this version and the older ones: a `text_prompt`
+        kept as the caller's string, a null background."""
+        data = {k: v for k, v in raw.items() if v is not None}
+        if isinstance(data.get("text_prompt"), str):
+            data["text_prompt"] = split_terms(data["text_prompt"])
+        return cls.model_validate(data)
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON the job row keeps."""
+        return self.model_dump(mode="json", exclude_none=True)

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.core.db import as_utc, connect, metadata, now
+from serve_app.core.job_params import JobParams
 from serve_app.core.keys import Charge, api_keys, apply_charge
 
 CREATED, PROCESSING, COMPLETED, FAILED = "created", "processing", "completed", "failed"
@@ -149,7 +150,7 @@ class Job:
     api: str
     kind: str
     state: str
-    params: dict[str, Any]
+    params: JobParams
     input_key: str | None
     input_url: str | None
     output_key: str | None
@@ -178,6 +179,7 @@ class Job:
         values = {n: m[n] for n in names}
         for n in ("created_at", "updated_at", "started_at", "completed_at", "output_expires_at"):
             values[n] = as_utc(values[n])
+        values["params"] = JobParams.from_stored(values["params"])
         return cls(**values)
 
 
@@ -202,7 +204,7 @@ class JobStore:
         self.engine.dispose()
 
     # ---- creating and reading ---------------------------------------------------------------
-    def create(self, *, api: str, kind: str, params: dict[str, Any], input_key: str | None = None,
+    def create(self, *, api: str, kind: str, params: JobParams, input_key: str | None = None,
                input_url: str | None = None, start: bool = False,
                idempotency_key: str | None = None, webhook_url: str | None = None,
                webhook_secret: str | None = None, job_id: str | None = None,
@@ -223,13 +225,13 @@ class JobStore:
                 if start:
                     self._check_active(conn, owner, max_active, t)
                 conn.execute(jobs.insert().values(
-                    job_id=job_id, api=api, kind=kind, state=CREATED, params=params,
+                    job_id=job_id, api=api, kind=kind, state=CREATED, params=params.stored(),
                     input_key=input_key, input_url=input_url, idempotency_key=idempotency_key,
                     webhook_url=webhook_url, webhook_secret=webhook_secret, webhook_attempts=0,
                     attempts=0, created_at=t, updated_at=t, owner=owner))
                 self._event(conn, job_id, None, CREATED, "job created", t)
                 if start:
-                    self._start(conn, job_id, params, t)
+                    self._start(conn, job_id, None, t)
         except (IntegrityError, TooManyJobs):
             # A concurrent request with the same idempotency key won the race (this one may
             # have waited for it at the job limit): that job is the answer.
@@ -263,20 +265,20 @@ class JobStore:
         return Job.from_row(row) if row else None
 
     # ---- transitions ------------------------------------------------------------------------
-    def start(self, job_id: str, params: dict[str, Any] | None = None,
+    def start(self, job_id: str, params: JobParams | None = None,
               max_active: int | None = None) -> Job:
-        """`created` -> `processing` (queued for a worker), merging `params` into the job's;
+        """`created` -> `processing` (queued for a worker), with `params` replacing the job's;
         `TooManyJobs` when its owner has `max_active` jobs in progress already."""
         t = now()
         with self._serial, self.engine.begin() as conn:
-            row = conn.execute(select(jobs.c.state, jobs.c.params, jobs.c.owner)
+            row = conn.execute(select(jobs.c.state, jobs.c.owner)
                                .where(jobs.c.job_id == job_id)).first()
             if row is None:
                 raise KeyError(job_id)
             if row.state != CREATED:
                 raise TransitionError(job_id, row.state, PROCESSING)
             self._check_active(conn, row.owner, max_active, t)
-            self._start(conn, job_id, {**row.params, **(params or {})}, t)
+            self._start(conn, job_id, params, t)
         job = self.get(job_id)
         assert job is not None
         return job
@@ -295,10 +297,12 @@ class JobStore:
         if active >= max_active:
             raise TooManyJobs(active, max_active)
 
-    def _start(self, conn, job_id: str, params: dict[str, Any], t: datetime) -> None:
+    def _start(self, conn, job_id: str, params: JobParams | None, t: datetime) -> None:
+        values: dict[str, Any] = {"state": PROCESSING, "started_at": t, "updated_at": t}
+        if params is not None:
+            values["params"] = params.stored()
         done = conn.execute(update(jobs).where(and_(jobs.c.job_id == job_id,
-                                                    jobs.c.state == CREATED))
-                            .values(state=PROCESSING, params=params, started_at=t, updated_at=t))
+                                                    jobs.c.state == CREATED)).values(**values))
         if done.rowcount != 1:
             raise TransitionError(job_id, "not created", PROCESSING)
         self._event(conn, job_id, CREATED, PROCESSING, "started; queued for a worker", t)

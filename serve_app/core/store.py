@@ -25,8 +25,9 @@ from sqlalchemy import (
     select,
 )
 
-from pipelines.errors import InvalidRequest, UnknownJob
+from pipelines.errors import InvalidRequest
 from serve_app.core.db import connect, metadata, now
+from serve_app.core.errors import UnknownJob
 
 UNCATEGORIZED = "uncategorized"
 ALL = "all"

@@ -1,0 +1,89 @@
+"""The ingress's way to the model deployments: which handle serves a model id, and the one
+place where Serve's overload and lost-replica errors become a 503 the client can retry.
+
+Every call from a route to a model, the prompt model or the generator goes through `calling`,
+so a full queue (`max_queued_requests`) or a replica lost with its node reads the same
+everywhere: `ServiceUnavailable` with `retry_after_s`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from pipelines.catalog import Price
+from pipelines.errors import ModelUnavailable, UnknownModel
+from pipelines.images import DecodedImage
+from pipelines.sam import Prompt, prompt_model_missing
+from serve_app.core.errors import ServiceUnavailable
+from serve_app.schemas import MatteOptions
+
+
+@contextmanager
+def calling(what: str, retry_after_s: int = 1) -> Iterator[None]:
+    """Map Serve's refusals of a call to `what` ("Model 'u2netp'", "The generator") to 503s."""
+    try:
+        yield
+    except BackPressureError:  # the deployment's queue is full: shed, do not pile up
+        raise ServiceUnavailable(f"{what} is busy; retry shortly.",
+                                 {"retry_after_s": retry_after_s}) from None
+    except (RayActorError, ActorUnavailableError):  # its replica's node went away
+        raise ServiceUnavailable(f"{what} replica was lost; retry shortly.",
+                                 {"retry_after_s": retry_after_s + 1}) from None
+
+
+@dataclass
+class ModelGateway:
+    """The served models (`handles`), the catalog entries of every model, why the missing ones
+    are missing, and the optional prompt and generator deployments."""
+
+    handles: dict[str, DeploymentHandle]
+    catalog: dict[str, dict[str, Any]]
+    missing: dict[str, str]
+    default_model: str
+    prompter: DeploymentHandle | None = None  # click/box prompts, when its weights are there
+    generator: DeploymentHandle | None = None  # /image/generate/v1, when one is configured
+    prices: dict[str, Price] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prices = {m: Price.model_validate(e.get("price") or {})
+                       for m, e in self.catalog.items()}
+
+    def handle(self, model_id: str) -> DeploymentHandle:
+        """The deployment serving `model_id`; UnknownModel (400) or ModelUnavailable (503)."""
+        if model_id in self.handles:
+            return self.handles[model_id]
+        if model_id in self.missing:
+            raise ModelUnavailable(f"Model '{model_id}' is not available: {self.missing[model_id]}")
+        if model_id in self.catalog:
+            raise ModelUnavailable(f"Model '{model_id}' is not enabled in this deployment.")
+        raise UnknownModel(
+            f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
+        )
+
+    async def mask_for(self, image: DecodedImage, options: MatteOptions) -> np.ndarray:
+        """The options' model's mask of `image`, corrected by their clicks and box if any."""
+        model_id = options.model or self.default_model
+        handle = self.handle(model_id)
+        with calling(f"Model '{model_id}'"):
+            mask = await handle.predict.remote(image.rgb)
+        prompt = options.prompt()
+        if prompt:
+            mask = await self.prompted_mask(image.rgb, prompt, mask, options.prompt_mode)
+        return mask
+
+    async def prompted_mask(self, rgb: np.ndarray, prompt: Prompt, base: np.ndarray | None,
+                            mode: str) -> np.ndarray:
+        """The mask corrected (or replaced) by clicks and a box, from the prompt model."""
+        if self.prompter is None:
+            raise prompt_model_missing()
+        prompt.check(rgb.shape[1], rgb.shape[0])
+        with calling("The prompt model"):
+            return await self.prompter.segment.remote(rgb, prompt, base, mode)
