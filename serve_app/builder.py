@@ -24,7 +24,7 @@ from deployments.jobs import JobWorker
 from deployments.prompter import PromptModel
 from deployments.segmentation import SegmentationModel
 from deployments.textseg import TextSegmentation
-from pipelines.catalog import Catalog, load_catalog
+from pipelines.catalog import Catalog, ModelSpec, load_catalog
 from pipelines.weights import find_weights
 from serve_app.config import (  # noqa: F401 - re-exported: the config types live in serve_app.config
     DEFAULT_POOLS,
@@ -99,6 +99,23 @@ def check_resources(replicas: dict[str, tuple[dict[str, Any], int]]) -> None:
         )
 
 
+LICENSE_DUTIES = {
+    "copyleft": "whoever uses this service over a network may ask for its complete source, "
+                "your changes included (AGPL-3.0 section 13)",
+    "non-commercial": "the weights may not be used for commercial purposes",
+}
+
+
+def license_refusal(spec: ModelSpec, accepted: list[str]) -> str | None:
+    """Why a model may not be served under the operator's accepted licences; None if it may.
+    Permissive weights always may; copyleft and non-commercial ones only when accepted."""
+    terms = spec.weights.license_terms
+    if terms == "permissive" or spec.weights.license in accepted:
+        return None
+    return (f"its weights are {spec.weights.license} ({terms}: {LICENSE_DUTIES[terms]}); add "
+            f"'{spec.weights.license}' to accept_licenses in the Serve config to serve it")
+
+
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
     """Serve application builder (one argument, as Serve requires): the config's `args`."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
@@ -113,11 +130,17 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     missing: dict[str, str] = {}
     placement: dict[str, tuple[dict[str, Any], int]] = {}
     model_pools: dict[str, Any] = {}
+    withheld: dict[str, str] = {}
     for model_id in config.models + config.optional_models:
         spec = catalog.get(model_id)
         path = find_weights(spec, search_dirs)
         if path is None and model_id in config.optional_models:
             log.info("optional model %s not installed (%s); skipped", model_id, spec.weights.file)
+            continue
+        refusal = license_refusal(spec, config.accept_licenses)
+        if refusal is not None:
+            withheld[model_id] = refusal
+            log.warning("model %s NOT served: %s", model_id, refusal)
             continue
         if path is None:
             missing[model_id] = (
@@ -132,6 +155,10 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
             spec.model_dump(mode="json"), str(path), **pool.backend_options())
         log.info("model %s: %s pool, weights %s", model_id, spec.tier.value, path)
+        if spec.weights.license_terms != "permissive":
+            log.warning("model %s is served under %s (%s), accepted in the Serve config "
+                        "(accept_licenses): %s", model_id, spec.weights.license,
+                        spec.weights.license_terms, LICENSE_DUTIES[spec.weights.license_terms])
 
     ingress_opts = config.ingress.model_dump(exclude_none=True)
     if "autoscaling_config" in ingress_opts:
@@ -160,7 +187,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                          pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())},
                          tier_models=tier_models, features={"prompts": prompt_reason,
                                                             "text_prompt": text_reason,
-                                                            "generate": generate_reason})
+                                                            "generate": generate_reason},
+                         withheld=withheld)
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(

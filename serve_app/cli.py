@@ -41,13 +41,20 @@ def _models_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
     dirs = settings.model_search_dirs()
-    print(f"{'id':28} {'tier':6} {'family':15} weights")
-    for spec in catalog.models:
+    print(f"{'id':28} {'tier':6} {'family':15} {'licence':12} weights")
+    rows = [(s.id, s.tier.value, s.family, s) for s in catalog.models]
+    rows += [(a.id, "asset", a.group, a) for a in catalog.assets]
+    restricted = False
+    for model_id, tier, family, spec in rows:
         path = find_weights(spec, dirs)
-        print(f"{spec.id:28} {spec.tier.value:6} {spec.family:15} {path or 'MISSING: ' + spec.weights.file}")
-    for asset in catalog.assets:
-        path = find_weights(asset, dirs)
-        print(f"{asset.id:28} {'asset':6} {asset.group:15} {path or 'MISSING: ' + asset.weights.file}")
+        licence = spec.weights.license.split(" ")[0]
+        if spec.weights.license_terms != "permissive":
+            licence, restricted = licence + "*", True
+        print(f"{model_id:28} {tier:6} {family:15} {licence:12} "
+              f"{path or 'MISSING: ' + spec.weights.file}")
+    if restricted:
+        print("\n* copyleft or non-commercial weights: served only when the Serve config's "
+              "accept_licenses names the licence (docs/models.md).")
     return 0
 
 

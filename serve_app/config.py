@@ -171,6 +171,9 @@ class AppConfig(_Options):
     prompt: PromptOptions = PromptOptions()
     text_prompt: TextPromptOptions = TextPromptOptions()
     generate: GeneratorOptions = GeneratorOptions()
+    # Licences (as the catalog spells them, e.g. "AGPL-3.0") the operator accepts for models
+    # whose weights are copyleft or non-commercial; such a model is never served otherwise.
+    accept_licenses: list[str] = Field(default_factory=list)
     # Refuse to deploy when no node could ever host a replica (Serve would wait forever).
     # Turn off on autoscaling clusters whose nodes appear on demand.
     validate_resources: bool = True
@@ -209,3 +212,5 @@ class IngressSetup(_Options):
     pools: dict[Tier, PoolOptions] = Field(default_factory=dict)
     # Optional features (prompts, generate): None when available, else why not (for /health).
     features: dict[str, str | None] = Field(default_factory=dict)
+    # Installed models not served because their licence was not accepted, and why.
+    withheld: dict[str, str] = Field(default_factory=dict)

@@ -46,10 +46,11 @@ class ModelGateway:
 
     handles: dict[str, DeploymentHandle]
     catalog: dict[str, dict[str, Any]]
-    missing: dict[str, str]
+    missing: dict[str, str]  # configured, not installed: why
     default_model: str
     prompter: DeploymentHandle | None = None  # click/box prompts, when its weights are there
     generator: DeploymentHandle | None = None  # /image/generate/v1, when one is configured
+    withheld: dict[str, str] = field(default_factory=dict)  # installed, licence not accepted
     prices: dict[str, Price] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,8 +61,9 @@ class ModelGateway:
         """The deployment serving `model_id`; UnknownModel (400) or ModelUnavailable (503)."""
         if model_id in self.handles:
             return self.handles[model_id]
-        if model_id in self.missing:
-            raise ModelUnavailable(f"Model '{model_id}' is not available: {self.missing[model_id]}")
+        reason = self.missing.get(model_id) or self.withheld.get(model_id)
+        if reason is not None:
+            raise ModelUnavailable(f"Model '{model_id}' is not available: {reason}")
         if model_id in self.catalog:
             raise ModelUnavailable(f"Model '{model_id}' is not enabled in this deployment.")
         raise UnknownModel(

@@ -62,7 +62,8 @@ class Ingress:
                         "credits. Only for one user on one machine.\n" + "!" * 78)
         ingress_setup = IngressSetup.model_validate(setup)
         gateway = ModelGateway(models, {m["id"]: m for m in catalog}, missing,
-                               ingress_setup.default_model, prompter, generator)
+                               ingress_setup.default_model, prompter, generator,
+                               withheld=ingress_setup.withheld)
         self.services = Services.build(settings, ingress_setup, gateway, worker)
         register(self.services)
 

@@ -182,6 +182,8 @@ class ModelInfo(BaseModel):
     description: str
     available: bool
     detail: str | None = None
+    license: str = Field(description="The weights' licence, as the catalog gives it.")
+    license_terms: Literal["permissive", "copyleft", "non-commercial"]
 
 
 # ---- Shotgun API (spec 003) ----------------------------------------------------------------------

@@ -132,7 +132,7 @@ def tiny_catalog(tmp: Path) -> Path:
     for model_id, tier in (("tiny", "light"), ("tiny-pro", "pro"), ("tiny-human", "human")):
         data["models"].append({
             "id": model_id, "name": f"Tiny test model ({tier})", "family": "tiny", "tier": tier,
-            "weights": {"file": "tiny.onnx", "source": {"kind": "local"}},
+            "weights": {"file": "tiny.onnx", "license": "MIT", "source": {"kind": "local"}},
         })
     path = tmp / "catalog.yaml"
     path.write_text(yaml.safe_dump(data))

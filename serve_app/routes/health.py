@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from pipelines.catalog import license_terms
 from serve_app.app import VERSION
 from serve_app.errors import OUTAGES
 from serve_app.schemas import DependencyHealth, Health, ModelHealth, ModelInfo, PoolHealth
@@ -37,7 +38,9 @@ async def models(svc: Svc) -> list[ModelInfo]:
         ModelInfo(
             id=m["id"], name=m["name"], family=m["family"], tier=m["tier"],
             description=m.get("description", ""), available=m["id"] in gateway.handles,
-            detail=gateway.missing.get(m["id"]),
+            detail=gateway.missing.get(m["id"]) or svc.setup.withheld.get(m["id"]),
+            license=m["weights"]["license"],
+            license_terms=license_terms(m["weights"]["license"]),
         )
         for m in gateway.catalog.values()
     ]

@@ -60,6 +60,17 @@ document.querySelectorAll("nav button").forEach((button) => button.addEventListe
 // ---- shotgun: every model, side by side; pick the best -----------------------------------
 let shot = null;      // the last /remove-background answer
 let picked = null;    // its chosen row
+let licences = null;  // model id -> {license, license_terms}, from /models
+
+async function modelLicences() {
+  if (licences === null) {
+    try {
+      const models = await (await call("/models")).json();
+      licences = Object.fromEntries(models.map((m) => [m.id, m]));
+    } catch (e) { licences = {}; }
+  }
+  return licences;
+}
 
 async function runShotgun(file) {
   show("error", ""); show("notice", "");
@@ -73,6 +84,7 @@ async function runShotgun(file) {
     $("image-status").textContent = ""; fail(e.message); return;
   }
   $("image-status").textContent = `${shot.results.length} models, ${shot.processing_time_ms} ms, $${shot.total_cost_usd.toFixed(6)} — click the best result.`;
+  const known = await modelLicences();
   for (const row of shot.results) {
     const card = document.createElement("div");
     card.className = "card" + (row.status === "success" ? "" : " failed");
@@ -95,6 +107,14 @@ async function runShotgun(file) {
       card.addEventListener("click", () => choose(row, card));
     }
     card.append(meta);
+    const licence = known[row.model_id];
+    if (licence) {  // every model's licence; copyleft / non-commercial ones stand out
+      const tag = document.createElement("div");
+      tag.className = "licence" + (licence.license_terms === "permissive" ? "" : " restricted");
+      tag.textContent = `licence: ${licence.license}` +
+        (licence.license_terms === "permissive" ? "" : ` (${licence.license_terms})`);
+      card.append(tag);
+    }
     $("results").append(card);
   }
 }
