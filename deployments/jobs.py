@@ -28,7 +28,8 @@ import ray
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import CREDITS_CHARGED, JOBS
-from pipelines import webhooks
+from pipelines import video, webhooks
+from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, categorize_clip
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
@@ -51,8 +52,10 @@ VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/qui
 class JobWorker:
     def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0,
                  prompter: DeploymentHandle | None = None,
-                 text_segmenter: DeploymentHandle | None = None) -> None:
+                 text_segmenter: DeploymentHandle | None = None,
+                 auto_models: list[ServedModel] | None = None) -> None:
         self.models = models
+        self.auto_models = auto_models or []  # what `model=auto` chooses from
         self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
         self.text_segmenter = text_segmenter  # text_prompt terms (None: not configured)
         self.model_timeout_s = model_timeout_s
@@ -168,12 +171,32 @@ class JobWorker:
             self._slots.release()
             self._wake.set()
 
-    def _model(self, job: Job) -> DeploymentHandle:
-        handle = self.models.get(job.params.model_id)
+    def _model(self, model_id: str) -> DeploymentHandle:
+        handle = self.models.get(model_id)
         if handle is None:
-            raise ServiceError(f"Model '{job.params.model_id}' is not served by this "
-                               "deployment.")
+            raise ServiceError(f"Model '{model_id}' is not served by this deployment.")
         return handle
+
+    def _person_mask(self, policy: AutoPolicy):
+        """The person model's mask function for auto's cue (None without a person model)."""
+        if policy.person_model is None:
+            return None
+        handle = self._model(policy.person_model)
+        return lambda rgb: handle.predict.remote(rgb).result(timeout_s=self.model_timeout_s)
+
+    def _auto_image(self, rgb: np.ndarray) -> str:
+        policy = AutoPolicy(tuple(self.auto_models))
+        person = self._person_mask(policy)
+        category = categorize(rgb, person(rgb) if person is not None else None)
+        return policy.choose(category, rgb.shape[1], rgb.shape[0])[0]
+
+    def _auto_video(self, path: str, max_duration_s: float | None) -> str:
+        """One model for the whole clip, from 5 frames spread over what will be processed."""
+        policy = AutoPolicy(tuple(self.auto_models))
+        frames = video.sample_frames(path, 5, max_duration_s)
+        category = categorize_clip(frames, self._person_mask(policy))
+        height, width = frames[0].shape[:2] if frames else (1, 1)
+        return policy.choose(category, width, height, video=True)[0]
 
     def _process(self, job: Job) -> tuple[str, str, float, dict | None]:
         """Run the job: its output's key and media type, the units it is charged for (1 image,
@@ -188,11 +211,13 @@ class JobWorker:
         else:
             data = self._fetch(job.input_url, self.fetch_policy.max_bytes)
         params = job.params
-        handle = self._model(job)
-
         report: dict = {}
 
         def segment(rgb: np.ndarray) -> np.ndarray:
+            model_id = params.model_id
+            if model_id == AUTO:
+                model_id = report["model_id"] = self._auto_image(rgb)
+            handle = self._model(model_id)
             ref = ray.put(rgb)
             mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
             if params.text_prompt:
@@ -236,12 +261,12 @@ class JobWorker:
             reason = (exc.details or {}).get("reason", "failed")
             raise FetchError(f"The input URL could not be fetched ({reason}).") from None
 
-    def _process_video(self, job: Job) -> tuple[str, str, float]:
+    def _process_video(self, job: Job) -> tuple[str, str, float, dict | None]:
         """Stream the video through the model deployment (frames `video_window` at a time, so
         concurrent jobs' frames share the model's batches and every replica can take frames)."""
         params, settings = job.params, self.settings
-        handle = self._model(job)
         fmt = params.output_format
+        report: dict = {}
 
         def submit(rgb: np.ndarray):
             response = handle.segment.remote(rgb)
@@ -268,6 +293,10 @@ class JobWorker:
                 else:
                     src.write_bytes(self._fetch(job.input_url, settings.upload_max_bytes))
             dst = Path(tmp) / f"output.{fmt}"
+            model_id = params.model_id
+            if model_id == AUTO:
+                model_id = report["model_id"] = self._auto_video(str(src), params.max_duration_s)
+            handle = self._model(model_id)
             result = render_video(
                 str(src), str(dst), submit, output_format=fmt,
                 background=params.background, background_image=background_image,
@@ -278,7 +307,7 @@ class JobWorker:
             key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)
-        return key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2), None
+        return key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2), report or None
 
     # ---- webhooks and retention -------------------------------------------------------------
     def _webhook_loop(self) -> None:

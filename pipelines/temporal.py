@@ -6,8 +6,19 @@ w = 1 - strength averages them away. Where the image changed (moving subject, it
 uncovered background) w = 1: the new mask is kept and moving edges are not smeared. The gate:
 max-over-channels colour change on frames downscaled 4x (fast; averages sensor/codec noise),
 dilated then box-blurred (soft seams), smoothstep from 0.5x to 1.5x `motion_threshold`, upscaled
-bilinearly. Optional `jump_threshold` also keeps very large mask jumps where the image is static
-(low-contrast real motion), at the cost of not smoothing large flicker; off by default.
+bilinearly.
+
+Two guards keep the subject whole on fast motion:
+- a large mask change (`jump_threshold`, default 96 of 255) is taken at once even where the
+  image looks static: a limb moving over a background of its own colour changes the image
+  little, and averaging there left a fading "ghost" limb at its old place for several frames;
+  flicker is small oscillation around edges and is still averaged;
+- a frame where the model loses most of the subject (the mask's mass falls below
+  `dropout_ratio` of the last frame's) is a model dropout unless there was a cut (the frames'
+  colour histograms differ: a camera pan keeps them alike, a cut does not) or the image
+  changed where the subject was and nowhere else (it really left). A subject does not vanish
+  between two frames of one shot: the last mask is carried over (joined with the new one) for
+  at most `max_hold` frames in a row.
 """
 
 from __future__ import annotations
@@ -23,6 +34,16 @@ def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
+def _histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """L1 distance (0..2) of two frames' 8x8x8 colour histograms: small across a pan or a
+    moving subject, large across a cut."""
+    def hist(x: np.ndarray) -> np.ndarray:
+        h = cv2.calcHist([x], [0, 1, 2], None, [8, 8, 8], [0, 256] * 3).ravel()
+        return h / max(float(h.sum()), 1.0)
+
+    return float(np.abs(hist(a) - hist(b)).sum())
+
+
 class MaskSmoother:
     """Call once per frame, in order: `smoother(rgb, mask) -> smoothed mask` (uint8 H x W)."""
 
@@ -32,14 +53,19 @@ class MaskSmoother:
         motion_threshold: float = 12.0,
         *,
         motion_downscale: int = 4,
-        jump_threshold: float | None = None,
+        jump_threshold: float | None = 96.0,
+        dropout_ratio: float = 0.5,
+        max_hold: int = 3,
     ) -> None:
         """`strength`: weight of the past where the image is static (0 = off, < 1).
         `motion_threshold`: colour change (0..255, max over channels, after downscaling and
         blurring) around which a pixel counts as moving; the gate ramps from 0.5x to 1.5x it.
         `motion_downscale`: the motion map is computed at 1/N size (1 = full size).
-        `jump_threshold`: optional mask change (0..255) above which the new mask is taken even
-        where the image is static; None disables it."""
+        `jump_threshold`: mask change (0..255) above which the new mask is taken even where the
+        image is static; None disables it.
+        `dropout_ratio`, `max_hold`: a mask with less than this share of the last mask's mass,
+        within one shot, is joined with the last one, for at most `max_hold` frames in a row
+        (0 disables it)."""
         if not 0.0 <= strength < 1.0:
             raise ValueError("strength must be in [0, 1)")
         if motion_threshold <= 0:
@@ -50,6 +76,9 @@ class MaskSmoother:
         self.motion_threshold = float(motion_threshold)
         self.motion_downscale = int(motion_downscale)
         self.jump_threshold = None if jump_threshold is None else float(jump_threshold)
+        self.dropout_ratio = float(dropout_ratio)
+        self.max_hold = int(max_hold)
+        self._held = 0  # dropout frames carried over in a row
         self._prev_small: np.ndarray | None = None  # uint8 h x w x 3, downscaled frame
         self._prev_out: np.ndarray | None = None  # float32 H x W, smoothed alpha (0..255)
 
@@ -57,6 +86,7 @@ class MaskSmoother:
         """Forget the past (call at a cut or a new clip)."""
         self._prev_small = None
         self._prev_out = None
+        self._held = 0
 
     def _small(self, rgb: np.ndarray) -> np.ndarray:
         """Area-downscale by `motion_downscale`: 2x bilinear halvings (each an exact 2x2 mean,
@@ -100,6 +130,12 @@ class MaskSmoother:
             self._prev_small, self._prev_out = small, m
             return mask.copy()
         gate = self.motion_weight(small, (m.shape[1], m.shape[0]))
+        if self._is_dropout(m, prev, small, gate):
+            self._held += 1
+            out = cv2.max(prev, m)
+            self._prev_small, self._prev_out = small, out
+            return cv2.convertScaleAbs(out)
+        self._held = 0
         delta = cv2.subtract(m, prev)
         if self.jump_threshold is not None:
             j = self.jump_threshold
@@ -110,6 +146,24 @@ class MaskSmoother:
         out = cv2.add(prev, cv2.multiply(w, delta))
         self._prev_small, self._prev_out = small, out
         return cv2.convertScaleAbs(out)  # rounds and saturates to uint8
+
+
+    def _is_dropout(self, mask: np.ndarray, prev: np.ndarray, small: np.ndarray,
+                    gate: np.ndarray) -> bool:
+        """Most of the subject gone from the mask, with no cut since the last frame and not
+        because the subject's region alone changed (the subject really left it)."""
+        if self.max_hold <= 0 or self._held >= self.max_hold:
+            return False
+        prev_mass, mass = float(prev.sum()), float(mask.sum())
+        if prev_mass < 0.005 * 255.0 * prev.size or mass >= self.dropout_ratio * prev_mass:
+            return False
+        assert self._prev_small is not None
+        if _histogram_distance(small, self._prev_small) >= 0.5:
+            return False  # a cut
+        region = prev > 127
+        inside = float(gate[region].mean()) if region.any() else 0.0
+        outside = float(gate[~region].mean()) if (~region).any() else 0.0
+        return not (inside > 0.5 and outside < 0.25)
 
 
 def mean_abs_alpha_change(masks: Iterable[np.ndarray]) -> float:

@@ -324,6 +324,17 @@ def iter_frames(path: str, max_duration_s: float | None = None) -> Iterator[Fram
         container.close()
 
 
+def sample_frames(path: str, count: int, max_duration_s: float | None = None) -> list[np.ndarray]:
+    """`count` upright RGB frames spread evenly over the part of the clip that will be
+    processed (every frame is decoded, only these are converted and kept)."""
+    info = probe(path)
+    seconds = processed_duration(info.duration_s, max_duration_s) if info.duration_known else 0
+    total = max(1, duration_ceiling_frames(seconds, info.fps)) if seconds else count
+    wanted = {round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}
+    picked = [f.rgb for f in iter_frames(path, max_duration_s) if f.index in wanted]
+    return picked
+
+
 def read_alpha_webm(path: str) -> Iterator[np.ndarray]:
     """RGBA frames (uint8 H x W x 4) of a VP9/VP8 WebM, decoded with libvpx so alpha survives."""
     container = _open_input(path)

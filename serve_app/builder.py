@@ -24,6 +24,7 @@ from deployments.jobs import JobWorker
 from deployments.prompter import PromptModel
 from deployments.segmentation import SegmentationModel
 from deployments.textseg import TextSegmentation
+from pipelines.auto import ServedModel
 from pipelines.catalog import Catalog, ModelSpec, load_catalog
 from pipelines.weights import find_weights
 from serve_app.config import (  # noqa: F401 - re-exported: the config types live in serve_app.config
@@ -179,6 +180,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     generator, generate_reason = _generator(config, placement)
 
     default = config.default_model or config.models[0]
+    auto_models = [ServedModel(m, catalog.get(m).tier, catalog.get(m).preprocess.width
+                               / catalog.get(m).preprocess.height) for m in handles]
     tier_models = {"original": default}
     for model_id, tier in model_pools.items():
         tier_models.setdefault(tier.value, model_id)
@@ -188,14 +191,14 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                          tier_models=tier_models, features={"prompts": prompt_reason,
                                                             "text_prompt": text_reason,
                                                             "generate": generate_reason},
-                         withheld=withheld)
+                         withheld=withheld, auto_models=auto_models)
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(
             JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
         ).bind(handles, model_timeout_s=config.jobs.model_timeout_s, prompter=prompter,
-               text_segmenter=text_model)
+               text_segmenter=text_model, auto_models=auto_models)
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
         setup.model_dump(mode="json"), worker, prompter, generator,

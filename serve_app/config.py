@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.auto import AUTO, ServedModel
 from pipelines.catalog import Tier
 
 
@@ -183,8 +184,9 @@ class AppConfig(_Options):
         everything = self.models + self.optional_models
         if len(set(everything)) != len(everything):
             raise ValueError("models / optional_models: duplicate ids")
-        if self.default_model is not None and self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not in models")
+        if self.default_model not in (None, AUTO, *self.models):
+            raise ValueError(f"default_model {self.default_model!r} is neither 'auto' nor in "
+                             "models")
         stray = set(self.model_overrides) - set(everything)
         if stray:
             raise ValueError(f"model_overrides for models not deployed: {sorted(stray)}")
@@ -214,3 +216,5 @@ class IngressSetup(_Options):
     features: dict[str, str | None] = Field(default_factory=dict)
     # Installed models not served because their licence was not accepted, and why.
     withheld: dict[str, str] = Field(default_factory=dict)
+    # The served models in the config's order, what `model=auto` chooses from.
+    auto_models: list[ServedModel] = Field(default_factory=list)

@@ -3,12 +3,15 @@ place where Serve's overload and lost-replica errors become a 503 the client can
 
 Every call from a route to a model, the prompt model or the generator goes through `calling`,
 so a full queue (`max_queued_requests`) or a replica lost with its node reads the same
-everywhere: `ServiceUnavailable` with `retry_after_s`.
+everywhere: `ServiceUnavailable` with `retry_after_s`. `resolve` turns `model=auto` into a
+served model for the image at hand (`pipelines.auto`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +21,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize
 from pipelines.catalog import Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from pipelines.images import DecodedImage
@@ -51,11 +55,48 @@ class ModelGateway:
     prompter: DeploymentHandle | None = None  # click/box prompts, when its weights are there
     generator: DeploymentHandle | None = None  # /image/generate/v1, when one is configured
     withheld: dict[str, str] = field(default_factory=dict)  # installed, licence not accepted
+    auto_models: list[ServedModel] = field(default_factory=list)  # what `auto` chooses from
+    # category -> model id -> (wins, offered), from the logged selections
+    win_rates: Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None = None
     prices: dict[str, Price] = field(init=False)
+    _rates: tuple[float, Mapping[str, Mapping[str, tuple[int, int]]]] = field(
+        init=False, default=(0.0, {}))
 
     def __post_init__(self) -> None:
         self.prices = {m: Price.model_validate(e.get("price") or {})
                        for m, e in self.catalog.items()}
+
+    def check(self, requested: str | None) -> str:
+        """The model id a request names (the default when none), checked before any work:
+        `auto` stays `auto` (resolved once the image is decoded)."""
+        model_id = requested or self.default_model
+        if model_id != AUTO:
+            self.handle(model_id)
+        elif not self.auto_models:
+            raise ModelUnavailable("model 'auto' has no served model to choose from.")
+        return model_id
+
+    async def resolve(self, requested: str | None, image: DecodedImage) -> str:
+        """The served model to run on `image`: the one asked for, or auto's choice."""
+        model_id = self.check(requested)
+        if model_id != AUTO:
+            return model_id
+        policy = AutoPolicy(tuple(self.auto_models), await self._win_rates())
+        person_model = policy.person_model
+        mask = None
+        if person_model is not None:
+            with calling(f"Model '{person_model}'"):
+                mask = await self.handles[person_model].predict.remote(image.rgb)
+        category = await asyncio.to_thread(categorize, image.rgb, mask)
+        return policy.choose(category, *image.size)[0]
+
+    async def _win_rates(self) -> Mapping[str, Mapping[str, tuple[int, int]]]:
+        """The logged selections' win rates, read at most once a minute."""
+        at, rates = self._rates
+        if self.win_rates is not None and time.monotonic() - at > 60:
+            rates = await asyncio.to_thread(self.win_rates)
+            self._rates = (time.monotonic(), rates)
+        return rates
 
     def handle(self, model_id: str) -> DeploymentHandle:
         """The deployment serving `model_id`; UnknownModel (400) or ModelUnavailable (503)."""
@@ -70,9 +111,11 @@ class ModelGateway:
             f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
         )
 
-    async def mask_for(self, image: DecodedImage, options: MatteOptions) -> np.ndarray:
-        """The options' model's mask of `image`, corrected by their clicks and box if any."""
-        model_id = options.model or self.default_model
+    async def mask_for(self, image: DecodedImage, options: MatteOptions,
+                       model_id: str | None = None) -> np.ndarray:
+        """`model_id`'s mask of `image` (default: the options' model, `auto` resolved),
+        corrected by the options' clicks and box if any."""
+        model_id = model_id or await self.resolve(options.model, image)
         handle = self.handle(model_id)
         with calling(f"Model '{model_id}'"):
             mask = await handle.predict.remote(image.rgb)

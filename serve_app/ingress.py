@@ -63,7 +63,8 @@ class Ingress:
         ingress_setup = IngressSetup.model_validate(setup)
         gateway = ModelGateway(models, {m["id"]: m for m in catalog}, missing,
                                ingress_setup.default_model, prompter, generator,
-                               withheld=ingress_setup.withheld)
+                               withheld=ingress_setup.withheld,
+                               auto_models=ingress_setup.auto_models)
         self.services = Services.build(settings, ingress_setup, gateway, worker)
         register(self.services)
 

@@ -313,7 +313,7 @@ class SelectionStats(BaseModel):
 
 
 # ---- Async jobs: HD image (spec 000), /v1/jobs (spec 001), uploads (spec 002) ----------------
-JobTier = Literal["original", "pro", "light", "human"]
+JobTier = Literal["original", "pro", "light", "human", "auto"]
 
 
 class HdSubmitted(BaseModel):
@@ -340,7 +340,8 @@ class CreateJobRequest(BaseModel):
     image_url: str | None = Field(None, max_length=2048)
     upload_id: str | None = Field(None, max_length=64, description="From POST /api/upload.")
     model: JobTier = Field("original", description="Model tier: original (the default model), "
-                           "pro, light or human.")
+                           "pro, light, human, or auto (chosen per input; `model_id` says "
+                           "which ran).")
     output_format: Literal["png", "webp", "webm", "mp4", "mov"] | None = Field(
         None, description="Images: png (default) or webp. Videos: webm (default, VP9 with "
         "alpha), mp4 (H.264, needs a colour background) or mov (ProRes 4444 with alpha).")

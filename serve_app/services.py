@@ -72,12 +72,14 @@ class Services:
         """Open the stores named by `settings` (one connection pool each per replica)."""
         jobs = JobStore.from_settings(settings)
         artifacts = artifact_store(settings)
+        store = Store.from_settings(settings)
+        models.win_rates = lambda: win_rates_by_category(store)
         data_dir = settings.data_dir.expanduser().resolve()
         return cls(
             settings=settings, setup=setup, models=models,
             credits=Credits(KeyStore.from_settings(settings)),
             desk=JobDesk(settings, jobs, artifacts, worker), jobs=jobs, artifacts=artifacts,
-            store=Store.from_settings(settings),
+            store=store,
             links=ResultLinks(data_dir / "results", settings.result_ttl_s),
             # Compositing and encoding are CPU- and memory-heavy (peak ~90 bytes per pixel:
             # 2.2 GB for a 25 MP cut-out); at most this many run at once, whatever the load.
@@ -88,6 +90,14 @@ class Services:
                 lambda: storage_check(artifacts, settings.min_free_storage_bytes),
                 "not_writable"),
         )
+
+
+def win_rates_by_category(store: Store) -> dict[str, dict[str, tuple[int, int]]]:
+    """category -> model id -> (wins, offered), from the logged selections."""
+    rates: dict[str, dict[str, tuple[int, int]]] = {}
+    for r in store.win_rates():
+        rates.setdefault(r.category, {})[r.model_id] = (r.wins, r.offered)
+    return rates
 
 
 _current: Services | None = None

@@ -134,10 +134,66 @@ def test_jump_gate_lets_large_static_jumps_through():
     frame = np.full((40, 40, 3), 100, np.uint8)
     a, b = np.zeros((40, 40), np.uint8), np.zeros((40, 40), np.uint8)
     b[:, 20:] = 255  # a large jump where the image did not change
-    plain, gated = MaskSmoother(), MaskSmoother(jump_threshold=128)
+    plain, gated = MaskSmoother(jump_threshold=None), MaskSmoother()  # on by default
     plain(frame, a), gated(frame, a)
     assert plain(frame, b)[0, 30] == round(0.4 * 255)
     assert gated(frame, b)[0, 30] == 255
+
+
+def _limb_clip(frames: int = 12):
+    """A body and a fast limb in a colour close to the background's (little image change where
+    it moves): frames and true masks."""
+    out = []
+    for t in range(frames):
+        rgb = np.full((120, 160, 3), 120, np.uint8)
+        truth = np.zeros((120, 160), np.uint8)
+        truth[40:110, 60:100] = 255  # the body
+        x = 10 + 12 * t  # the limb crosses the frame, 12 px a frame
+        truth[20:34, x:x + 14] = 255
+        rgb[truth > 0] = 131  # 11 levels from the background: below the motion threshold
+        out.append((rgb, truth))
+    return out
+
+
+def test_no_ghost_limb_behind_fast_low_contrast_motion():
+    """An oracle model (the true mask every frame): what the smoother adds is all there is to
+    see. The old behaviour (jump_threshold=None) leaves a fading limb at its last places."""
+    from pipelines.quality import iou
+
+    def ghost(smoother: MaskSmoother) -> float:
+        worst = 0.0
+        for rgb, truth in _limb_clip():
+            out = smoother(rgb, truth)
+            worst = max(worst, float(out[truth == 0].max()))
+            assert iou(out, truth) > 0.8
+        return worst
+
+    assert ghost(MaskSmoother(jump_threshold=None)) > 60  # the ghost the issue reported
+    assert ghost(MaskSmoother()) < 10
+
+
+def test_a_frame_where_the_model_loses_the_subject_is_carried_over():
+    from pipelines.quality import iou
+
+    clip = _limb_clip()
+    for dropped in ("empty", "most"):
+        smoother = MaskSmoother()
+        for t, (rgb, truth) in enumerate(clip):
+            mask = truth.copy()
+            if t in (5, 6):  # the model loses the body for two frames
+                mask[:] = 0
+                if dropped == "most":
+                    mask[40:55, 60:100] = 255
+            out = smoother(rgb, mask)
+            assert iou(out, truth) > 0.75, (dropped, t)
+    # the subject really leaving (the image changes there) is followed at once
+    smoother = MaskSmoother()
+    rgb, truth = clip[0]
+    rgb = rgb.copy()
+    rgb[truth > 0] = 220  # a subject that stands out from the background
+    smoother(rgb, truth)
+    gone = np.full_like(rgb, 120)
+    assert smoother(gone, np.zeros_like(truth)).max() < 30
 
 
 def test_mean_abs_alpha_change():

@@ -172,6 +172,11 @@ class Job:
     result: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def model_used(self) -> str:
+        """The model that ran: `auto`'s choice once the worker made it, else the one asked."""
+        return str((self.result or {}).get("model_id") or self.params.model_id)
+
     @classmethod
     def from_row(cls, row) -> Job:
         m = row._mapping

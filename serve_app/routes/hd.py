@@ -15,6 +15,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from pipelines.auto import AUTO
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from serve_app.core.job_params import JobParams
 from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
@@ -55,7 +56,7 @@ async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, Fil
     if svc.desk.worker is None:
         return detail(503, "Asynchronous processing is not enabled in this deployment.")
     model_id = model or svc.models.default_model
-    if model_id not in svc.models.handles:
+    if model_id not in svc.models.handles and (model_id != AUTO or not svc.models.auto_models):
         return detail(400, f"Model '{model_id}' is not available.")
     await svc.credits.require(request, svc.settings.price_image)  # charged on completion
     job_id = str(uuid.uuid4())
@@ -93,4 +94,5 @@ async def hd_result(svc: Svc, uuid: str, request: Request):
     if job.state != COMPLETED:
         return JSONResponse(HdProcessing(uuid=uuid).model_dump(), status_code=202)
     return svc.desk.output_response(job, missing=lambda: detail(
-        404, "Processed image file not found"), download_name=None)
+        404, "Processed image file not found"), download_name=None,
+        extra_headers={"X-Model": job.model_used})

@@ -87,12 +87,12 @@ async def read_upload(svc: Services, upload: UploadFile) -> bytes:
 async def process(svc: Services, job: ImageJob) -> ImageResult:
     """Remove the background of `job.image` and apply `job.effect`."""
     started = time.perf_counter()
-    model_id = job.options.model or svc.models.default_model
-    svc.models.handle(model_id)  # an unknown or missing model fails before any decoding
+    requested = svc.models.check(job.options.model)  # unknown or missing: before decoding
     check_upload_size(svc, len(job.image))
     image = await asyncio.to_thread(decode_image, job.image, svc.settings.regular_max_pixels)
     t_decoded = time.perf_counter()
-    mask = await svc.models.mask_for(image, job.options)
+    model_id = await svc.models.resolve(requested, image)  # `auto` chooses here
+    mask = await svc.models.mask_for(image, job.options, model_id)
     t_masked = time.perf_counter()
     png = await svc.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
     done = time.perf_counter()

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from pipelines.auto import AUTO
 from pipelines.compose import Composition
 from pipelines.errors import InvalidRequest, PayloadTooLarge
 from pipelines.fetch import check_url
@@ -153,7 +154,7 @@ def view(svc: Services, job: Job) -> JobView:
         output_url = f"{base}/api/download/{job.job_id}"
     return JobView(
         job_id=job.job_id, status=job.state, kind=job.kind, model=job.params.model,
-        model_id=job.params.model_id, output_format=job.params.output_format,
+        model_id=job.model_used, output_format=job.params.output_format,
         created_at=job.created_at, started_at=job.started_at, completed_at=job.completed_at,
         output_url=output_url, output_expires_at=job.output_expires_at if output_url else None,
         error=job.error, text_prompt=(job.result or {}).get("text_prompt"),
@@ -189,6 +190,8 @@ def _text_terms(svc: Services, text: str, kind: str) -> list[str]:
 
 
 def _tier_model(svc: Services, tier: str) -> str:
+    if tier == AUTO and svc.models.auto_models:
+        return AUTO  # the worker chooses once it has the image
     tiers, served = svc.setup.tier_models, svc.models.handles
     model_id = tiers.get(tier)
     if model_id is None or model_id not in served:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from pipelines import video
+from pipelines.auto import AUTO
 from pipelines.errors import InvalidImage, InvalidRequest, ServiceError
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
@@ -58,7 +59,7 @@ async def video_submit(svc: Svc, request: Request,
         return detail(400, "mp4 cannot carry transparency: give bg_color or bg_image_url, "
                             "or use webm or mov")
     model_id = model or svc.models.default_model
-    if model_id not in svc.models.handles:
+    if model_id not in svc.models.handles and (model_id != AUTO or not svc.models.auto_models):
         return detail(400, f"Model '{model_id}' is not available.")
 
     job_id = str(uuid.uuid4())
@@ -164,7 +165,8 @@ async def video_result(svc: Svc, uuid: str, request: Request):
                          video.processed_duration(original, limit))}
         return JSONResponse(body)
     # exactly as spec 000 writes it (unquoted: the name is a uuid and an extension)
-    headers = {"Content-Disposition": f"attachment; filename=processed_{uuid}.{fmt}"}
+    headers = {"Content-Disposition": f"attachment; filename=processed_{uuid}.{fmt}",
+               "X-Model": job.model_used}
     if video.is_trimmed(original, limit):
         headers |= {"X-Video-Warning": video.header_trim_warning(original, limit),
                    "X-Original-Duration": video.format_duration(original),

@@ -1,0 +1,162 @@
+"""Cut-out quality against exact ground truth: every installed model, `auto`, and the video
+smoother before and after its ghost/dropout guards.
+
+Images: `quality_data.samples()` (5 foregrounds with drawn, exactly known alpha x 5
+backgrounds). Per model and category: IoU, MAE, SAD, gradient error, boundary F, and the
+median milliseconds per image on this machine (one thread pool, no Serve in between: the
+models themselves). `auto` is `pipelines.auto` choosing among the installed models in the
+order configs/local.yaml serves them, its cost including the person model and the face cue.
+
+Clips: `quality_data.swinging_clip()` (a subject with a fast arm over a sliding wall) through
+each light/human model, and an oracle (the true masks with two dropped frames and edge noise),
+smoothed by the old smoother (no jump gate, no hold) and the current one: dtSSD flicker, mean
+and worst-frame IoU.
+
+    .venv/bin/python bench/bench_quality.py            # writes the section of docs/benchmarks.md
+    .venv/bin/python bench/bench_quality.py --quick    # 2 backgrounds, no docs update
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+import quality_data as qd  # noqa: E402
+from bench_shotgun import machine  # noqa: E402
+from docs_section import write_section  # noqa: E402
+
+from pipelines import quality  # noqa: E402
+from pipelines.auto import AutoPolicy, ServedModel, categorize  # noqa: E402
+from pipelines.catalog import Tier, load_catalog  # noqa: E402
+from pipelines.segmenter import OnnxSegmenter  # noqa: E402
+from pipelines.temporal import MaskSmoother  # noqa: E402
+from pipelines.weights import find_weights  # noqa: E402
+from serve_app.core.settings import get_settings  # noqa: E402
+
+BEGIN, END = "<!-- BEGIN bench_quality -->", "<!-- END bench_quality -->"
+ORDER = ("isnet-general-use", "birefnet-general", "isnet-imgly-medium", "isnet-imgly-small",
+         "u2netp", "mediapipe-selfie", "mediapipe-selfie-landscape")
+
+
+def installed_models() -> dict[str, OnnxSegmenter]:
+    catalog = load_catalog()
+    dirs = get_settings().model_search_dirs()
+    out = {}
+    for model_id in ORDER:
+        spec = catalog.get(model_id)
+        path = find_weights(spec, dirs)
+        if path is not None:
+            out[model_id] = OnnxSegmenter(spec, path)
+    return out
+
+
+def score_images(models: dict[str, OnnxSegmenter], samples) -> tuple[dict, dict]:
+    """{(model, category): [Scores]}, {model: [ms]}; `auto` included."""
+    catalog = load_catalog()
+    policy = AutoPolicy(tuple(ServedModel(m, catalog.get(m).tier,
+                                          catalog.get(m).preprocess.width
+                                          / catalog.get(m).preprocess.height) for m in models))
+    scores: dict = defaultdict(list)
+    times: dict = defaultdict(list)
+    for s in samples:
+        masks = {}
+        for model_id, seg in models.items():
+            started = time.perf_counter()
+            masks[model_id] = seg.predict(s.rgb)
+            times[model_id].append((time.perf_counter() - started) * 1e3)
+            scores[(model_id, s.category)].append(quality.score(masks[model_id], s.alpha))
+        started = time.perf_counter()
+        person = policy.person_model
+        category = categorize(s.rgb, models[person].predict(s.rgb) if person else None)
+        chosen, _ = policy.choose(category, s.rgb.shape[1], s.rgb.shape[0])
+        cue_ms = (time.perf_counter() - started) * 1e3
+        times["auto"].append(cue_ms + statistics.median(times[chosen]))
+        scores[("auto", s.category)].append(quality.score(masks[chosen], s.alpha))
+    return scores, times
+
+
+def score_clips(models: dict[str, OnnxSegmenter]) -> list[tuple[str, str, float, float, float]]:
+    """(source, smoother, dtSSD, mean IoU, worst IoU) rows."""
+    frames, truths = qd.swinging_clip()
+    rng = np.random.default_rng(1)
+    sources: dict[str, list[np.ndarray]] = {}
+    for model_id, seg in models.items():
+        if seg.spec.tier is not Tier.pro:  # per-frame pro models are not how clips are run
+            sources[model_id] = [seg.predict(f) for f in frames]
+    oracle = []
+    for t, truth in enumerate(truths):  # truth, jittered edges, two frames lost
+        noisy = np.clip(truth * 255 + rng.normal(0, 40, truth.shape) * (
+            (truth > 0.02) & (truth < 0.98)), 0, 255).astype(np.uint8)
+        oracle.append(np.zeros_like(noisy) if t in (9, 10) else noisy)
+    sources["oracle (2 frames lost)"] = oracle
+    rows = []
+    for name, masks in sources.items():
+        for label, make in (("none", None), ("before", lambda: MaskSmoother(
+                jump_threshold=None, max_hold=0)), ("after", MaskSmoother)):
+            smoother = make() if make else None
+            out = [smoother(f, m) if smoother else m for f, m in zip(frames, masks)]
+            ious = [quality.iou(o, t) for o, t in zip(out, truths)]
+            rows.append((name, label, quality.dtssd(out, truths), float(np.mean(ious)),
+                         min(ious)))
+    return rows
+
+
+def table(scores: dict, times: dict) -> str:
+    categories = sorted({c for _, c in scores})
+    models = list(dict.fromkeys(m for m, _ in scores))
+    lines = ["| model | category | n | IoU | MAE | SAD | grad | boundary F | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model_id in models:
+        for c in [*categories, "all"]:
+            rows = (scores[(model_id, c)] if c != "all" else
+                    [r for k in categories for r in scores[(model_id, k)]])
+            if not rows:
+                continue
+            mean = {f: statistics.fmean(getattr(r, f) for r in rows)
+                    for f in ("iou", "mae", "sad", "grad", "boundary_f")}
+            ms = f"{statistics.median(times[model_id]):.0f}" if c == "all" else ""
+            name = f"**{model_id}**" if c == "all" else model_id
+            lines.append(f"| {name} | {c} | {len(rows)} | {mean['iou']:.3f} | {mean['mae']:.4f}"
+                         f" | {mean['sad']:.2f} | {mean['grad']:.2f} | {mean['boundary_f']:.3f}"
+                         f" | {ms} |")
+    return "\n".join(lines)
+
+
+def clip_table(rows) -> str:
+    lines = ["| masks from | smoother | dtSSD (lower is steadier) | mean IoU | worst frame IoU |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {n} | {label} | {d:.4f} | {m:.3f} | {w:.3f} |" for n, label, d, m, w in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 backgrounds, no docs update")
+    args = parser.parse_args()
+    models = installed_models()
+    if not models:
+        sys.exit("no model installed: bgremove models pull u2netp isnet-imgly-medium ...")
+    samples = qd.samples(backgrounds=("brick", "lookalike") if args.quick else qd.BACKGROUNDS)
+    scores, times = score_images(models, samples)
+    clips = score_clips(models)
+    section = (f"{BEGIN}\n_{machine()}; {len(samples)} images of {qd.SIZE}x{qd.SIZE}, "
+               f"{len(qd.swinging_clip()[0])}-frame clip; `bench/bench_quality.py`._\n\n"
+               f"{table(scores, times)}\n\n{clip_table(clips)}\n{END}")
+    print(section)
+    if not args.quick:
+        write_section(REPO / "docs" / "benchmarks.md", BEGIN, END,
+                      "## Quality against exact ground truth\n\n", section)
+
+
+if __name__ == "__main__":
+    main()
