@@ -32,8 +32,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 import quality_data as qd  # noqa: E402
-from bench_shotgun import machine  # noqa: E402
-from docs_section import write_section  # noqa: E402
 
 from pipelines import quality  # noqa: E402
 from pipelines.auto import AutoPolicy, ServedModel, categorize  # noqa: E402
@@ -42,6 +40,9 @@ from pipelines.segmenter import OnnxSegmenter  # noqa: E402
 from pipelines.temporal import MaskSmoother  # noqa: E402
 from pipelines.weights import find_weights  # noqa: E402
 from serve_app.core.settings import get_settings  # noqa: E402
+
+from bench_shotgun import machine  # noqa: E402
+from docs_section import write_section  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN bench_quality -->", "<!-- END bench_quality -->"
 ORDER = ("isnet-general-use", "birefnet-general", "isnet-imgly-medium", "isnet-imgly-small",

@@ -42,7 +42,7 @@ def test_autoscaling_replaces_fixed_replicas():
 @pytest.mark.parametrize("args, message", [
     ({"models": []}, "at least 1"),
     ({"models": ["u2netp", "u2netp"]}, "duplicate"),
-    ({"models": ["u2netp"], "default_model": "u2net"}, "not in models"),
+    ({"models": ["u2netp"], "default_model": "u2net"}, "nor in models"),
     ({"models": ["u2netp"], "model_overrides": {"u2net": {}}}, "not deployed"),
     ({"models": ["u2netp"], "colour": "red"}, "Extra inputs"),
 ])

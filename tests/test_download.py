@@ -208,7 +208,8 @@ def test_npm_chunks_source_assembles_checked_chunks_in_order(tmp_path, monkeypat
     missing = tarball(files={f"package/dist/{n}": p for n, p in zip(names[:2], parts[:2])})
     gap = tarball(chunks=[{"hash": names[0], "offsets": [0, 4096]},
                           {"hash": names[2], "offsets": [8192, 10240]}])
-    cases = {"good": good, "corrupt": corrupt, "missing": missing, "gap": gap}
+    cases = {"good": good, "corrupt": corrupt, "missing": missing, "gap": gap,
+             "integrity": good}
     for name, tgz in cases.items():
         registry_files = {"/@acme/models/-/models-1.0.0.tgz": tgz}
         with static_http_server(registry_files) as registry:
@@ -217,9 +218,10 @@ def test_npm_chunks_source_assembles_checked_chunks_in_order(tmp_path, monkeypat
                 assert pull(asset(tgz), tmp_path / name).read_bytes() == whole
                 continue
             expected = {"corrupt": "does not match its hash", "missing": "is not in",
-                        "gap": "starts at 8192, expected 4096"}[name]
+                        "gap": "starts at 8192, expected 4096", "integrity": "integrity"}[name]
+            spec = asset(tgz + b"x" if name == "integrity" else tgz)  # a pin the tarball misses
             with pytest.raises(DownloadError, match=expected):
-                pull(asset(tgz), tmp_path / name)
+                pull(spec, tmp_path / name)
             assert not (tmp_path / name / "m.onnx").exists()
 
 

@@ -1,0 +1,104 @@
+"""`model=auto`: the choice per input (pure policy), the face-inside-person cue on real photos
+with the real person model, and the choice through the running app."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.auto import AutoPolicy, ServedModel, categorize
+from pipelines.catalog import Tier
+
+from conftest import media
+
+SERVED = (ServedModel("u2netp", Tier.light, 1.0), ServedModel("isnet", Tier.pro, 1.0),
+          ServedModel("selfie", Tier.human, 1.0), ServedModel("landscape", Tier.human, 256 / 144))
+
+
+def test_policy_per_category_and_medium():
+    policy = AutoPolicy(SERVED)
+    assert policy.choose("person", 800, 600)[0] == "isnet"  # pro keeps hair
+    assert policy.choose("object", 800, 600)[0] == "isnet"
+    assert policy.choose("person", 1280, 720, video=True)[0] == "landscape"  # closest shape
+    assert policy.choose("person", 720, 720, video=True)[0] == "selfie"
+    assert policy.choose("object", 1280, 720, video=True)[0] == "u2netp"  # fast per frame
+    no_pro = AutoPolicy(tuple(m for m in SERVED if m.tier is not Tier.pro))
+    assert no_pro.choose("person", 600, 800)[0] == "selfie"
+    assert no_pro.choose("object", 600, 800)[0] == "u2netp"
+    assert policy.person_model == "selfie"
+    with pytest.raises(ValueError):
+        AutoPolicy(()).choose("object", 10, 10)
+
+
+def test_logged_selections_decide_once_there_are_enough():
+    rates = {"person": {"selfie": (15, 20), "isnet": (5, 20)}, "object": {"u2netp": (9, 10)}}
+    policy = AutoPolicy(SERVED, rates, min_selections=20)
+    assert policy.choose("person", 800, 600) == ("selfie", "person: most picked in logged "
+                                                           "selections")
+    assert policy.choose("object", 800, 600)[0] == "isnet"  # 10 selections are not enough
+    assert policy.choose("person", 800, 600, video=True)[0] == "landscape"  # not for video
+
+
+def test_face_inside_the_person_mask_tells_people_from_things(real_models):
+    from pipelines.catalog import load_catalog
+    from pipelines.segmenter import OnnxSegmenter
+    from pipelines.weights import find_weights
+
+    spec = load_catalog().get("mediapipe-selfie")
+    person = OnnxSegmenter(spec, find_weights(spec, [real_models]))
+    photos = {name: np.asarray(Image.open(media(name)).convert("RGB"))
+              for name in ("astronaut", "coffee", "chelsea")}
+    found = {name: categorize(rgb, person.predict(rgb)) for name, rgb in photos.items()}
+    # the cat: the person model paints it, but no human face lies inside
+    assert found == {"astronaut": "person", "coffee": "object", "chelsea": "object"}
+    assert categorize(photos["astronaut"], None) == "person"  # the face alone, stricter
+    assert categorize(photos["coffee"], None) == "object"
+
+
+@pytest.mark.serve
+def test_auto_through_the_image_api_says_which_model_ran(client):
+    photo = media("astronaut").read_bytes()
+    r = client.post("/image/matte/v1", files={"image": ("a.png", photo, "image/png")},
+                    data={"model": "auto"})
+    assert r.status_code == 200, r.text
+    served = {m["id"] for m in client.get("/models").json() if m["available"]}
+    assert r.headers["X-Model"] in served and r.headers["X-Model"] != "auto"
+    assert r.headers["X-Model"] == "tiny-pro"  # the test app's pro model
+    cut = Image.open(io.BytesIO(r.content))
+    assert cut.mode == "RGBA" and cut.size == (512, 512)
+
+
+def _clip(photo: str, frames: int = 8, size: int = 256) -> bytes:
+    import av
+
+    rgb = np.asarray(Image.open(media(photo)).convert("RGB").resize((size + frames, size)))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for i in range(frames):  # a slow pan
+            frame = np.ascontiguousarray(rgb[:, i:i + size])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.serve
+def test_auto_video_picks_a_person_model_for_a_person_once_per_clip(client, real_models):
+    from test_video_api import submit, wait_result
+
+    served = {m["id"]: m["tier"] for m in client.get("/models").json() if m["available"]}
+    chosen = {}
+    for photo in ("astronaut", "coffee"):
+        r = submit(client, _clip(photo), model="auto", bg_color="0,0,0")
+        assert r.status_code == 202, r.text
+        done = wait_result(client, r.json()["uuid"])
+        assert done.status_code == 200, done.text
+        chosen[photo] = done.headers["X-Model"]
+    assert served[chosen["astronaut"]] == "human"  # a person model for the person
+    assert served[chosen["coffee"]] == "light"  # a fast general model for the mug
