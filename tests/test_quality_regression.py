@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
-from conftest import REPO, pulled_models_dir
 from pipelines import quality
 from pipelines.catalog import load_catalog
 from pipelines.segmenter import OnnxSegmenter
 from pipelines.weights import find_weights
+
+from conftest import REPO, pulled_models_dir
 
 sys.path.insert(0, str(REPO / "bench"))
 import quality_data  # noqa: E402
