@@ -8,8 +8,11 @@ Foregrounds (alpha drawn at 4x and area-averaged, so anti-aliased edges are exac
 - `holes`: a plate with six round holes.
 Each is textured with a crop of a scikit-image photo (shaded so it reads as an object) and
 composited, I = a F + (1 - a) B, over backgrounds: three photographic textures (`brick`,
-`grass`, `gravel`), a cluttered scene (`rocket`), and `lookalike`, a background in the
-foreground's own colours. All scikit-image sample images are CC0/BSD (its data README).
+`grass`, `gravel`), a dense colourful stain micrograph (`ihc`), and `lookalike`, a background
+in the foreground's own colours. Backgrounds with objects of their own (the `rocket` photo, a
+rocket on its pad; `coins`) are left out: cutting those out too is not wrong (IS-Net, trained
+to find every object, does), so the pasted object's alpha would not be the exact answer. All scikit-image sample images
+are CC0/BSD (its data README).
 
 Clips: the `strands` subject with a fast-swinging "arm", sliding over a sliding brick wall, for
 temporal metrics; the truth of every frame is known.
@@ -26,7 +29,7 @@ import numpy as np
 SIZE = 512
 SS = 4  # supersampling of drawn alphas
 FOREGROUNDS = ("horse", "ring", "strands", "soft", "holes")
-BACKGROUNDS = ("brick", "grass", "gravel", "rocket", "lookalike")
+BACKGROUNDS = ("brick", "grass", "gravel", "ihc", "lookalike")
 CATEGORY = {"horse": "thin parts", "ring": "holes", "strands": "thin parts", "soft": "soft edges",
             "holes": "holes"}
 
