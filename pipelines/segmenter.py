@@ -65,7 +65,8 @@ def postprocess(raw: np.ndarray, q: Postprocess, size: tuple[int, int]) -> np.nd
     if q.normalize == "minmax":
         lo, hi = float(prob.min()), float(prob.max())
         prob = (prob - lo) / (hi - lo) if hi - lo > 1e-6 else np.zeros_like(prob)
-    mask = Image.fromarray((np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
+    # rounded, not truncated: a probability of 0.999 is an opaque 255, not a see-through 254
+    mask = Image.fromarray(np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
     if mask.size != size:
         mask = mask.resize(size, _RESAMPLE[q.resample])
     return np.asarray(mask)

