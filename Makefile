@@ -13,7 +13,7 @@ CONFIG ?= configs/local.yaml
 
 stamp = $(VENV)/.installed-$(subst $(comma),+,$(1))
 
-.PHONY: install install-test models run test bench clean
+.PHONY: install install-test models run test bench screenshots clean
 
 install: $(call stamp,$(RUN_EXTRAS))
 install-test: $(call stamp,$(TEST_EXTRAS))
@@ -42,6 +42,10 @@ test: install-test
 
 bench: install-test models
 	$(PY) bench/bench_matte.py
+
+# The docs' screenshots from the real service (needs chromium and chromium-driver).
+screenshots: install-test models
+	$(PY) bench/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,8 +11,8 @@ composited, I = a F + (1 - a) B, over backgrounds: three photographic textures (
 `grass`, `gravel`), a dense colourful stain micrograph (`ihc`), and `lookalike`, a background
 in the foreground's own colours. Backgrounds with objects of their own (the `rocket` photo, a
 rocket on its pad; `coins`) are left out: cutting those out too is not wrong (IS-Net, trained
-to find every object, does), so the pasted object's alpha would not be the exact answer. All scikit-image sample images
-are CC0/BSD (its data README).
+to find every object, does), so the pasted object's alpha would not be the exact answer.
+All scikit-image sample images are CC0/BSD (its data README).
 
 Clips: the `strands` subject with a fast-swinging "arm", sliding over a sliding brick wall, for
 temporal metrics; the truth of every frame is known.

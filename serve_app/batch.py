@@ -13,7 +13,10 @@ rows travel through Ray; the images are read and written by the actors.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +103,11 @@ def run_batch(in_url: str, out_url: str, *, model: str, catalog_path: str,
     counts = {"ok": 0, "failed": 0}
     ray_start_s = 0.0
     if todo:
+        # Ray's notices (its cluster token, Ray Data's own progress and timing lines) are not
+        # this command's output: its progress bar and summary are.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # read when Ray Data configures
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
         if not ray.is_initialized():
             t0 = time.perf_counter()
             local = {"include_dashboard": False} if address is None else {}
@@ -108,16 +116,26 @@ def run_batch(in_url: str, out_url: str, *, model: str, catalog_path: str,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the CLI shows its own, per image
         ctx.print_on_execution_start = False
+        blocks = max(1, -(-len(todo) // batch_size))
         items = ray.data.from_items([{"input": rel, "output": outputs[rel]} for rel in todo],
-                                    override_num_blocks=max(1, -(-len(todo) // batch_size)))
-        rows = items.map_batches(
-            CutoutWorker, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=threads_per_worker if not gpus_per_worker else 1, num_gpus=gpus_per_worker,
-            fn_constructor_kwargs=dict(
-                model=model, catalog_path=str(catalog_path), search_dirs=search_dirs,
-                threads=threads_per_worker, gpu=gpus_per_worker > 0, in_url=in_url,
-                out_url=out_url, max_pixels=max_pixels, output_format=output_format,
-                bg_color=bg_color))
+                                    override_num_blocks=blocks)
+        with warnings.catch_warnings():
+            # Ray 2.60 documents `max_restarts=0` as the way to turn restarts off and also
+            # warns that extra remote arguments are deprecated; the setting is what counts.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            rows = items.map_batches(
+                CutoutWorker, batch_size=batch_size,
+                compute=ray.data.ActorPoolStrategy(size=min(workers, blocks)),
+                # A worker that dies fails the run instead of restarting from constructor
+                # arguments Ray may have dropped; the manifest makes a rerun resume.
+                max_restarts=0,
+                num_cpus=threads_per_worker if not gpus_per_worker else 1,
+                num_gpus=gpus_per_worker,
+                fn_constructor_kwargs=dict(
+                    model=model, catalog_path=str(catalog_path), search_dirs=search_dirs,
+                    threads=threads_per_worker, gpu=gpus_per_worker > 0, in_url=in_url,
+                    out_url=out_url, max_pixels=max_pixels, output_format=output_format,
+                    bg_color=bg_color))
         manifest = batch.ManifestWriter(out_fs, out_root)
         try:
             for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -353,6 +353,8 @@ def _serve(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgremove")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log lines too: -v requests and steps, -vv debug")
     sub = parser.add_subparsers(dest="group", required=True)
     models = sub.add_parser("models", help="list, pull and verify model weights")
     msub = models.add_subparsers(dest="command", required=True)
@@ -451,8 +453,20 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--model")
             cmd.add_argument("--format", choices=["webm", "mp4", "mov"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_logging(args.verbose)
     return args.func(args)
+
+
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "ray", "asyncio")
+
+
+def configure_logging(verbose: int) -> None:
+    """Results and progress bars only by default; `-v` adds the project's and the HTTP
+    requests' log lines, `-vv` everything at DEBUG."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level if verbose else logging.WARNING)
 
 
 if __name__ == "__main__":

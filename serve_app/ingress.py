@@ -57,9 +57,12 @@ class Ingress:
         settings = get_settings()
         apply_log_level(settings)
         if not settings.auth_enabled:
-            log.warning("!" * 78 + "\n  AUTHENTICATION IS OFF (BGR_AUTH_ENABLED=false): every "
+            log.warning("!" * 78 + "\n  HTTP API KEYS ARE OFF (BGR_AUTH_ENABLED=false): every "
                         "client may call every endpoint,\n  with no rate limits and no "
-                        "credits. Only for one user on one machine.\n" + "!" * 78)
+                        "credits. Only for one user on one machine.\n  (Ray's \"Token "
+                        "authentication is enabled\" notice is about the Ray cluster's own\n"
+                        "  token, which stays on; it does not protect this HTTP API.)\n"
+                        + "!" * 78)
         ingress_setup = IngressSetup.model_validate(setup)
         gateway = ModelGateway(models, {m["id"]: m for m in catalog}, missing,
                                ingress_setup.default_model, prompter, generator,

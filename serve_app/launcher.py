@@ -7,12 +7,15 @@ so Ray's own processes stay up. Here `serve run` runs in a session of its own; t
 catches the signals, asks it to stop the way Ctrl-C would (SIGINT: Serve drains and removes the
 replicas, then the local Ray cluster stops) and, after a grace period of 5 s, kills whatever is
 left in that session. Jobs cut short are durable: their leases expire and the next start resumes
-them.
+them. Once a stop was asked for, the notices Ray prints about its own shutdown (a Serve
+controller task "failed ... killed by `ray.kill`") are dropped: they are how a stop looks from
+inside Ray, not errors, and the last line says the service stopped.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +23,18 @@ import threading
 from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SHUTDOWN_NOISE = re.compile(r"killed by `ray\.kill`|graceful_shutdown failed|"
+                            r"listen_for_change failed")
+
+
+def _relay(stream, stop: threading.Event) -> None:
+    """Copy the child's output to ours, line by line, without Ray's shutdown notices once a
+    stop was asked for."""
+    for line in iter(stream.readline, ""):
+        if stop.is_set() and SHUTDOWN_NOISE.search(line):
+            continue
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _kill_session(pgid: int, sig: int) -> None:
@@ -34,8 +49,11 @@ def run_service(config: str, grace_s: float = 5.0) -> int:
     (0 after a requested stop)."""
     serve = Path(sys.executable).with_name("serve")
     command = [str(serve) if serve.exists() else "serve", "run", config]
-    child = subprocess.Popen(command, start_new_session=True)
+    child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
     stop = threading.Event()
+    relay = threading.Thread(target=_relay, args=(child.stdout, stop), daemon=True)
+    relay.start()
     for sig in STOP_SIGNALS:  # installed even where the parent shell ignored SIGINT
         signal.signal(sig, lambda *_: stop.set())
     while child.poll() is None and not stop.wait(0.2):
@@ -52,6 +70,7 @@ def run_service(config: str, grace_s: float = 5.0) -> int:
     # now goes at once (SIGKILL: no half-handled signal, no native stack traces).
     _kill_session(child.pid, signal.SIGKILL)
     code = child.wait()
+    relay.join(2)  # the rest of what the child printed, before the last line
     if stop.is_set():
         print("bgremove: service stopped.", file=sys.stderr, flush=True)
         return 0

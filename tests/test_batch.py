@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,6 +251,10 @@ def test_batch_command_with_ray_data_is_resumable_after_a_kill(tmp_path, batch_e
     one = subprocess.run(_batch_cmd(src / names[0], tmp_path / "one"), env=batch_env,
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert "1 images: 0 already done, 1 cut out, 0 failed" in one.stdout, one.stdout + one.stderr
+    # nothing from Ray on the way: no cluster-token notice, no actor warning, no Ray Data lines
+    lines = one.stderr.replace("\r", "\n").splitlines()
+    noise = [line for line in lines if re.search(r"WARNING|ERROR|Warning|core_worker|INFO", line)]
+    assert noise == [], one.stderr
     assert (tmp_path / "one" / Path(names[0]).with_suffix(".png").name).is_file()
 
 

@@ -120,3 +120,32 @@ def test_hd_shotgun_and_usage_commands(base_url, api_key, tmp_path, capsys):
     usage = json.loads(capsys.readouterr().out)
     assert usage["key"] == "tests" and usage["balance"] > 0 and usage["operations"]
 
+
+
+@pytest.mark.serve
+def test_commands_print_no_log_lines_by_default(base_url, api_key, tmp_path):
+    """Results and progress only: no `INFO HTTP Request: ...` lines in the progress bar; `-v`
+    brings them back."""
+    import subprocess
+    import sys
+
+    from test_video_api import make_clip
+
+    photo = tmp_path / "a.png"
+    Image.fromarray(disk_image(48, 32)).save(photo)
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(make_clip(1.0))
+    common = ["--url", base_url, "--api-key", api_key]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "serve_app.cli", *args], text=True,
+                              capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    for args in (["remove", str(photo), "--out", str(tmp_path / "out")],
+                 ["video", str(clip), "--out", str(tmp_path / "v.webm")]):
+        lines = run(*args, *common).stderr.replace("\r", "\n").splitlines()
+        assert [line for line in lines if "INFO" in line or "HTTP Request" in line] == []
+    verbose = run("-v", "remove", str(photo), "--out", str(tmp_path / "out2"), *common)
+    assert "HTTP Request" in verbose.stderr

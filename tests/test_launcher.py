@@ -29,6 +29,29 @@ def _healthy() -> bool:
     return r.status_code == 200 and r.json().get("status") in ("healthy", "degraded")
 
 
+def try_it(folder: Path, env: dict[str, str]) -> None:
+    """Run the README's "Try it" block in a fresh folder (with the repository's .venv beside
+    it, as in a clone), then check what each command wrote."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Try it"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    folder.mkdir()
+    (folder / ".venv").symlink_to(Path(sys.prefix))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    from PIL import Image
+    for name in ("cutout.png", "blur.png", "color.png", "gradient.png", "shadow.png"):
+        with Image.open(folder / name) as im:  # an image, not an error body
+            assert im.size == (512, 512), name
+    import json
+    shot = json.loads((folder / "shotgun.json").read_text())
+    assert shot["results"] and all(r["status"] == "success" for r in shot["results"])
+    assert '"selection_id"' in done.stdout and "win" in done.stdout.lower()
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_make_run_stops_cleanly(how, real_models, tmp_path):
     with socket.socket() as s:
@@ -48,6 +71,8 @@ def test_make_run_stops_cleanly(how, real_models, tmp_path):
             assert make.poll() is None, f"make run exited early:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"not healthy in 300 s:\n{log.read_text()[-3000:]}"
             time.sleep(1)
+        if how == "sigterm":  # once: the README's "Try it" commands, as written
+            try_it(tmp_path / "try-it", env)
         processes = psutil.Process(make.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in processes)  # Ray runs under it
         stopped_at = time.monotonic()
@@ -62,6 +87,9 @@ def test_make_run_stops_cleanly(how, real_models, tmp_path):
         assert not _healthy()
         text = log.read_text(errors="replace")
         assert "bgremove: service stopped." in text
+        after = text[text.index("bgremove: stopping the service"):]
+        assert "ray.kill" not in after and "failed" not in after, after  # a clean ending
+        assert "HTTP API KEYS ARE OFF" in text and "Ray cluster's own" in text  # which is which
         assert "SIGTERM received" not in text  # no native stack trace from a killed Ray process
     finally:
         if make.poll() is None:

@@ -77,8 +77,9 @@ def test_a_solid_subject_is_fully_opaque(model_id, real_models):
     """Probabilities become alpha by rounding: the inside of a subject is 255, not 254 (a
     truncated 0.999 left every subject 0.4 % see-through). One model per served family; the
     person model's subject is the astronaut's face (it is not made for ellipses)."""
-    from conftest import media
     from PIL import Image
+
+    from conftest import media
 
     folder = real_models if model_id != "isnet-imgly-medium" else pulled_models_dir(
         ids=("isnet-imgly-medium",))

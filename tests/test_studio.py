@@ -2,13 +2,12 @@
 by Selenium) against the running app: the shotgun flow (pick, log, the win rate it makes), an
 effect, the video flow with its progress and player, and the API's errors shown to people.
 
-Screenshots go to a temporary folder, or to $BGR_SCREENSHOTS (e.g. docs/screenshots) to
-refresh the README's.
+Screenshots of these runs (the tiny test models) go to a temporary folder only; the docs'
+screenshots come from the real service (`make screenshots`, bench/screenshots.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -41,9 +40,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("BGR_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return tmp_path_factory.mktemp("shots")
 
 
 @pytest.fixture
@@ -84,6 +81,51 @@ def test_shotgun_pick_and_log(studio, tmp_path, shots, base_url, api_key):
 
     studio.find_element(By.CSS_SELECTOR, "nav button[data-tab=wins]").click()
     wait(studio, lambda d: "studio-e2e" in d.find_element(By.ID, "wins").text)
+
+
+def test_compare_view_backgrounds_zoom_keys_and_pick(studio, tmp_path, base_url, api_key):
+    """A result opened large: on black, at 2x, the next model by key, beside another one, the
+    original photo by key, and the pick logged from there with Enter."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    studio.find_element(By.ID, "image-file").send_keys(str(photo(tmp_path)))
+    cards = wait(studio, lambda d: len(c := d.find_elements(
+        By.CSS_SELECTOR, ".card:not(.failed)")) >= 3 and c)
+    models = [c.get_attribute("data-model") for c in cards]
+    cards[0].find_element(By.TAG_NAME, "img").click()
+    compare = wait(studio, lambda d: (c := d.find_element(By.ID, "compare")).is_displayed() and c)
+    big = studio.find_element(By.ID, "compare-a")
+    assert big.get_attribute("alt") == models[0]
+    assert big.get_attribute("src").startswith("data:image/")
+
+    studio.find_element(By.CSS_SELECTOR, "#backgrounds button[data-bg=black]").click()
+    assert "bg-black" in studio.find_element(By.ID, "pane-a").get_attribute("class")
+    studio.find_element(By.CSS_SELECTOR, "#zooms button[data-zoom='2']").click()
+    wait(studio, lambda d: d.execute_script(
+        "const i = document.getElementById('compare-a');"
+        "return i.naturalWidth > 0 && i.getBoundingClientRect().width === 2 * i.naturalWidth;"))
+
+    keys = ActionChains(studio)
+    keys.send_keys("2").perform()  # the second model, same background and zoom
+    assert studio.find_element(By.ID, "compare-a").get_attribute("alt") == models[1]
+    assert "bg-black" in studio.find_element(By.ID, "pane-a").get_attribute("class")
+    Select(studio.find_element(By.ID, "compare-b")).select_by_value(models[2])
+    assert studio.find_element(By.ID, "pane-b").is_displayed()
+    assert studio.find_element(By.ID, "compare-b-img").get_attribute("alt") == models[2]
+    studio.find_element(By.ID, "pane-a").click()  # focus back on the page, not the select
+    keys.send_keys("o").perform()
+    assert studio.find_element(By.ID, "compare-a").get_attribute("alt") == "original"
+    keys.send_keys("o").perform()
+    assert studio.find_element(By.ID, "compare-a").get_attribute("alt") == models[1]
+
+    keys.send_keys("\n").perform()  # Enter: use the one shown
+    notice = wait(studio, lambda d: (n := d.find_element(By.ID, "notice")).is_displayed() and n)
+    assert notice.text.startswith("Logged:")
+    assert compare.is_displayed()
+    stats = httpx.get(f"{base_url}/selections/stats", headers={"X-Api-Key": api_key}).json()
+    assert any(r["model_id"] == models[1] and r["wins"] >= 1 for r in stats["rows"])
 
 
 def test_effect(studio, tmp_path, shots):

@@ -53,6 +53,7 @@ const toBase64 = (file) => new Promise((resolve, reject) => {
 // ---- tabs ---------------------------------------------------------------------------------
 document.querySelectorAll("nav button").forEach((button) => button.addEventListener("click", () => {
   document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b === button));
+  show("notice", ""); show("error", "");  // a message belongs to the tab it came from
   document.querySelectorAll("main > section").forEach((s) => { s.hidden = s.id !== `tab-${button.dataset.tab}`; });
   if (button.dataset.tab === "wins") loadWins();
 }));
@@ -60,6 +61,7 @@ document.querySelectorAll("nav button").forEach((button) => button.addEventListe
 // ---- shotgun: every model, side by side; pick the best -----------------------------------
 let shot = null;      // the last /remove-background answer
 let picked = null;    // its chosen row
+let originalUrl = null;  // the photo the shotgun ran on
 let licences = null;  // model id -> {license, license_terms}, from /models
 
 async function modelLicences() {
@@ -75,6 +77,9 @@ async function modelLicences() {
 async function runShotgun(file) {
   show("error", ""); show("notice", "");
   $("results").replaceChildren(); $("pick").hidden = true; picked = null;
+  closeCompare();
+  if (originalUrl) URL.revokeObjectURL(originalUrl);
+  originalUrl = URL.createObjectURL(file);
   $("image-status").textContent = `Running every model on ${file.name}…`;
   try {
     const body = JSON.stringify({ image: await toBase64(file), include_models: ["all"] });
@@ -104,7 +109,7 @@ async function runShotgun(file) {
       img.alt = row.model_id;
       frame.append(img);
       card.append(frame);
-      card.addEventListener("click", () => choose(row, card));
+      card.addEventListener("click", () => openCompare(row.model_id));
     }
     card.append(meta);
     const licence = known[row.model_id];
@@ -119,9 +124,105 @@ async function runShotgun(file) {
   }
 }
 
+// ---- compare: one result large, on any background, zoomed, beside another or the original --
+const view = { a: null, b: "", zoom: "fit", bg: "checker", original: false };
+const successes = () => (shot ? shot.results.filter((r) => r.status === "success") : []);
+const rowOf = (id) => successes().find((r) => r.model_id === id);
+const imageUrl = (row) => `data:image/${shot.output_format || "png"};base64,${row.image_base64}`;
+
+function openCompare(modelId) {
+  const row = rowOf(modelId);
+  if (!row) return;
+  view.a = modelId;
+  const card = document.querySelector(`.card[data-model="${CSS.escape(modelId)}"]`);
+  choose(row, card);
+  const select = $("compare-b");
+  const keep = select.value;
+  select.replaceChildren(new Option("(none)", ""), ...successes().map((r) => new Option(r.model_name, r.model_id)));
+  select.value = successes().some((r) => r.model_id === keep) ? keep : "";
+  view.b = select.value;
+  $("compare").hidden = false;
+  renderCompare();
+}
+
+function closeCompare() { $("compare").hidden = true; view.a = null; }
+
+function paneImage(img, pane, row) {
+  img.src = view.original ? originalUrl : imageUrl(row);
+  img.alt = view.original ? "original" : row.model_id;
+  pane.className = `pane ${view.bg.startsWith("#") ? "" : "bg-" + view.bg}`;
+  pane.style.background = view.bg.startsWith("#") ? view.bg : "";
+  const size = () => {
+    pane.classList.toggle("fit", view.zoom === "fit");
+    pane.classList.toggle("zoomed", view.zoom !== "fit" && view.zoom > 1);
+    img.style.width = view.zoom === "fit" ? "" : `${img.naturalWidth * view.zoom}px`;
+  };
+  if (img.complete && img.naturalWidth) size(); else img.onload = size;
+}
+
+function renderCompare() {
+  const row = rowOf(view.a);
+  if (!row) return;
+  $("compare-title").textContent = view.original ? "Original photo" : row.model_name;
+  paneImage($("compare-a"), $("pane-a"), row);
+  const other = view.b && rowOf(view.b);
+  $("pane-b").hidden = !other;
+  if (other) paneImage($("compare-b-img"), $("pane-b"), other);
+  document.querySelectorAll("#backgrounds button").forEach((b) => b.classList.toggle("on", b.dataset.bg === view.bg));
+  document.querySelectorAll("#zooms button").forEach((b) => b.classList.toggle("on", b.dataset.zoom === String(view.zoom)));
+  $("show-original").classList.toggle("on", view.original);
+}
+
+const BACKGROUNDS = ["checker", "white", "black"];
+const ZOOMS = ["fit", 1, 2, 4];
+document.querySelectorAll("#backgrounds button").forEach((b) => b.addEventListener("click", () => { view.bg = b.dataset.bg; renderCompare(); }));
+$("bg-custom").addEventListener("input", (e) => { view.bg = e.target.value; renderCompare(); });
+document.querySelectorAll("#zooms button").forEach((b) => b.addEventListener("click", () => {
+  view.zoom = b.dataset.zoom === "fit" ? "fit" : Number(b.dataset.zoom); renderCompare();
+}));
+$("show-original").addEventListener("click", () => { view.original = !view.original; renderCompare(); });
+$("compare-b").addEventListener("change", (e) => { view.b = e.target.value; renderCompare(); });
+$("compare-close").addEventListener("click", closeCompare);
+
+// Both panes pan together (scrollbars, wheel, or dragging the image).
+for (const [from, to] of [["pane-a", "pane-b"], ["pane-b", "pane-a"]]) {
+  $(from).addEventListener("scroll", () => {
+    if ($(to).scrollLeft !== $(from).scrollLeft) $(to).scrollLeft = $(from).scrollLeft;
+    if ($(to).scrollTop !== $(from).scrollTop) $(to).scrollTop = $(from).scrollTop;
+  });
+  let drag = null;
+  $(from).addEventListener("mousedown", (e) => { drag = [e.clientX, e.clientY]; e.preventDefault(); });
+  window.addEventListener("mouseup", () => { drag = null; });
+  window.addEventListener("mousemove", (e) => {
+    if (!drag) return;
+    $(from).scrollLeft -= e.clientX - drag[0]; $(from).scrollTop -= e.clientY - drag[1];
+    drag = [e.clientX, e.clientY];
+  });
+}
+
+document.addEventListener("keydown", (e) => {
+  if ($("compare").hidden || ["INPUT", "SELECT", "TEXTAREA"].includes(e.target.tagName)) return;
+  const rows = successes();
+  const at = rows.findIndex((r) => r.model_id === view.a);
+  if (e.key >= "1" && e.key <= "9" && rows[Number(e.key) - 1]) openCompare(rows[Number(e.key) - 1].model_id);
+  else if (e.key === "ArrowRight") openCompare(rows[(at + 1) % rows.length].model_id);
+  else if (e.key === "ArrowLeft") openCompare(rows[(at - 1 + rows.length) % rows.length].model_id);
+  else if (e.key === "o" || e.key === "O") { view.original = !view.original; renderCompare(); }
+  else if (e.key === "b" || e.key === "B") {
+    view.bg = BACKGROUNDS[(BACKGROUNDS.indexOf(view.bg) + 1) % BACKGROUNDS.length]; renderCompare();
+  } else if (e.key === "+" || e.key === "-") {
+    const i = ZOOMS.indexOf(view.zoom) + (e.key === "+" ? 1 : -1);
+    view.zoom = ZOOMS[Math.max(0, Math.min(ZOOMS.length - 1, i))]; renderCompare();
+  } else if (e.key === "Enter") $("log-selection").click();
+  else if (e.key === "Escape") closeCompare();
+  else return;
+  e.preventDefault();
+});
+
 function choose(row, card) {
   picked = row;
   document.querySelectorAll(".card").forEach((c) => c.classList.toggle("selected", c === card));
+  $("image-status").textContent = `${row.model_name} selected: compare it below, then "Use this one".`;
   $("pick").hidden = false;
   $("download").href = `data:image/png;base64,${row.image_base64}`;
   $("download").download = `${row.model_id}.png`;
@@ -171,7 +272,8 @@ async function applyEffect() {
   try {
     const resp = await call(`/image/${effect}/v1`, { method: "POST", body: form });
     $("effect-result").src = URL.createObjectURL(await resp.blob());
-    notify(`${effect}: done in ${resp.headers.get("X-Processing-Time-Ms") || "?"} ms.`);
+    window.lastEffectModel = resp.headers.get("X-Model");
+    notify(`${effect}: done in ${resp.headers.get("X-Processing-Time-Ms") || "?"} ms with ${window.lastEffectModel || "the default model"}.`);
   } catch (e) { fail(e.message); }
 }
 
@@ -213,7 +315,8 @@ $("submit-video").addEventListener("click", async () => {
         $("video-result").src = URL.createObjectURL(await resp.blob());
         $("video-result").hidden = false;
         bar.value = 100;
-        $("video-status").textContent = "Done.";
+        window.lastVideoModel = resp.headers.get("X-Model");
+        $("video-status").textContent = window.lastVideoModel ? `Done (${window.lastVideoModel}).` : "Done.";
         return;
       }
       const state = await resp.json();
