@@ -2,8 +2,8 @@
 
 Starts the service as `make run` does (`bgremove serve configs/local.yaml`, the models it
 serves), drives the studio in headless Chromium (Debian's chromium + chromium-driver, through
-Selenium) on a real photo (scikit-image's astronaut) and a real clip (`bench/media.clip()`, a
-camera move over the astronaut photo), writes `docs/screenshots/*.png` and
+Selenium) on a real photo (scikit-image's astronaut) and a clip made from it (a slow camera
+move over the photo, the whole person in view), writes `docs/screenshots/*.png` and
 `docs/screenshots/manifest.json` (which models each screenshot shows; `tests/test_docs.py`
 refuses test models there), then stops the service.
 
@@ -30,7 +30,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from media import clip, photo  # noqa: E402
+from media import photo  # noqa: E402
 
 OUT = REPO / "docs" / "screenshots"
 
@@ -74,6 +74,24 @@ def wait(driver, condition, timeout=300):
     return WebDriverWait(driver, timeout, poll_frequency=0.3).until(condition)
 
 
+def person_clip(path: Path, frames: int = 20) -> Path:
+    """A 640x360 H.264 clip: a slow tilt down the astronaut photo, her face always in view."""
+    import av
+    import numpy as np
+
+    rgb = np.asarray(Image.open(photo("astronaut.png")).convert("RGB").resize((640, 640)))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for i in range(frames):
+            window = np.ascontiguousarray(rgb[2 * i: 2 * i + 360])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(window, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
 def capture(url: str, work: Path) -> dict[str, dict]:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -90,15 +108,17 @@ def capture(url: str, work: Path) -> dict[str, dict]:
         cards = wait(driver, lambda d: len(c := d.find_elements(
             By.CSS_SELECTOR, ".card:not(.failed)")) >= 2 and c)
         models = [c.get_attribute("data-model") for c in cards]
-        cards[0].find_element(By.TAG_NAME, "img").click()
+        # the pro model beside the light one, where both are served: the difference people see
+        a = "isnet-imgly-medium" if "isnet-imgly-medium" in models else models[0]
+        b = "u2netp" if "u2netp" in models and a != "u2netp" else models[1]
+        cards[models.index(a)].find_element(By.TAG_NAME, "img").click()
         wait(driver, lambda d: d.find_element(By.ID, "compare").is_displayed())
         driver.find_element(By.CSS_SELECTOR, "#backgrounds button[data-bg=black]").click()
-        if len(models) > 1:
-            Select(driver.find_element(By.ID, "compare-b")).select_by_value(models[1])
+        Select(driver.find_element(By.ID, "compare-b")).select_by_value(b)
         time.sleep(1)
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(OUT / "studio-shotgun.png"))
-        shown["studio-shotgun.png"] = {"photo": "astronaut", "models": models}
+        shown["studio-shotgun.png"] = {"photo": "astronaut", "models": [a, b]}
         # The same two at 2x on the edge of the hair and the flag.
         driver.find_element(By.CSS_SELECTOR, "#zooms button[data-zoom='2']").click()
         time.sleep(1)
@@ -106,7 +126,7 @@ def capture(url: str, work: Path) -> dict[str, dict]:
                               "p.scrollLeft = 0; p.scrollTop = 80;")
         driver.execute_script("document.getElementById('compare').scrollIntoView()")
         driver.save_screenshot(str(OUT / "studio-compare.png"))
-        shown["studio-compare.png"] = {"photo": "astronaut", "models": models[:2]}
+        shown["studio-compare.png"] = {"photo": "astronaut", "models": [a, b]}
         ActionChains(driver).send_keys("\ue00c").perform()  # Esc
 
         # An effect with the default model.
@@ -121,8 +141,7 @@ def capture(url: str, work: Path) -> dict[str, dict]:
 
         # A real clip, processed with its progress, then played.
         driver.find_element(By.CSS_SELECTOR, "nav button[data-tab=video]").click()
-        driver.find_element(By.ID, "video-file").send_keys(str(clip(seconds=2.0, fps=10,
-                                                                    size=(640, 360))))
+        driver.find_element(By.ID, "video-file").send_keys(str(person_clip(work / "tilt.mp4")))
         driver.find_element(By.ID, "video-color").send_keys("30,144,255")
         driver.find_element(By.ID, "submit-video").click()
         wait(driver, lambda d: d.find_element(By.ID, "video-result").is_displayed(), 900)
@@ -131,7 +150,7 @@ def capture(url: str, work: Path) -> dict[str, dict]:
         time.sleep(1.5)
         model = driver.execute_script("return window.lastVideoModel || null")
         driver.save_screenshot(str(OUT / "studio-video.png"))
-        shown["studio-video.png"] = {"clip": "astronaut camera move",
+        shown["studio-video.png"] = {"clip": "astronaut tilt",
                                      "models": [model] if model else []}
     finally:
         driver.quit()

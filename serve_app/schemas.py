@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
+from pipelines.output import parse_margin
 from pipelines.sam import Prompt, parse_box, parse_points
 from serve_app.core.job_params import JobPrompt
 
@@ -39,10 +40,28 @@ class MatteOptions(BaseModel):
     prompt_mode: Literal["refine", "replace"] = Field("refine", description=(
         "refine: the model's mask, with clicked regions added or removed; replace: the prompt "
         "model's mask alone (needs a foreground point or a box)."))
+    # Output options (docs/output-options.md); the defaults give the v1 contract's PNG.
+    output: Literal["rgba", "mask"] = Field("rgba", description=(
+        "rgba: the effect's image; mask: the alpha alone, an 8-bit grey image."))
+    crop: bool = Field(False, description="Crop to the subject's bounding box (plus margin).")
+    crop_margin: str = Field("0", max_length=12, description=(
+        "Margin around the subject when cropping: pixels ('20') or percent of the subject's "
+        "box ('5%'); at most 10000 px or 100%."))
+    max_size: int | None = Field(None, ge=16, le=20000, description=(
+        "Longest side of the result in pixels (aspect kept; never upscaled)."))
+    format: Literal["png", "webp", "jpg"] = Field("png", description=(
+        "png; webp (lossless, keeps alpha); jpg (opaque results only: the color effect, or "
+        "shadow with bg_color, or output=mask)."))
+    refine: Literal["none", "matting"] = Field("none", description=(
+        "matting: closed-form alpha matting on the uncertain band around the model's edge "
+        "(hair, fur); slower (docs/benchmarks.md)."))
+    clean_mask: bool = Field(False, description=(
+        "Drop specks and fill pinholes smaller than 0.1 % of the image (at least 64 px)."))
 
     @model_validator(mode="after")
     def _check_prompt(self):
         self.prompt()  # InvalidParameter (a ValueError) for malformed points or box
+        parse_margin(self.crop_margin)
         return self
 
     def prompt(self) -> Prompt:
@@ -125,7 +144,8 @@ class ImageJob(BaseModel):
 
 
 class ImageResult(BaseModel):
-    png: bytes
+    png: bytes  # the encoded result: PNG unless the options asked for webp or jpg
+    media_type: str = "image/png"
     width: int
     height: int
     model: str

@@ -68,7 +68,10 @@ def assert_answered(resp) -> None:
 EFFECT_FIELDS = ["model", "blur_strength", "bg_color", "gradient_start", "gradient_end",
                  "gradient_angle", "shadow_offset_x", "shadow_offset_y", "shadow_blur",
                  "shadow_opacity", "shadow_color", "surprise", "points", "background_points",
-                 "box", "prompt_mode"]
+                 "box", "prompt_mode", "output", "crop", "crop_margin", "max_size", "format",
+                 "refine", "clean_mask"]
+OUTPUT_VALUES = st.sampled_from(["rgba", "mask", "true", "false", "5%", "12", "png", "webp",
+                                 "jpg", "matting", "none", "gif", "-3", "101%"])
 BACKGROUND_FIELDS = ["scene", "scene_color", "scene_color_end", "seed", "shadow_opacity",
                      "light_wrap", "color_match", "prompt", "negative_prompt", "steps",
                      "guidance_scale", "width", "height", "points", "box"]
@@ -78,7 +81,7 @@ BACKGROUND_FIELDS = ["scene", "scene_color", "scene_color_end", "seed", "shadow_
 @given(effect=st.sampled_from(["matte", "blur", "color", "gradient", "shadow"]),
        data=image_bytes(),
        form=st.dictionaries(st.sampled_from(EFFECT_FIELDS),
-                            st.one_of(nasty_text, numbers.map(str)), max_size=4),
+                            st.one_of(nasty_text, numbers.map(str), OUTPUT_VALUES), max_size=4),
        filename=nasty_text, content_type=st.sampled_from(
            ["image/png", "image/gif", "text/plain", "application/octet-stream", ""]))
 def test_image_api(client, effect, data, form, filename, content_type):
@@ -89,8 +92,8 @@ def test_image_api(client, effect, data, form, filename, content_type):
 
 @FUZZ
 @given(path=st.sampled_from(["/image/backdrop/v1", "/image/generate/v1"]), data=image_bytes(),
-       form=st.dictionaries(st.sampled_from(BACKGROUND_FIELDS),
-                            st.one_of(nasty_text, numbers.map(str)), max_size=4))
+       form=st.dictionaries(st.sampled_from([*BACKGROUND_FIELDS, "output", "crop", "format"]),
+                            st.one_of(nasty_text, numbers.map(str), OUTPUT_VALUES), max_size=4))
 def test_background_apis(client, path, data, form):
     if path.endswith("generate/v1"):
         form = {**form, "steps": "1"}  # a diffusion step is enough to prove the wiring

@@ -84,3 +84,55 @@ def test_matting_lowers_the_error_on_a_soft_edge():
     import cv2
     inner = cv2.erode((hard == 255).astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
     assert inner.any() and (refined[inner] == 255).all()  # far from the edge: kept as it was
+
+
+# ---- through the running app ------------------------------------------------------------------
+
+def _post(client, effect: str = "matte", **form):
+    from conftest import disk_image, png_bytes
+
+    return client.post(f"/image/{effect}/v1", data={"model": "tiny", **form},
+                       files={"image": ("a.png", png_bytes(disk_image(120, 80)), "image/png")})
+
+
+@pytest.mark.serve
+def test_mask_crop_size_and_formats_through_the_image_api(client):
+    rgba = np.asarray(Image.open(io.BytesIO(_post(client).content)))
+    alpha = rgba[..., 3]
+    mask = _post(client, output="mask")
+    assert mask.headers["content-type"] == "image/png"
+    grey = Image.open(io.BytesIO(mask.content))
+    assert grey.mode == "L" and np.array_equal(np.asarray(grey), alpha)  # the same alpha
+
+    x0, y0, x1, y1 = output.subject_box(alpha, "4")
+    cropped = Image.open(io.BytesIO(_post(client, crop="true", crop_margin="4").content))
+    assert cropped.size == (x1 - x0, y1 - y0) and cropped.size != (120, 80)
+    assert np.array_equal(np.asarray(cropped), rgba[y0:y1, x0:x1])
+
+    small = Image.open(io.BytesIO(_post(client, max_size="60").content))
+    assert small.size == (60, 40)
+    webp = _post(client, format="webp")
+    assert webp.headers["content-type"] == "image/webp"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(webp.content)))[..., 3], alpha)
+    jpg = _post(client, "color", format="jpg", bg_color="#ff0000")
+    assert jpg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpg.content)).format == "JPEG"
+    assert _post(client, refine="matting", clean_mask="true").status_code == 200
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("form", [{"format": "jpg"}, {"crop_margin": "abc"}, {"max_size": "5"},
+                                  {"format": "gif"}, {"output": "alpha"}, {"refine": "magic"},
+                                  {"crop": "perhaps"}, {"crop_margin": "101%"}])
+def test_bad_output_options_are_refused_in_the_family_shape(client, form):
+    r = _post(client, **form)
+    assert r.status_code in (400, 422) and set(r.json()) == {"message"}, r.text
+    field = next(iter(form))
+    assert field in r.json()["message"] or "format" in r.json()["message"]
+
+
+@pytest.mark.serve
+def test_no_output_options_keep_the_v1_png(client):
+    r = _post(client)
+    assert r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).mode == "RGBA"

@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from pipelines import effects, scene
+from pipelines import effects, output, scene
 from pipelines.errors import InvalidImage, InvalidParameter, ModelUnavailable
 from pipelines.generate import MAX_SIDE, GenerateOptions, transparent_enough
 from pipelines.images import DecodedImage, decode_image, encode_png
@@ -49,17 +49,28 @@ async def backdrop(svc: Svc, request: Request, image: Annotated[UploadFile, File
     w, h = decoded.size
 
     def render() -> bytes:
-        bg = (scene.fit_scene(backdrop.rgb, w, h) if backdrop is not None else
-              scene.make_scene(options.scene, w, h, effects.parse_color(options.scene_color),
-                               effects.parse_color(options.scene_color_end), options.seed))
-        return encode_png(scene.place(decoded.rgb, alpha, bg,
-                                      shadow_opacity=options.shadow_opacity,
-                                      light_wrap=options.light_wrap,
-                                      color_match=options.color_match))
+        mask = alpha
+        if options.clean_mask:
+            mask = output.clean_mask(mask)
+        if options.refine == "matting":
+            mask = output.refine_matting(decoded.rgb, mask)
+        if options.output == "mask":
+            pixels = mask
+        else:
+            bg = (scene.fit_scene(backdrop.rgb, w, h) if backdrop is not None else
+                  scene.make_scene(options.scene, w, h, effects.parse_color(options.scene_color),
+                                   effects.parse_color(options.scene_color_end), options.seed))
+            pixels = scene.place(decoded.rgb, mask, bg, shadow_opacity=options.shadow_opacity,
+                                 light_wrap=options.light_wrap, color_match=options.color_match)
+        if options.crop:
+            x0, y0, x1, y1 = output.subject_box(mask, options.crop_margin)
+            pixels = pixels[y0:y1, x0:x1]
+        return output.encode(output.fit(pixels, options.max_size), options.format)
 
-    png = await svc.cpu.run(render)
+    data = await svc.cpu.run(render)
     await svc.credits.charge(request, Charge("image.backdrop", 1, price))
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+    return Response(data, media_type=output.MEDIA_TYPES[options.format],
+                    headers={"Cache-Control": "no-cache"})
 
 
 @router.post("/image/generate/v1", response_class=Response,

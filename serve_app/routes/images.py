@@ -15,9 +15,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from pipelines import effects
-from pipelines.errors import PayloadTooLarge
-from pipelines.images import DecodedImage, decode_image, encode_png
+from pipelines import effects, output
+from pipelines.errors import InvalidParameter, PayloadTooLarge
+from pipelines.images import DecodedImage, decode_image
 from serve_app.core.keys import Charge
 from serve_app.errors import validation_error
 from serve_app.schemas import (
@@ -69,6 +69,21 @@ def render(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Optio
     )
 
 
+def finish(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Options) -> bytes:
+    """The encoded result: the mask cleaned and refined as asked, the effect (or the mask
+    alone), cropped, size-capped and encoded (pure CPU work, run in a thread)."""
+    if options.clean_mask:
+        mask = output.clean_mask(mask)
+    if options.refine == "matting":
+        mask = output.refine_matting(image.rgb, mask)
+    pixels = (image.within_alpha(mask) if options.output == "mask"
+              else render(effect, image, mask, options))
+    if options.crop:
+        x0, y0, x1, y1 = output.subject_box(image.within_alpha(mask), options.crop_margin)
+        pixels = pixels[y0:y1, x0:x1]
+    return output.encode(output.fit(pixels, options.max_size), options.format)
+
+
 def check_upload_size(svc: Services, size: int) -> None:
     if size > svc.settings.max_upload_bytes:
         raise PayloadTooLarge(f"Image file is larger than {svc.settings.max_upload_bytes} bytes.")
@@ -84,9 +99,22 @@ async def read_upload(svc: Services, upload: UploadFile) -> bytes:
     return data
 
 
+def check_opaque(effect: Effect, options: Options) -> None:
+    """jpg has no alpha: refused up front for a result that would be transparent."""
+    if options.format != "jpg" or options.output == "mask":
+        return
+    transparent = effect is Effect.matte or (effect is Effect.shadow and not options.bg_color)
+    if transparent:
+        raise InvalidParameter(
+            f"format: jpg cannot carry the transparency of the {effect.value} effect; give "
+            "a background colour (the color effect, or bg_color with shadow), or use png or "
+            "webp.", {"field": "format"})
+
+
 async def process(svc: Services, job: ImageJob) -> ImageResult:
     """Remove the background of `job.image` and apply `job.effect`."""
     started = time.perf_counter()
+    check_opaque(job.effect, job.options)
     requested = svc.models.check(job.options.model)  # unknown or missing: before decoding
     check_upload_size(svc, len(job.image))
     image = await asyncio.to_thread(decode_image, job.image, svc.settings.regular_max_pixels)
@@ -94,10 +122,11 @@ async def process(svc: Services, job: ImageJob) -> ImageResult:
     model_id = await svc.models.resolve(requested, image)  # `auto` chooses here
     mask = await svc.models.mask_for(image, job.options, model_id)
     t_masked = time.perf_counter()
-    png = await svc.cpu.run(lambda: encode_png(render(job.effect, image, mask, job.options)))
+    data = await svc.cpu.run(finish, job.effect, image, mask, job.options)
     done = time.perf_counter()
     return ImageResult(
-        png=png, width=image.size[0], height=image.size[1], model=model_id, effect=job.effect,
+        png=data, media_type=output.MEDIA_TYPES[job.options.format],
+        width=image.size[0], height=image.size[1], model=model_id, effect=job.effect,
         timings_ms={
             "decode": round((t_decoded - started) * 1e3, 2),
             "mask": round((t_masked - t_decoded) * 1e3, 2),
@@ -122,7 +151,7 @@ async def _http(svc: Services, request: Request, image: UploadFile, effect: Effe
     await svc.credits.charge(request, Charge(f"image.{effect.value}", 1, price))
     return Response(
         content=result.png,
-        media_type="image/png",
+        media_type=result.media_type,
         headers={
             "Cache-Control": "no-cache",
             "X-Model": result.model,
