@@ -8,8 +8,9 @@ the mask alone, a crop to the subject, a size cap and the file format.
   and farther than `band` px from the edge keep their value; the band is solved from the
   image's colours. Images over `max_pixels` are solved at a reduced size and the band's alpha
   scaled back, which bounds the time (measured in docs/benchmarks.md).
-- `subject_box` / `crop`: the subject's bounding box (alpha > 0) plus a margin in pixels or
-  percent of the box's size, clamped to the image.
+- `subject_box` / `crop`: the subject's bounding box (alpha above 16 of 255: a model's faint
+  background noise is not subject) plus a margin in pixels or percent of the box's size,
+  clamped to the image.
 - `fit` caps the longest side (never upscales); `encode` writes png, lossless webp or jpg (jpg
   only for opaque results).
 """
@@ -96,10 +97,13 @@ def parse_margin(text: str) -> tuple[float, bool]:
     return value, percent
 
 
+SUBJECT_ALPHA = 16  # alpha above this is subject, for the crop
+
+
 def subject_box(alpha: np.ndarray, margin: str = "0") -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1), exclusive ends, of the pixels with alpha > 0 plus the margin."""
+    """(x0, y0, x1, y1), exclusive ends, of the subject's pixels plus the margin."""
     value, percent = parse_margin(margin)
-    ys, xs = np.nonzero(alpha)
+    ys, xs = np.nonzero(alpha > SUBJECT_ALPHA)
     if len(xs) == 0:
         raise InvalidParameter("crop: the mask is empty, so there is no subject to crop to.",
                                {"field": "crop"})

@@ -251,6 +251,13 @@ def _remove(args: argparse.Namespace) -> int:
     from serve_app.client import ApiError
 
     options = dict(o.split("=", 1) for o in args.opt)
+    for name in ("output", "crop_margin", "max_size", "format", "refine"):  # docs/output-options
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    for name in ("crop", "clean_mask"):
+        if getattr(args, name):
+            options[name] = "true"
+    suffix = "." + (args.format or "png")
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     with _client(args) as client:
@@ -261,7 +268,7 @@ def _remove(args: argparse.Namespace) -> int:
                 print(f"{path}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
-            (args.out / f"{path.stem}.png").write_bytes(png)
+            (args.out / f"{path.stem}{suffix}").write_bytes(png)
     return 1 if failed else 0
 
 
@@ -438,6 +445,15 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--model")
             cmd.add_argument("--opt", action="append", default=[], metavar="FIELD=VALUE",
                              help="an effect option, e.g. blur_strength=25 (repeatable)")
+            cmd.add_argument("--output", choices=["rgba", "mask"], help="mask: the alpha alone")
+            cmd.add_argument("--crop", action="store_true", help="crop to the subject")
+            cmd.add_argument("--crop-margin", help="with --crop: pixels (20) or percent (5%%)")
+            cmd.add_argument("--max-size", type=_positive, help="longest side in pixels")
+            cmd.add_argument("--format", choices=["png", "webp", "jpg"])
+            cmd.add_argument("--refine", choices=["none", "matting"],
+                             help="matting: refine hair and fur edges (slower)")
+            cmd.add_argument("--clean-mask", action="store_true",
+                             help="drop specks and fill pinholes in the mask")
         elif name == "shotgun":
             cmd.add_argument("image", type=Path)
             cmd.add_argument("--out", type=Path, required=True, help="folder for the cut-outs")

@@ -29,7 +29,7 @@ def test_clean_mask_drops_a_planted_island_and_fills_a_planted_hole():
 
 
 def test_subject_box_with_pixel_and_percent_margins():
-    alpha = np.zeros((100, 200), np.uint8)
+    alpha = np.full((100, 200), 3, np.uint8)  # faint background noise, as models leave
     alpha[20:60, 50:150] = 200
     assert output.subject_box(alpha) == (50, 20, 150, 60)
     assert output.subject_box(alpha, "10") == (40, 10, 160, 70)
@@ -136,3 +136,19 @@ def test_no_output_options_keep_the_v1_png(client):
     r = _post(client)
     assert r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).mode == "RGBA"
+
+
+@pytest.mark.serve
+def test_remove_command_takes_the_output_options(base_url, api_key, tmp_path):
+    from serve_app.cli import main as cli
+
+    from conftest import disk_image
+
+    src = tmp_path / "a.png"
+    Image.fromarray(disk_image(90, 60)).save(src)
+    out = tmp_path / "out"
+    assert cli(["remove", str(src), "--out", str(out), "--url", base_url, "--api-key", api_key,
+                "--model", "tiny", "--output", "mask", "--crop", "--crop-margin", "2",
+                "--format", "webp", "--clean-mask"]) == 0
+    result = Image.open(out / "a.webp")
+    assert result.format == "WEBP" and result.size[0] < 90  # cropped to the subject

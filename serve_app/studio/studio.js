@@ -181,7 +181,7 @@ document.querySelectorAll("#zooms button").forEach((b) => b.addEventListener("cl
   view.zoom = b.dataset.zoom === "fit" ? "fit" : Number(b.dataset.zoom); renderCompare();
 }));
 $("show-original").addEventListener("click", () => { view.original = !view.original; renderCompare(); });
-$("compare-b").addEventListener("change", (e) => { view.b = e.target.value; renderCompare(); });
+$("compare-b").addEventListener("change", (e) => { view.b = e.target.value; e.target.blur(); renderCompare(); });
 $("compare-close").addEventListener("click", closeCompare);
 
 // Both panes pan together (scrollbars, wheel, or dragging the image).
