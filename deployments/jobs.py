@@ -42,6 +42,7 @@ from serve_app.core.job_params import JobPrompt
 from serve_app.core.jobs import COMPLETED, Job, JobStore
 from serve_app.core.keys import Charge
 from serve_app.core.settings import apply_log_level, get_settings
+from serve_app.core.store import Store
 
 log = logging.getLogger("ray.serve.bgremove")
 _MAINTENANCE_EVERY_S = 30.0
@@ -56,12 +57,14 @@ class JobWorker:
                  auto_models: list[ServedModel] | None = None) -> None:
         self.models = models
         self.auto_models = auto_models or []  # what `model=auto` chooses from
+        self._rates: tuple[float, dict] = (0.0, {})  # logged selections' win rates, cached
         self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
         self.text_segmenter = text_segmenter  # text_prompt terms (None: not configured)
         self.model_timeout_s = model_timeout_s
         self.settings = get_settings()
         apply_log_level(self.settings)
         self.store = JobStore.from_settings(self.settings)
+        self.selections = Store.from_settings(self.settings)  # shotgun picks, for auto
         self.artifacts = artifact_store(self.settings)
         self.worker_id = f"worker-{uuid.uuid4().hex[:10]}"
         s = self.settings
@@ -184,8 +187,20 @@ class JobWorker:
         handle = self._model(policy.person_model)
         return lambda rgb: handle.predict.remote(rgb).result(timeout_s=self.model_timeout_s)
 
+    def _win_rates(self) -> dict:
+        """The logged selections' win rates (what `/image/*` auto weighs too), read at most
+        once a minute; without them when the database cannot answer."""
+        at, rates = self._rates
+        if time.monotonic() - at > 60:
+            try:
+                rates = self.selections.rates_by_category()
+            except Exception:  # noqa: BLE001 - auto still chooses without them
+                log.warning("model=auto: selections could not be read; choosing without them")
+            self._rates = (time.monotonic(), rates)
+        return rates
+
     def _auto_image(self, rgb: np.ndarray) -> str:
-        policy = AutoPolicy(tuple(self.auto_models))
+        policy = AutoPolicy(tuple(self.auto_models), self._win_rates())
         person = self._person_mask(policy)
         category = categorize(rgb, person(rgb) if person is not None else None)
         return policy.choose(category, rgb.shape[1], rgb.shape[0])[0]

@@ -9,8 +9,8 @@ the mask alone, a crop to the subject, a size cap and the file format.
   image's colours. Images over `max_pixels` are solved at a reduced size and the band's alpha
   scaled back, which bounds the time (measured in docs/benchmarks.md).
 - `subject_box` / `crop`: the subject's bounding box (alpha above 16 of 255: a model's faint
-  background noise is not subject) plus a margin in pixels or percent of the box's size,
-  clamped to the image.
+  background noise is not subject; for a transparent result, its own alpha, so a drop
+  shadow is kept) plus a margin in pixels or percent of the box's size, clamped to the image.
 - `fit` caps the longest side (never upscales); `encode` writes png, lossless webp or jpg (jpg
   only for opaque results).
 """
@@ -47,11 +47,12 @@ def clean_mask(mask: np.ndarray, min_area: int | None = None) -> np.ndarray:
         out[np.isin(labels, small)] = 0
     empty = (out <= 127).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(empty, connectivity=4)
-    for i in range(1, n):
-        x, y, bw, bh, a = stats[i]
-        touches_border = x == 0 or y == 0 or x + bw == w or y + bh == h
-        if a < area and not touches_border:
-            out[labels == i] = 255
+    holes = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] < area
+             and stats[i, cv2.CC_STAT_LEFT] > 0 and stats[i, cv2.CC_STAT_TOP] > 0
+             and stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH] < w
+             and stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT] < h]
+    if holes:
+        out[np.isin(labels, holes)] = 255
     return out
 
 
@@ -78,7 +79,12 @@ def refine_matting(rgb: np.ndarray, mask: np.ndarray, band: int = 10,
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         trimap = cv2.resize(full, size, interpolation=cv2.INTER_NEAREST)
-    alpha = estimate_alpha_cf(image, trimap)
+        if not (trimap == 1.0).any() or not (trimap == 0.0).any():
+            return mask  # a thin sure region vanished in the shrink: nothing to solve from
+    try:
+        alpha = estimate_alpha_cf(image, trimap)
+    except ValueError:  # pymatting: no foreground or background left to solve from
+        return mask
     if scale < 1.0:
         alpha = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
     out = mask.copy()

@@ -139,8 +139,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             log.info("optional model %s not installed (%s); skipped", model_id, spec.weights.file)
             continue
         refusal = license_refusal(spec, config.accept_licenses)
-        if refusal is not None:
-            withheld[model_id] = refusal
+        if refusal is not None:  # a required model makes /health degraded; an optional not
+            (missing if model_id in config.models else withheld)[model_id] = refusal
             log.warning("model %s NOT served: %s", model_id, refusal)
             continue
         if path is None:

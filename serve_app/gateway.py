@@ -10,6 +10,7 @@ served model for the image at hand (`pipelines.auto`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from pipelines.images import DecodedImage
 from pipelines.sam import Prompt, prompt_model_missing
 from serve_app.core.errors import ServiceUnavailable
 from serve_app.schemas import MatteOptions
+
+log = logging.getLogger("ray.serve.bgremove")
 
 
 @contextmanager
@@ -94,7 +97,10 @@ class ModelGateway:
         """The logged selections' win rates, read at most once a minute."""
         at, rates = self._rates
         if self.win_rates is not None and time.monotonic() - at > 60:
-            rates = await asyncio.to_thread(self.win_rates)
+            try:
+                rates = await asyncio.to_thread(self.win_rates)
+            except Exception:  # noqa: BLE001 - auto still chooses without them (outage logged)
+                log.warning("model=auto: selections could not be read; choosing without them")
             self._rates = (time.monotonic(), rates)
         return rates
 

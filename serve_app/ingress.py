@@ -100,7 +100,8 @@ class Ingress:
         return await shotgun.selection_stats(self.services, category)
 
     async def submit_job(self, req: CreateJobRequest, idempotency_key: str | None = None,
-                         owner: str | None = None,
-                         max_active: int | None = None) -> tuple[JobView, bool]:
-        """Create a /v1/jobs job: its view, and False when the idempotency key had made it."""
+                         owner: str | None = None, max_active: int | None = None,
+                         request: None = None) -> tuple[JobView, bool]:
+        """Create a /v1/jobs job: its view, and False when the idempotency key had made it.
+        (`request` is accepted for callers of earlier versions; Python callers have none.)"""
         return await jobs.submit_job(self.services, req, idempotency_key, owner, max_active)

@@ -73,7 +73,7 @@ class Services:
         jobs = JobStore.from_settings(settings)
         artifacts = artifact_store(settings)
         store = Store.from_settings(settings)
-        models.win_rates = lambda: win_rates_by_category(store)
+        models.win_rates = store.rates_by_category
         data_dir = settings.data_dir.expanduser().resolve()
         return cls(
             settings=settings, setup=setup, models=models,
@@ -90,14 +90,6 @@ class Services:
                 lambda: storage_check(artifacts, settings.min_free_storage_bytes),
                 "not_writable"),
         )
-
-
-def win_rates_by_category(store: Store) -> dict[str, dict[str, tuple[int, int]]]:
-    """category -> model id -> (wins, offered), from the logged selections."""
-    rates: dict[str, dict[str, tuple[int, int]]] = {}
-    for r in store.win_rates():
-        rates.setdefault(r.category, {})[r.model_id] = (r.wins, r.offered)
-    return rates
 
 
 _current: Services | None = None

@@ -173,3 +173,17 @@ def test_rows_of_older_versions_read_through_the_one_converter(jobs):
     params = jobs.get(job.job_id).params
     assert params.text_prompt == ["person", "handbag"] and params.background.type == "transparent"
     assert params.output_format == "webp" and params.model_id == "u2netp"
+
+
+def test_a_row_no_version_can_read_fails_cleanly_instead_of_breaking_claims(jobs):
+    from sqlalchemy import update
+
+    from serve_app.core.jobs import jobs as jobs_table
+    job = new(jobs)
+    jobs.start(job.job_id)
+    with jobs.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.job_id == job.job_id)
+                     .values(params={"background": {"type": "plaid"}}))
+    claimed = jobs.claim("w1", lease_s=30)  # still claimable: the worker fails it with a reason
+    assert claimed.job_id == job.job_id
+    assert claimed.params.model_id == "(unreadable job parameters)"

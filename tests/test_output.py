@@ -152,3 +152,13 @@ def test_remove_command_takes_the_output_options(base_url, api_key, tmp_path):
                 "--format", "webp", "--clean-mask"]) == 0
     result = Image.open(out / "a.webp")
     assert result.format == "WEBP" and result.size[0] < 90  # cropped to the subject
+
+
+def test_matting_leaves_a_mask_it_cannot_solve_alone():
+    """A sure region too thin to survive the solver's downscale: the mask comes back as it
+    was instead of pymatting's error (a 500 after the model work)."""
+    rgb = np.zeros((1500, 1500, 3), np.uint8)
+    mask = np.zeros((1500, 1500), np.uint8)
+    mask[:, 700:760] = 255  # sure inside only within a few px of the middle after erosion
+    out = output.refine_matting(rgb, mask, band=28, max_pixels=40_000)
+    assert np.array_equal(out, mask)

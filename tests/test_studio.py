@@ -157,6 +157,19 @@ def test_effect(studio, tmp_path, shots):
     studio.find_element(By.ID, "clear-clicks").click()
     assert studio.find_element(By.ID, "clicks").text == ""
 
+    # output options: the mask alone (a grey image where the effect was in colour)
+    grey = ("const i = document.getElementById('effect-result');"
+            "if (!i.naturalWidth) return null;"
+            "const c = document.createElement('canvas'); c.width = i.naturalWidth;"
+            "c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0);"
+            "const d = g.getImageData(0, 0, c.width, c.height).data;"
+            "for (let k = 0; k < d.length; k += 4) if (d[k] !== d[k+1] || d[k] !== d[k+2])"
+            "  return false; return true;")
+    wait(studio, lambda d: d.execute_script(grey) is False)  # the blurred photo: in colour
+    Select(studio.find_element(By.ID, "output")).select_by_value("mask")
+    studio.find_element(By.ID, "apply-effect").click()
+    wait(studio, lambda d: d.execute_script(grey) is True)
+
 
 def test_video_progress_and_player(studio, tmp_path, shots):
     from selenium.webdriver.common.by import By

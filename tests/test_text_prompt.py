@@ -153,3 +153,17 @@ def test_box_prompt_job(client):
     truth = ((xx - 160) / 80) ** 2 + ((yy - 120) / 60) ** 2 <= 1
     a = alpha > 127
     assert (a & truth).sum() / (a | truth).sum() > 0.95
+
+
+def test_the_original_tier_follows_a_default_of_auto():
+    from types import SimpleNamespace
+
+    from serve_app.routes.jobs import _tier_model
+
+    svc = SimpleNamespace(setup=SimpleNamespace(tier_models={"original": "auto", "light": "u2netp"}),
+                          models=SimpleNamespace(handles={"u2netp": object()},
+                                                 auto_models=["u2netp"]))
+    assert _tier_model(svc, "original") == "auto" and _tier_model(svc, "auto") == "auto"
+    assert _tier_model(svc, "light") == "u2netp"
+    with pytest.raises(InvalidRequest, match="tier 'pro'"):
+        _tier_model(svc, "pro")

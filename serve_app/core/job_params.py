@@ -62,6 +62,12 @@ class JobParams(BaseModel):
             data["text_prompt"] = split_terms(data["text_prompt"])
         return cls.model_validate(data)
 
+    @classmethod
+    def unreadable(cls) -> JobParams:
+        """What a row whose stored parameters no version can read gets: a model id no
+        deployment serves, so the worker fails the job with a reason instead of crashing."""
+        return cls(model_id="(unreadable job parameters)")
+
     def stored(self) -> dict[str, Any]:
         """The JSON the job row keeps."""
         return self.model_dump(mode="json", exclude_none=True)

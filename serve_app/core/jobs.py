@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -184,7 +185,10 @@ class Job:
         values = {n: m[n] for n in names}
         for n in ("created_at", "updated_at", "started_at", "completed_at", "output_expires_at"):
             values[n] = as_utc(values[n])
-        values["params"] = JobParams.from_stored(values["params"])
+        try:
+            values["params"] = JobParams.from_stored(values["params"])
+        except ValidationError:
+            values["params"] = JobParams.unreadable()
         return cls(**values)
 
 

@@ -140,6 +140,13 @@ class Store:
                 image_category=image_category, notes=notes, created_at=now(), owner=owner))
         return selection_id
 
+    def rates_by_category(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """category -> model id -> (wins, offered): what `model=auto` weighs."""
+        rates: dict[str, dict[str, tuple[int, int]]] = {}
+        for r in self.win_rates():
+            rates.setdefault(r.category, {})[r.model_id] = (r.wins, r.offered)
+        return rates
+
     def win_rates(self, category: str | None = None) -> list[WinRate]:
         """Per category (plus "all"): how often each model was offered and picked.
 

@@ -78,8 +78,10 @@ def finish(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Optio
         mask = output.refine_matting(image.rgb, mask)
     pixels = (image.within_alpha(mask) if options.output == "mask"
               else render(effect, image, mask, options))
-    if options.crop:
-        x0, y0, x1, y1 = output.subject_box(image.within_alpha(mask), options.crop_margin)
+    if options.crop:  # a transparent result's own alpha: a drop shadow is part of it
+        visible = pixels[:, :, 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else mask
+        x0, y0, x1, y1 = output.subject_box(image.within_alpha(visible) if visible is mask
+                                            else visible, options.crop_margin)
         pixels = pixels[y0:y1, x0:x1]
     return output.encode(output.fit(pixels, options.max_size), options.format)
 

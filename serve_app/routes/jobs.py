@@ -190,10 +190,10 @@ def _text_terms(svc: Services, text: str, kind: str) -> list[str]:
 
 
 def _tier_model(svc: Services, tier: str) -> str:
-    if tier == AUTO and svc.models.auto_models:
-        return AUTO  # the worker chooses once it has the image
     tiers, served = svc.setup.tier_models, svc.models.handles
-    model_id = tiers.get(tier)
+    model_id = AUTO if tier == AUTO else tiers.get(tier)
+    if model_id == AUTO and svc.models.auto_models:
+        return AUTO  # the worker chooses once it has the image (also `original` = default auto)
     if model_id is None or model_id not in served:
         raise InvalidRequest(
             f"No model is served for tier '{tier}' in this deployment.",

@@ -266,6 +266,11 @@ async function applyEffect() {
   const fields = { blur: ["blur_strength"], color: ["bg_color"], gradient: ["gradient_start", "gradient_end"],
                    shadow: ["shadow_opacity"] }[effect] || [];
   for (const name of fields) form.append(name, $(name).value);
+  // output options (docs/output-options.md): sent only when they differ from the defaults
+  if ($("output").value !== "rgba") form.append("output", $("output").value);
+  if ($("refine").value !== "none") form.append("refine", $("refine").value);
+  if ($("crop").checked) form.append("crop", "true");
+  if ($("clean_mask").checked) form.append("clean_mask", "true");
   const asText = (pts) => pts.map(([x, y]) => `${x},${y}`).join(";");
   if (clicks.keep.length) form.append("points", asText(clicks.keep));
   if (clicks.remove.length) form.append("background_points", asText(clicks.remove));
