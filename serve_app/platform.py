@@ -35,7 +35,7 @@ from pipelines.errors import ServiceError
 from serve_app.core.errors import RateLimited, ServiceUnavailable, Unauthorized
 from serve_app.core.keys import ApiKey, KeyStore, hash_secret
 from serve_app.core.settings import get_settings
-from serve_app.errors import new_request_id, render, route_path
+from serve_app.errors import http_status, new_request_id, render, route_path
 
 log = logging.getLogger("ray.serve.bgremove")
 HEALTH_PATHS = frozenset({"/health", "/health/live"})
@@ -105,7 +105,7 @@ class PlatformMiddleware:
                                              {"retry_after_s": 1})
             if refusal is not None:
                 await self._refuse(scope, receive, send, refusal, extra)
-                _log(scope, refusal.status_code, state.get("api_key"), started)
+                _log(scope, http_status(refusal)[0], state.get("api_key"), started)
                 return
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         status = [500]
