@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 
 from serve_app.core.dependencies import DependencyProbe, OutageLog, as_dependency_error
 from serve_app.core.errors import DependencyUnavailable, StorageUnavailable
+from serve_app.errors import http_status
 
 from conftest import REPO, PostgresServer, disk_image, png_bytes, tiny_catalog
 
@@ -39,7 +40,7 @@ def _operational() -> sa_exc.OperationalError:
 
 def test_database_errors_become_503_with_retry_after():
     err = as_dependency_error(_operational(), "Failed to submit image: ")
-    assert isinstance(err, DependencyUnavailable) and err.status_code == 503
+    assert isinstance(err, DependencyUnavailable) and http_status(err) == (503, "service_unavailable")
     assert err.message.startswith("Failed to submit image: the job database cannot be reached")
     assert err.details == {"dependency": "database", "retry_after_s": 5}
     try:  # found through the exception chain too
@@ -56,7 +57,7 @@ def test_database_errors_become_503_with_retry_after():
                                           (errno.EACCES, "not_writable")])
 def test_storage_errors_become_507(code, reason):
     err = as_dependency_error(OSError(code, os.strerror(code)))
-    assert isinstance(err, StorageUnavailable) and err.status_code == 507
+    assert isinstance(err, StorageUnavailable) and http_status(err) == (507, "insufficient_storage")
     assert err.details == {"dependency": "storage", "reason": reason}
     assert "nothing was stored" in err.message
 

@@ -29,6 +29,7 @@ from pipelines.webhooks import (
     verify_body_signature,
     verify_header_signature,
 )
+from serve_app.core.job_params import JobParams
 
 SECRET = "s3cret-for-tests"
 JOB = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -437,7 +438,8 @@ def test_webhook_refused_at_delivery_is_logged_with_the_job_id(tmp_path, monkeyp
     monkeypatch.delenv("BGR_DATABASE_URL", raising=False)
     get_settings.cache_clear()
     store = JobStore.from_settings(get_settings())
-    job, _ = store.create(api="v1", kind="image", params={"model": "light"}, start=True,
+    job, _ = store.create(api="v1", kind="image", start=True,
+                          params=JobParams(model="light", model_id="u2netp"),
                           webhook_url="http://127.0.0.2:9/hook")
     assert store.claim("w1", 30).job_id == job.job_id
     assert store.complete(job.job_id, "w1", "jobs/x/output.png", "image/png", 60)
