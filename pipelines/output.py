@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,6 +31,28 @@ from pipelines.images import encode_png
 
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 _MARGIN = re.compile(r"^\s*(\d{1,5}(?:\.\d+)?)\s*(%?)\s*$")
+
+
+def finish(rgb: np.ndarray, mask: np.ndarray, render: Callable[[np.ndarray], np.ndarray],
+           options: Mapping[str, Any],
+           alpha: Callable[[np.ndarray], np.ndarray] = lambda m: m) -> bytes:
+    """The encoded result of an image endpoint, given its `OPTION_FIELDS`: the mask cleaned
+    and refined as asked, then `render(mask)` (the effect) or the mask alone (`alpha(mask)`:
+    e.g. kept within the input's own transparency), cropped to the subject (a transparent
+    result's own alpha, so a drop shadow stays), size-capped and encoded."""
+    if options["clean_mask"]:
+        mask = clean_mask(mask)
+    if options["refine"] == "matting":
+        mask = refine_matting(rgb, mask)
+    pixels = alpha(mask) if options["output"] == "mask" else render(mask)
+    if options["crop"]:
+        visible = pixels[:, :, 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else alpha(mask)
+        x0, y0, x1, y1 = subject_box(visible, options["crop_margin"])
+        pixels = pixels[y0:y1, x0:x1]
+    return encode(fit(pixels, options["max_size"]), options["format"])
+
+
+OPTION_FIELDS = {"output", "crop", "crop_margin", "max_size", "format", "refine", "clean_mask"}
 
 
 def min_area_for(height: int, width: int) -> int:

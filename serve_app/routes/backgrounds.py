@@ -48,24 +48,16 @@ async def backdrop(svc: Svc, request: Request, image: Annotated[UploadFile, File
         alpha = await svc.models.mask_for(decoded, options)
     w, h = decoded.size
 
+    def place(mask: np.ndarray) -> np.ndarray:
+        bg = (scene.fit_scene(backdrop.rgb, w, h) if backdrop is not None else
+              scene.make_scene(options.scene, w, h, effects.parse_color(options.scene_color),
+                               effects.parse_color(options.scene_color_end), options.seed))
+        return scene.place(decoded.rgb, mask, bg, shadow_opacity=options.shadow_opacity,
+                           light_wrap=options.light_wrap, color_match=options.color_match)
+
     def render() -> bytes:
-        mask = alpha
-        if options.clean_mask:
-            mask = output.clean_mask(mask)
-        if options.refine == "matting":
-            mask = output.refine_matting(decoded.rgb, mask)
-        if options.output == "mask":
-            pixels = mask
-        else:
-            bg = (scene.fit_scene(backdrop.rgb, w, h) if backdrop is not None else
-                  scene.make_scene(options.scene, w, h, effects.parse_color(options.scene_color),
-                                   effects.parse_color(options.scene_color_end), options.seed))
-            pixels = scene.place(decoded.rgb, mask, bg, shadow_opacity=options.shadow_opacity,
-                                 light_wrap=options.light_wrap, color_match=options.color_match)
-        if options.crop:
-            x0, y0, x1, y1 = output.subject_box(mask, options.crop_margin)
-            pixels = pixels[y0:y1, x0:x1]
-        return output.encode(output.fit(pixels, options.max_size), options.format)
+        return output.finish(decoded.rgb, alpha, place,
+                             options.model_dump(include=output.OPTION_FIELDS))
 
     data = await svc.cpu.run(render)
     await svc.credits.charge(request, Charge("image.backdrop", 1, price))

@@ -70,20 +70,10 @@ def render(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Optio
 
 
 def finish(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Options) -> bytes:
-    """The encoded result: the mask cleaned and refined as asked, the effect (or the mask
-    alone), cropped, size-capped and encoded (pure CPU work, run in a thread)."""
-    if options.clean_mask:
-        mask = output.clean_mask(mask)
-    if options.refine == "matting":
-        mask = output.refine_matting(image.rgb, mask)
-    pixels = (image.within_alpha(mask) if options.output == "mask"
-              else render(effect, image, mask, options))
-    if options.crop:  # a transparent result's own alpha: a drop shadow is part of it
-        visible = pixels[:, :, 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else mask
-        x0, y0, x1, y1 = output.subject_box(image.within_alpha(visible) if visible is mask
-                                            else visible, options.crop_margin)
-        pixels = pixels[y0:y1, x0:x1]
-    return output.encode(output.fit(pixels, options.max_size), options.format)
+    """The encoded result with the options' output settings (pure CPU work, in a thread)."""
+    return output.finish(image.rgb, mask, lambda m: render(effect, image, m, options),
+                         options.model_dump(include=output.OPTION_FIELDS),
+                         alpha=image.within_alpha)
 
 
 def check_upload_size(svc: Services, size: int) -> None:
