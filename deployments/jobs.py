@@ -245,6 +245,7 @@ class JobWorker:
         output, media_type = render_image_job(
             data, segment, max_pixels=self.settings.hd_max_pixels, output_format=fmt,
             background=params.background, composition=params.composition,
+            options=params.options,
         )
         # One key per attempt: a worker that lost its lease never touches the new owner's file.
         key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"

@@ -19,40 +19,82 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Literal
 
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, Field, model_validator
 
 from pipelines.errors import InvalidParameter
-from pipelines.images import encode_png
+from pipelines.images import encode_image, encode_png
 
+Format = Literal["png", "webp", "jpg"]
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 _MARGIN = re.compile(r"^\s*(\d{1,5}(?:\.\d+)?)\s*(%?)\s*$")
 
 
-def finish(rgb: np.ndarray, mask: np.ndarray, render: Callable[[np.ndarray], np.ndarray],
-           options: Mapping[str, Any],
-           alpha: Callable[[np.ndarray], np.ndarray] = lambda m: m) -> bytes:
-    """The encoded result of an image endpoint, given its `OPTION_FIELDS`: the mask cleaned
-    and refined as asked, then `render(mask)` (the effect) or the mask alone (`alpha(mask)`:
-    e.g. kept within the input's own transparency), cropped to the subject (a transparent
-    result's own alpha, so a drop shadow stays), size-capped and encoded."""
-    if options["clean_mask"]:
+class OutputOptions(BaseModel):
+    """The options every image API takes besides its format (`format` on the image endpoints
+    and HD, `output_format` on /v1/jobs); the defaults give the v1 contracts' result."""
+
+    output: Literal["rgba", "mask"] = Field("rgba", description=(
+        "rgba: the effect's image; mask: the alpha alone, an 8-bit grey image."))
+    crop: bool = Field(False, description="Crop to the subject's bounding box (plus margin).")
+    crop_margin: str = Field("0", max_length=12, description=(
+        "Margin around the subject when cropping: pixels ('20') or percent of the subject's "
+        "box ('5%'); at most 10000 px or 100%."))
+    max_size: int | None = Field(None, ge=16, le=20000, description=(
+        "Longest side of the result in pixels (aspect kept; never upscaled)."))
+    refine: Literal["none", "matting"] = Field("none", description=(
+        "matting: closed-form alpha matting on the uncertain band around the model's edge "
+        "(hair, fur); slower (docs/benchmarks.md)."))
+    clean_mask: bool = Field(False, description=(
+        "Drop specks and fill pinholes smaller than 0.1 % of the image (at least 64 px)."))
+
+    @model_validator(mode="after")
+    def _check_margin(self):
+        parse_margin(self.crop_margin)  # InvalidParameter (a ValueError) for a bad margin
+        return self
+
+    def output_only(self) -> OutputOptions:
+        """These options alone (a subclass's other fields dropped): what a job stores."""
+        return OutputOptions.model_validate(self.model_dump(include=set(OutputOptions.model_fields)))
+
+    def changed_fields(self) -> list[str]:
+        """The option fields set to something other than their default."""
+        default = OutputOptions()
+        return [n for n in OutputOptions.model_fields if getattr(self, n) != getattr(default, n)]
+
+
+def prepare_mask(rgb: np.ndarray, mask: np.ndarray, options: OutputOptions) -> np.ndarray:
+    """The model's mask cleaned and refined as the options ask."""
+    if options.clean_mask:
         mask = clean_mask(mask)
-    if options["refine"] == "matting":
+    if options.refine == "matting":
         mask = refine_matting(rgb, mask)
-    pixels = alpha(mask) if options["output"] == "mask" else render(mask)
-    if options["crop"]:
+    return mask
+
+
+def crop_to_subject(pixels: np.ndarray, visible: np.ndarray, margin: str) -> np.ndarray:
+    x0, y0, x1, y1 = subject_box(visible, margin)
+    return pixels[y0:y1, x0:x1]
+
+
+def finish(rgb: np.ndarray, mask: np.ndarray, render: Callable[[np.ndarray], np.ndarray],
+           options: OutputOptions, fmt: Format,
+           alpha: Callable[[np.ndarray], np.ndarray] = lambda m: m) -> bytes:
+    """The encoded result of an image endpoint: the mask cleaned and refined as asked, then
+    `render(mask)` (the effect) or the mask alone (`alpha(mask)`: e.g. kept within the input's
+    own transparency), cropped to the subject (a transparent result's own alpha, so a drop
+    shadow stays), size-capped and encoded."""
+    mask = prepare_mask(rgb, mask, options)
+    pixels = alpha(mask) if options.output == "mask" else render(mask)
+    if options.crop:
         visible = pixels[:, :, 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else alpha(mask)
-        x0, y0, x1, y1 = subject_box(visible, options["crop_margin"])
-        pixels = pixels[y0:y1, x0:x1]
-    return encode(fit(pixels, options["max_size"]), options["format"])
-
-
-OPTION_FIELDS = {"output", "crop", "crop_margin", "max_size", "format", "refine", "clean_mask"}
+        pixels = crop_to_subject(pixels, visible, options.crop_margin)
+    return encode(fit(pixels, options.max_size), fmt)
 
 
 def min_area_for(height: int, width: int) -> int:
@@ -155,11 +197,14 @@ def fit(image: np.ndarray, max_size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def encode(image: np.ndarray, fmt: str) -> bytes:
-    """png (the service's fast encoder), lossless webp (keeps alpha) or jpg (quality 92;
+def encode(image: np.ndarray, fmt: str, webp_lossless: bool = True) -> bytes:
+    """png (the service's fast encoder), webp (keeps alpha exactly; the colours lossless, or
+    at quality 90 for the async jobs' large images: `webp_lossless=False`) or jpg (quality 92;
     refused for an image with transparency)."""
     if fmt == "png":
         return encode_png(image)
+    if fmt == "webp" and not webp_lossless:
+        return encode_image(image, "webp")
     buf = io.BytesIO()
     im = Image.fromarray(image)
     if fmt == "webp":

@@ -16,13 +16,13 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from pipelines import effects, video
+from pipelines import effects, output, video
 from pipelines.compose import Background, Composition, compose
 from pipelines.errors import ImageTooLarge
-from pipelines.images import DecodedImage, decode_image, encode_image
+from pipelines.images import DecodedImage, decode_image
+from pipelines.output import OutputOptions
 
 T = TypeVar("T")
-MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 # What async jobs accept; anything else is refused from its header, before decoding (no EPS).
 JOB_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
                      "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
@@ -39,13 +39,18 @@ def decode_job_image(data: bytes, max_pixels: int) -> DecodedImage:
 def render_image_job(data: bytes, segment: Callable[[np.ndarray], np.ndarray], *,
                      max_pixels: int, output_format: str = "png",
                      background: Background | None = None,
-                     composition: Composition | None = None) -> tuple[bytes, str]:
-    """Encoded output and its media type. Raises the project's errors for bad input."""
+                     composition: Composition | None = None,
+                     options: OutputOptions | None = None) -> tuple[bytes, str]:
+    """Encoded output and its media type. Raises the project's errors for bad input.
+
+    The output options apply as on the image endpoints; a crop comes before the composition
+    (which then places the subject's box on its canvas), the size cap after it."""
+    options = options or OutputOptions()
     image = decode_job_image(data, max_pixels)
-    mask = segment(image.rgb)
+    mask = output.prepare_mask(image.rgb, segment(image.rgb), options)
     cut = [cutout(image, mask)]
     del image, mask  # large inputs: only the cut-out is needed from here on
-    return _compose_encode(cut, output_format, background, composition)
+    return _compose_encode(cut, output_format, background, composition, options)
 
 
 def render_cutout(image: DecodedImage, mask: np.ndarray, *, output_format: str = "png",
@@ -62,10 +67,22 @@ def cutout(image: DecodedImage, mask: np.ndarray) -> np.ndarray:
 
 
 def _compose_encode(cut: list[np.ndarray], output_format: str, background: Background | None,
-                    composition: Composition | None) -> tuple[bytes, str]:
-    """`cut` holds the one cut-out and is emptied: it is freed once composed, before encoding."""
-    out = compose(cut.pop(), background or Background(), composition)
-    return encode_image(out, output_format), MEDIA_TYPES[output_format]
+                    composition: Composition | None,
+                    options: OutputOptions | None = None) -> tuple[bytes, str]:
+    """`cut` holds the one cut-out and is emptied: it is freed once composed, before encoding.
+    Output `mask` is the alpha of the cut-out as composed on a transparent canvas."""
+    options = options or OutputOptions()
+    rgba = cut.pop()
+    if options.crop:
+        rgba = output.crop_to_subject(rgba, rgba[:, :, 3], options.crop_margin)
+    if options.output == "mask":
+        out = compose(rgba, Background(), composition)[:, :, 3]
+    else:
+        out = compose(rgba, background or Background(), composition)
+    del rgba
+    out = output.fit(out, options.max_size)
+    return (output.encode(out, output_format, webp_lossless=False),
+            output.MEDIA_TYPES[output_format])
 
 
 def iter_masks(frames: Iterable[T], submit: Callable[[T], Callable[[], np.ndarray]],

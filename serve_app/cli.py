@@ -245,18 +245,32 @@ def _images(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def _output_options(args: argparse.Namespace) -> dict[str, str]:
+    """The output-option flags given (docs/output-options.md) as form fields."""
+    options = {name: str(getattr(args, name)) for name in
+               ("output", "crop_margin", "max_size", "format", "refine")
+               if getattr(args, name) is not None}
+    return options | {name: "true" for name in ("crop", "clean_mask") if getattr(args, name)}
+
+
+def _add_output_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--output", choices=["rgba", "mask"], help="mask: the alpha alone")
+    cmd.add_argument("--crop", action="store_true", help="crop to the subject")
+    cmd.add_argument("--crop-margin", help="with --crop: pixels (20) or percent (5%%)")
+    cmd.add_argument("--max-size", type=_positive, help="longest side in pixels")
+    cmd.add_argument("--format", choices=["png", "webp", "jpg"])
+    cmd.add_argument("--refine", choices=["none", "matting"],
+                     help="matting: refine hair and fur edges (slower)")
+    cmd.add_argument("--clean-mask", action="store_true",
+                     help="drop specks and fill pinholes in the mask")
+
+
 def _remove(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from serve_app.client import ApiError
 
-    options = dict(o.split("=", 1) for o in args.opt)
-    for name in ("output", "crop_margin", "max_size", "format", "refine"):  # docs/output-options
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    for name in ("crop", "clean_mask"):
-        if getattr(args, name):
-            options[name] = "true"
+    options = dict(o.split("=", 1) for o in args.opt) | _output_options(args)
     suffix = "." + (args.format or "png")
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -310,7 +324,8 @@ def _hd(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     with _client(args) as client, tqdm(total=None, unit="poll", disable=None) as bar:
-        data = client.hd(args.image, model=args.model, on_poll=lambda: bar.update())
+        data = client.hd(args.image, model=args.model, on_poll=lambda: bar.update(),
+                         **_output_options(args))
     args.out.write_bytes(data)
     print(f"{args.out}: {len(data)} bytes")
     return 0
@@ -445,15 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--model")
             cmd.add_argument("--opt", action="append", default=[], metavar="FIELD=VALUE",
                              help="an effect option, e.g. blur_strength=25 (repeatable)")
-            cmd.add_argument("--output", choices=["rgba", "mask"], help="mask: the alpha alone")
-            cmd.add_argument("--crop", action="store_true", help="crop to the subject")
-            cmd.add_argument("--crop-margin", help="with --crop: pixels (20) or percent (5%%)")
-            cmd.add_argument("--max-size", type=_positive, help="longest side in pixels")
-            cmd.add_argument("--format", choices=["png", "webp", "jpg"])
-            cmd.add_argument("--refine", choices=["none", "matting"],
-                             help="matting: refine hair and fur edges (slower)")
-            cmd.add_argument("--clean-mask", action="store_true",
-                             help="drop specks and fill pinholes in the mask")
+            _add_output_flags(cmd)
         elif name == "shotgun":
             cmd.add_argument("image", type=Path)
             cmd.add_argument("--out", type=Path, required=True, help="folder for the cut-outs")
@@ -462,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("image", type=Path)
             cmd.add_argument("--out", type=Path, required=True)
             cmd.add_argument("--model")
+            _add_output_flags(cmd)
         elif name == "video":
             cmd.add_argument("clip", type=Path)
             cmd.add_argument("--out", type=Path, required=True)

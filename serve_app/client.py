@@ -112,11 +112,14 @@ class Client:
 
     def hd(self, image: Source, model: str | None = None, *,
            on_poll: Callable[[], None] | None = None, poll_s: float = 1.0,
-           timeout_s: float = 3600.0) -> bytes:
-        """`/image/hd/submit/v1` (any size), then the PNG once it is done (`on_poll` is called
-        at every "still processing" answer)."""
+           timeout_s: float = 3600.0, **options) -> bytes:
+        """`/image/hd/submit/v1` (any size), then the result once it is done (`on_poll` is
+        called at every "still processing" answer); `options` are the output options, e.g.
+        `output="mask"`, `crop=True`, `format="webp"`."""
         name, data = _read(image)
-        job = self.request("POST", "/image/hd/submit/v1", data={"model": model} if model else {},
+        form = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in {"model": model, **options}.items() if v is not None}
+        job = self.request("POST", "/image/hd/submit/v1", data=form,
                            files={"image": (name, data)}).json()
         return self._wait(f"/image/hd/result/{job['uuid']}",
                           lambda _body: on_poll() if on_poll else None, poll_s, timeout_s)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.compose import Background, Composition
 from pipelines.effects import parse_color
 from pipelines.errors import InvalidParameter
-from pipelines.output import parse_margin
+from pipelines.output import Format, OutputOptions
 from pipelines.sam import Prompt, parse_box, parse_points
 from serve_app.core.job_params import JobPrompt
 
@@ -26,8 +26,9 @@ class Effect(str, Enum):
     shadow = "shadow"
 
 
-class MatteOptions(BaseModel):
-    """Transparent cut-out, optionally corrected by clicks and a box (the prompt model)."""
+class MatteOptions(OutputOptions):
+    """Transparent cut-out, optionally corrected by clicks and a box (the prompt model), with
+    the output options (docs/output-options.md; the defaults give the v1 contract's PNG)."""
 
     model: str | None = Field(None, description=_MODEL_DOC)
     points: str | None = Field(None, max_length=2000, description=(
@@ -40,28 +41,13 @@ class MatteOptions(BaseModel):
     prompt_mode: Literal["refine", "replace"] = Field("refine", description=(
         "refine: the model's mask, with clicked regions added or removed; replace: the prompt "
         "model's mask alone (needs a foreground point or a box)."))
-    # Output options (docs/output-options.md); the defaults give the v1 contract's PNG.
-    output: Literal["rgba", "mask"] = Field("rgba", description=(
-        "rgba: the effect's image; mask: the alpha alone, an 8-bit grey image."))
-    crop: bool = Field(False, description="Crop to the subject's bounding box (plus margin).")
-    crop_margin: str = Field("0", max_length=12, description=(
-        "Margin around the subject when cropping: pixels ('20') or percent of the subject's "
-        "box ('5%'); at most 10000 px or 100%."))
-    max_size: int | None = Field(None, ge=16, le=20000, description=(
-        "Longest side of the result in pixels (aspect kept; never upscaled)."))
-    format: Literal["png", "webp", "jpg"] = Field("png", description=(
+    format: Format = Field("png", description=(
         "png; webp (lossless, keeps alpha); jpg (opaque results only: the color effect, or "
         "shadow with bg_color, or output=mask)."))
-    refine: Literal["none", "matting"] = Field("none", description=(
-        "matting: closed-form alpha matting on the uncertain band around the model's edge "
-        "(hair, fur); slower (docs/benchmarks.md)."))
-    clean_mask: bool = Field(False, description=(
-        "Drop specks and fill pinholes smaller than 0.1 % of the image (at least 64 px)."))
 
     @model_validator(mode="after")
     def _check_prompt(self):
         self.prompt()  # InvalidParameter (a ValueError) for malformed points or box
-        parse_margin(self.crop_margin)
         return self
 
     def prompt(self) -> Prompt:
@@ -336,6 +322,22 @@ class SelectionStats(BaseModel):
 JobTier = Literal["original", "pro", "light", "human", "auto"]
 
 
+class HdOptions(OutputOptions):
+    """The HD submit's form fields besides the image: the model and the output options."""
+
+    model: str | None = Field(None, description=_MODEL_DOC)
+    format: Format = Field("png", description=(
+        "png; webp (keeps alpha; colour at quality 90: ~10x smaller than png for large "
+        "images); jpg only with output=mask (the HD result is otherwise transparent)."))
+
+    @model_validator(mode="after")
+    def _check_opaque(self):
+        if self.format == "jpg" and self.output != "mask":
+            raise InvalidParameter("format: jpg cannot carry the cut-out's transparency; use "
+                                   "png or webp, or output=mask.", {"field": "format"})
+        return self
+
+
 class HdSubmitted(BaseModel):
     message: str = "Image submitted for processing"
     uuid: str
@@ -353,7 +355,10 @@ class TermMatches(BaseModel):
     unmatched: list[str]
 
 
-class CreateJobRequest(BaseModel):
+class CreateJobRequest(OutputOptions):
+    """A /v1/jobs job; the output options (docs/output-options.md) are for image jobs, and
+    their format is `output_format`."""
+
     model_config = ConfigDict(extra="forbid")
 
     video_url: str | None = Field(None, max_length=2048)
@@ -362,8 +367,9 @@ class CreateJobRequest(BaseModel):
     model: JobTier = Field("original", description="Model tier: original (the default model), "
                            "pro, light, human, or auto (chosen per input; `model_id` says "
                            "which ran).")
-    output_format: Literal["png", "webp", "webm", "mp4", "mov"] | None = Field(
-        None, description="Images: png (default) or webp. Videos: webm (default, VP9 with "
+    output_format: Literal["png", "webp", "jpg", "webm", "mp4", "mov"] | None = Field(
+        None, description="Images: png (default), webp (keeps alpha; colour at quality 90) or "
+        "jpg (needs a colour background or output=mask). Videos: webm (default, VP9 with "
         "alpha), mp4 (H.264, needs a colour background) or mov (ProRes 4444 with alpha).")
     background: Background = Field(default_factory=Background)
     composition: Composition | None = None

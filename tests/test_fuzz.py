@@ -130,7 +130,11 @@ def test_shotgun_api(client, path, body):
            "image_url": URLS, "video_url": URLS, "upload_id": nasty_text,
            "model": json_scalars, "output_format": nasty_text, "auto_start": json_scalars,
            "background": json_values, "composition": json_values, "webhook_url": URLS,
-           "webhook_secret": nasty_text, "text_prompt": nasty_text})),
+           "webhook_secret": nasty_text, "text_prompt": nasty_text,
+           # the output options (docs/output-options.md)
+           "output": st.one_of(OUTPUT_VALUES, json_scalars), "crop": json_scalars,
+           "crop_margin": st.one_of(OUTPUT_VALUES, json_scalars), "max_size": json_scalars,
+           "refine": st.one_of(OUTPUT_VALUES, json_scalars), "clean_mask": json_scalars})),
        idempotency=st.one_of(st.none(), nasty_text.filter(  # what a client can send at all
            lambda s: s.isprintable() and s.isascii() and s.strip() == s)))
 def test_jobs_api(client, body, idempotency):
@@ -159,9 +163,11 @@ def test_ids_in_paths(client, template, ident):
 
 
 @FUZZ
-@given(data=st.binary(max_size=4000), form=st.dictionaries(
-           st.sampled_from(["bg_color", "bg_image_url", "model", "output_format"]),
-           st.one_of(nasty_text, URLS), max_size=3),
+@given(data=st.one_of(st.binary(max_size=4000), image_bytes()), form=st.dictionaries(
+           st.sampled_from(["bg_color", "bg_image_url", "model", "output_format", "output",
+                            "crop", "crop_margin", "max_size", "format", "refine",
+                            "clean_mask"]),
+           st.one_of(nasty_text, URLS, OUTPUT_VALUES), max_size=3),
        target=st.sampled_from(["/video/submit/v1", "/image/hd/submit/v1", "/api/upload"]))
 def test_uploads(client, data, form, target):
     field = {"/video/submit/v1": "video", "/image/hd/submit/v1": "image"}.get(target, "file")

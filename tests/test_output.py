@@ -162,3 +162,99 @@ def test_matting_leaves_a_mask_it_cannot_solve_alone():
     mask[:, 700:760] = 255  # sure inside only within a few px of the middle after erosion
     out = output.refine_matting(rgb, mask, band=28, max_pixels=40_000)
     assert np.array_equal(out, mask)
+
+
+# ---- the same options on HD and /v1/jobs image jobs ------------------------------------------
+
+def _hd(client, **form):
+    """An HD job's finished response (the result is deleted once downloaded)."""
+    from test_jobs_api import hd_wait
+
+    from conftest import disk_image, png_bytes
+
+    r = client.post("/image/hd/submit/v1", data={"model": "tiny", **form},
+                    files={"image": ("a.png", png_bytes(disk_image(300, 200)), "image/png")})
+    assert r.status_code == 202, r.text
+    return hd_wait(client, r.json()["uuid"])
+
+
+@pytest.mark.serve
+def test_hd_takes_the_output_options(client):
+    plain = _hd(client)
+    assert plain.headers["content-type"] == "image/png"  # no option sent: the v1 PNG
+    alpha = np.asarray(Image.open(io.BytesIO(plain.content)))[..., 3]
+    mask = Image.open(io.BytesIO(_hd(client, output="mask").content))
+    assert mask.mode == "L" and np.array_equal(np.asarray(mask), alpha)
+
+    x0, y0, x1, y1 = output.subject_box(alpha, "10%")
+    cropped = _hd(client, crop="true", crop_margin="10%", output="mask", format="jpg")
+    assert cropped.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(cropped.content)).size == (x1 - x0, y1 - y0)
+
+    webp = _hd(client, format="webp", max_size="150")
+    assert webp.headers["content-type"] == "image/webp"
+    small = Image.open(io.BytesIO(webp.content))
+    assert small.size == (150, 100) and small.mode == "RGBA"
+    assert _hd(client, refine="matting", clean_mask="true").status_code == 200
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("form", [{"format": "jpg"}, {"crop_margin": "abc"}, {"max_size": "5"},
+                                  {"output": "alpha"}, {"refine": "magic"}])
+def test_bad_hd_output_options_get_the_detail_shape(client, form):
+    from conftest import disk_image, png_bytes
+
+    r = client.post("/image/hd/submit/v1", data=form,
+                    files={"image": ("a.png", png_bytes(disk_image(60, 40)), "image/png")})
+    assert r.status_code == 400 and set(r.json()) == {"detail"}, r.text
+    assert next(iter(form)) in r.json()["detail"]
+
+
+def _job_output(client, **body):
+    from test_jobs_api import wait_for
+
+    from conftest import disk_image, png_bytes
+
+    up = client.post("/api/upload", files={"file": ("a.png", png_bytes(disk_image(240, 160)),
+                                                    "image/png")})
+    job = client.post("/v1/jobs", json={"upload_id": up.json()["upload_id"], **body})
+    assert job.status_code == 201, job.text
+    job_id = job.json()["job_id"]
+    final = wait_for(lambda: (r := client.get(f"/v1/jobs/{job_id}").json())["status"]
+                     in ("completed", "failed") and r)
+    assert final["status"] == "completed", final
+    return client.get(final["output_url"])
+
+
+@pytest.mark.serve
+def test_image_jobs_take_the_output_options(client):
+    alpha = np.asarray(Image.open(io.BytesIO(_job_output(client).content)))[..., 3]
+    mask = _job_output(client, output="mask", crop=True, crop_margin="6")
+    x0, y0, x1, y1 = output.subject_box(alpha, "6")
+    grey = np.asarray(Image.open(io.BytesIO(mask.content)))
+    assert grey.ndim == 2 and np.array_equal(grey, alpha[y0:y1, x0:x1])
+
+    jpg = _job_output(client, output_format="jpg", max_size=120,
+                      background={"type": "color", "color": "#00ff00"})
+    assert jpg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpg.content)).size == (120, 80)
+    # a crop comes before the composition: the subject's box is what the canvas places
+    placed = _job_output(client, crop=True, composition={
+        "canvas": {"width": 400, "height": 100}, "foreground": {"anchor": "left"}})
+    out = np.asarray(Image.open(io.BytesIO(placed.content)))
+    assert out.shape == (100, 400, 4)
+    assert np.argmax(out[50, :, 3] > 128) < 6  # the subject's box starts at the left edge
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("body", [
+    {"output_format": "jpg"},  # transparent
+    {"max_size": 5}, {"crop_margin": "x"}, {"refine": "magic"}, {"output": "alpha"},
+    {"video_url": "https://example.com/a.mp4", "crop": True},  # an image-job option
+])
+def test_bad_job_output_options_get_the_error_shape(client, body):
+    from test_jobs_api import assert_002
+
+    if "video_url" not in body:
+        body = {"image_url": "https://example.com/a.png", **body}
+    assert_002(client.post("/v1/jobs", json=body), 400, "invalid_request")

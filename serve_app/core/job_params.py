@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.compose import Background, Composition
 from pipelines.errors import InvalidParameter
+from pipelines.output import OutputOptions
 from pipelines.sam import MAX_POINTS, Prompt
 from pipelines.textseg import split_terms
 
@@ -49,6 +50,9 @@ class JobParams(BaseModel):
     composition: Composition | None = None
     prompt: JobPrompt | None = None
     text_prompt: list[str] | None = None
+    options: OutputOptions | None = Field(None, description=(
+        "Image jobs: mask, crop, size cap, refinement (None: the defaults); the format is "
+        "`output_format`."))
     bg_image_key: str | None = Field(None, description="Video submit: the fetched background.")
     max_duration_s: float | None = Field(None, description="Video: process at most this long.")
     original_duration_s: float | None = Field(None, description="Video: the clip's length.")

@@ -56,8 +56,7 @@ async def backdrop(svc: Svc, request: Request, image: Annotated[UploadFile, File
                            light_wrap=options.light_wrap, color_match=options.color_match)
 
     def render() -> bytes:
-        return output.finish(decoded.rgb, alpha, place,
-                             options.model_dump(include=output.OPTION_FIELDS))
+        return output.finish(decoded.rgb, alpha, place, options, options.format)
 
     data = await svc.cpu.run(render)
     await svc.credits.charge(request, Charge("image.backdrop", 1, price))

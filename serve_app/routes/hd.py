@@ -1,7 +1,8 @@
 """HD images (spec 000): submit an image of any size, poll, download the PNG once.
 
 The image's header is checked here (format, pixel count) and the file stored; the `JobWorker`
-deployment cuts it out (`pipelines.render.render_image_job`).
+deployment cuts it out (`pipelines.render.render_image_job`), with the output options
+(docs/output-options.md) when any is sent.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from serve_app.core.job_params import JobParams
 from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
 from serve_app.errors import dependency_failure
 from serve_app.job_desk import detail, too_many_jobs
-from serve_app.schemas import HdProcessing, HdSubmitted
+from serve_app.schemas import HdOptions, HdProcessing, HdSubmitted
 from serve_app.services import Services, Svc
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -49,13 +50,13 @@ def _store_input(svc: Services, src: IO[bytes], key: str) -> str | None:
 @router.post("/image/hd/submit/v1", status_code=202, response_model=HdSubmitted,
              summary="Submit an image of any size for asynchronous background removal")
 async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, File()],
-                    model: Annotated[str | None, Form()] = None):
+                    options: Annotated[HdOptions, Form()]):
     limit = svc.settings.hd_max_upload_bytes  # the body as a whole: BodyLimitMiddleware
     if image.size is not None and image.size > limit:
         return detail(413, f"Image file is larger than {limit} bytes.")
     if svc.desk.worker is None:
         return detail(503, "Asynchronous processing is not enabled in this deployment.")
-    model_id = model or svc.models.default_model
+    model_id = options.model or svc.models.default_model
     if model_id not in svc.models.handles and (model_id != AUTO or not svc.models.auto_models):
         return detail(400, f"Model '{model_id}' is not available.")
     await svc.credits.require(request, svc.settings.price_image)  # charged on completion
@@ -68,7 +69,9 @@ async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, Fil
             return detail(400, problem)
         await asyncio.to_thread(
             svc.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key, start=True,
-            params=JobParams(model_id=model_id), owner=owner, max_active=max_active)
+            params=JobParams(model_id=model_id, output_format=options.format,
+                             options=options.output_only() if options.changed_fields() else None),
+            owner=owner, max_active=max_active)
     except TooManyJobs as exc:
         await asyncio.to_thread(svc.artifacts.delete, key)
         raise too_many_jobs(exc) from None
@@ -84,7 +87,9 @@ async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, Fil
 
 
 @router.get("/image/hd/result/{uuid}", summary="The HD result: 202 while processing, then PNG",
-            responses={200: {"content": {"image/png": {}}}, 202: {"model": HdProcessing}})
+            responses={200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}},
+                             "description": "PNG (or the `format` asked for)."},
+                       202: {"model": HdProcessing}})
 async def hd_result(svc: Svc, uuid: str, request: Request):
     job = await svc.desk.find(request, uuid, "hd")
     if job is None:

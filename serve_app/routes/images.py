@@ -72,8 +72,7 @@ def render(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Optio
 def finish(effect: Effect, image: DecodedImage, mask: np.ndarray, options: Options) -> bytes:
     """The encoded result with the options' output settings (pure CPU work, in a thread)."""
     return output.finish(image.rgb, mask, lambda m: render(effect, image, m, options),
-                         options.model_dump(include=output.OPTION_FIELDS),
-                         alpha=image.within_alpha)
+                         options, options.format, alpha=image.within_alpha)
 
 
 def check_upload_size(svc: Services, size: int) -> None:

@@ -17,6 +17,7 @@ from pipelines.auto import AUTO
 from pipelines.compose import Composition
 from pipelines.errors import InvalidRequest, PayloadTooLarge
 from pipelines.fetch import check_url
+from pipelines.output import OutputOptions
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
 from serve_app.app import read_json
@@ -77,20 +78,22 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
     if input_url is not None and not input_url.lower().startswith(("http://", "https://")):
         raise InvalidRequest("The input URL must be an http(s) URL.")
     fmt = req.output_format or ("webm" if kind == "video" else "png")
-    allowed = ("webm", "mp4", "mov") if kind == "video" else ("png", "webp")
+    allowed = ("webm", "mp4", "mov") if kind == "video" else ("png", "webp", "jpg")
     if fmt not in allowed:
         raise InvalidRequest(f"output_format {fmt!r} is not available for {kind} jobs; "
                              f"use one of {', '.join(allowed)}.")
     if fmt == "mp4" and req.background.type == "transparent":
         raise InvalidRequest("mp4 cannot carry transparency: give a colour background, or "
                              "use webm or mov.")
+    options = _output_options(req, kind, fmt)
     if req.webhook_url is not None:  # the delivery rules, checked now rather than never
         await check_url(req.webhook_url, svc.settings.fetch_policy(0), "webhook_url")
     if req.auto_start:
         await _require_job_credits(svc, request, kind)
     params = JobParams(model=req.model, model_id=_tier_model(svc, req.model), output_format=fmt,
                        background=req.background, composition=req.composition,
-                       prompt=_job_prompt(svc, req.prompt, kind) if req.prompt else None)
+                       prompt=_job_prompt(svc, req.prompt, kind) if req.prompt else None,
+                       options=options)
     try:
         job, created = await asyncio.to_thread(
             svc.jobs.create, api="v1", kind=kind, params=params, input_key=input_key,
@@ -126,6 +129,10 @@ async def start_job(svc: Svc, job_id: str, request: Request):
     if req.prompt is not None:
         update["prompt"] = _job_prompt(svc, req.prompt, job.kind)
     params = JobParams.model_validate(job.params.model_dump() | update)
+    if (params.output_format == "jpg" and params.background.type == "transparent"
+            and (params.options is None or params.options.output != "mask")):
+        raise InvalidRequest("background: a jpg job needs a colour background (jpg cannot "
+                             "carry transparency).", {"field": "background"})
     try:
         job = await asyncio.to_thread(svc.jobs.start, job_id, params, svc.desk.limit(request)[1])
     except KeyError:
@@ -159,6 +166,21 @@ def view(svc: Services, job: Job) -> JobView:
         output_url=output_url, output_expires_at=job.output_expires_at if output_url else None,
         error=job.error, text_prompt=(job.result or {}).get("text_prompt"),
     )
+
+
+def _output_options(req: CreateJobRequest, kind: str, fmt: str) -> OutputOptions | None:
+    """The request's output options as the job keeps them (None: all defaults)."""
+    if fmt == "jpg" and req.output != "mask" and req.background.type == "transparent":
+        raise InvalidRequest("output_format: jpg cannot carry transparency; give a colour "
+                             "background, output=mask, or use png or webp.",
+                             {"field": "output_format"})
+    changed = req.changed_fields()
+    if not changed:
+        return None
+    if kind != "image":
+        raise InvalidRequest(f"{changed[0]} is an output option of image jobs.",
+                             {"field": changed[0]})
+    return req.output_only()
 
 
 def _job_prompt(svc: Services, prompt: JobPrompt, kind: str) -> JobPrompt:
