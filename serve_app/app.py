@@ -37,6 +37,36 @@ app = FastAPI(
     "`image` or an `image_url`; several models at once, every result returned to compare.",
 )
 install_error_handlers(app)
+_JSON_BODIES: dict[str, type[BaseModel]] = {}
+
+
+def json_body(model: type[BaseModel], required: bool = True) -> dict:
+    """`openapi_extra` for a route that reads its JSON body itself (`read_json`, for the size
+    limit and the family's error shapes): the body's model in the OpenAPI document."""
+    _JSON_BODIES[model.__name__] = model
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": required,
+                            "content": {"application/json": {"schema": ref}}}}
+
+
+_fastapi_openapi = app.openapi
+
+
+def _openapi() -> dict:
+    """FastAPI's document, plus the models of the bodies the routes read themselves."""
+    cached = app.openapi_schema is not None
+    schema = _fastapi_openapi()
+    if not cached:
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, model in _JSON_BODIES.items():
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for def_name, definition in body.pop("$defs", {}).items():
+                components.setdefault(def_name, definition)
+            components[name] = body
+    return schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 def body_limit(path: str, s: Settings) -> tuple[int, ServiceError]:
     """The most a request to `path` may send, and the error (in its family's terms) beyond."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import time
 
 import numpy as np
@@ -164,6 +166,37 @@ def test_openapi_documents_the_image_api(client):
     for effect in ("matte", "blur", "color", "gradient", "shadow"):
         assert f"/image/{effect}/v1" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_openapi_shows_the_output_options_with_their_ranges(client):
+    spec = client.get("/openapi.json").json()
+
+    def resolved(schema: dict) -> dict:
+        """The schema's properties, through $ref and allOf (a form model beside the file)."""
+        if "$ref" in schema:
+            return resolved(spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]])
+        fields = dict(schema.get("properties", {}))
+        for part in schema.get("allOf", []):
+            fields |= resolved(part)
+        return fields
+
+    def properties(path: str, content_type: str) -> dict:
+        body = spec["paths"][path]["post"]["requestBody"]["content"][content_type]
+        return resolved(body["schema"])
+
+    for path, content_type in (("/image/matte/v1", "multipart/form-data"),
+                               ("/image/hd/submit/v1", "multipart/form-data")):
+        fields = properties(path, content_type)
+        assert {"output", "crop", "crop_margin", "max_size", "format", "refine",
+                "clean_mask"} <= set(fields), path
+        size = next(s for s in fields["max_size"]["anyOf"] if s["type"] == "integer")
+        assert (size["minimum"], size["maximum"]) == (16, 20000)
+        assert fields["refine"]["enum"] == ["none", "matting"]
+    jobs = properties("/v1/jobs", "application/json")  # a body the route reads itself
+    assert {"output", "crop", "crop_margin", "max_size", "refine", "clean_mask",
+            "output_format", "image_url"} <= set(jobs)
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(spec)))
+    assert refs and refs <= set(spec["components"]["schemas"])  # every reference resolves
 
 
 # ---- Python handle API ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pipelines.fetch import check_url
 from pipelines.output import OutputOptions
 from pipelines.sam import prompt_model_missing
 from pipelines.textseg import split_terms
-from serve_app.app import read_json
+from serve_app.app import json_body, read_json
 from serve_app.core.errors import NotFound, StateConflict
 from serve_app.core.job_params import JobParams, JobPrompt
 from serve_app.core.jobs import COMPLETED, Job, TooManyJobs, TransitionError
@@ -34,7 +34,8 @@ _JSON_LIMIT = 256 * 1024
 
 
 @router.post("/v1/jobs", status_code=201, response_model=JobView,
-             summary="Create a job (optionally started at once)")
+             summary="Create a job (optionally started at once)",
+             openapi_extra=json_body(CreateJobRequest))
 async def create_job(svc: Svc, request: Request,
                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     req = await _job_json(request, CreateJobRequest)
@@ -108,7 +109,8 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
 
 
 @router.post("/v1/jobs/{job_id}/start", response_model=JobView,
-             summary="Start a created job with its model, background and composition")
+             summary="Start a created job with its model, background and composition",
+             openapi_extra=json_body(StartJobRequest, required=False))
 async def start_job(svc: Svc, job_id: str, request: Request):
     job = await svc.desk.find(request, job_id, "v1")
     if job is None:

@@ -47,7 +47,7 @@ from pipelines.images import (
     upscale,
 )
 from pipelines.render import cutout
-from serve_app.app import read_json
+from serve_app.app import json_body, read_json
 from serve_app.core.errors import ProcessingError
 from serve_app.core.keys import Charge
 from serve_app.core.store import ModelRun
@@ -83,13 +83,6 @@ _ERRORS = {
     422: {"description": "processing_error: every model failed (rows in details.results)."},
     503: {"description": "service_unavailable: no model is being served."},
 }
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body for routes that read and validate JSON themselves (size-limited)."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}}}
 
 
 def _ms(seconds: float) -> int:
@@ -227,7 +220,7 @@ async def selection_stats(svc: Services, category: str | None = None) -> Selecti
 
 # ---- HTTP (spec 003) ----------------------------------------------------------------------
 @router.post("/remove-background", response_model=RemoveBackgroundResponse, responses=_ERRORS,
-          openapi_extra=_json_body(RemoveBackgroundRequest),
+          openapi_extra=json_body(RemoveBackgroundRequest),
           summary="Shotgun: run several background-removal models in parallel")
 async def http_remove_background(svc: Svc, request: Request) -> RemoveBackgroundResponse:
     req = await _read_json(svc, request, RemoveBackgroundRequest)
@@ -241,7 +234,7 @@ async def http_remove_background(svc: Svc, request: Request) -> RemoveBackground
     return result
 
 @router.post("/upscale", response_model=UpscaleResponse, responses=_ERRORS,
-          openapi_extra=_json_body(UpscaleRequest),
+          openapi_extra=json_body(UpscaleRequest),
           summary="Upscale ×2 or ×4 with Lanczos, keeping transparency")
 async def http_upscale(svc: Svc, request: Request) -> UpscaleResponse:
     req = await _read_json(svc, request, UpscaleRequest)
@@ -252,7 +245,7 @@ async def http_upscale(svc: Svc, request: Request) -> UpscaleResponse:
     return result
 
 @router.post("/process", response_model=ProcessResponse, responses=_ERRORS,
-          openapi_extra=_json_body(ProcessRequest),
+          openapi_extra=json_body(ProcessRequest),
           summary="Shotgun background removal, then every result upscaled")
 async def http_process(svc: Svc, request: Request) -> ProcessResponse:
     req = await _read_json(svc, request, ProcessRequest)
@@ -265,7 +258,7 @@ async def http_process(svc: Svc, request: Request) -> ProcessResponse:
     return result
 
 @router.post("/log-selection", response_model=SelectionResponse, responses=_ERRORS,
-          openapi_extra=_json_body(SelectionRequest),
+          openapi_extra=json_body(SelectionRequest),
           summary="Record which model's result the user picked")
 async def http_log_selection(svc: Svc, request: Request) -> SelectionResponse:
     return await log_selection(svc, await _read_json(svc, request, SelectionRequest),
