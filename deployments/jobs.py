@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -30,11 +31,13 @@ from ray.serve.handle import DeploymentHandle
 from deployments.metrics import CREDITS_CHARGED, JOBS
 from pipelines import video, webhooks
 from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, categorize_clip
+from pipelines.catalog import ModelSpec
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
 from pipelines.sam import prompt_model_missing
+from pipelines.segmenter import for_model, to_size
 from pipelines.temporal import MaskSmoother
 from serve_app.core.artifacts import artifact_store
 from serve_app.core.db import now
@@ -54,8 +57,11 @@ class JobWorker:
     def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0,
                  prompter: DeploymentHandle | None = None,
                  text_segmenter: DeploymentHandle | None = None,
-                 auto_models: list[ServedModel] | None = None) -> None:
+                 auto_models: list[ServedModel] | None = None,
+                 specs: dict[str, dict[str, Any]] | None = None) -> None:
         self.models = models
+        # the served models' catalog entries: what each model reads (`_segment`)
+        self.specs = {m: ModelSpec.model_validate(e) for m, e in (specs or {}).items()}
         self.auto_models = auto_models or []  # what `model=auto` chooses from
         self._rates: tuple[float, dict] = (0.0, {})  # logged selections' win rates, cached
         self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
@@ -180,12 +186,28 @@ class JobWorker:
             raise ServiceError(f"Model '{model_id}' is not served by this deployment.")
         return handle
 
+    def _segment(self, model_id: str, rgb: np.ndarray) -> Callable[[], np.ndarray]:
+        """Start `model_id`'s mask of `rgb`; returns the wait for the full-size mask. The
+        replica gets the image at the model's input size and answers at its output size
+        (`pipelines.segmenter.for_model`): a 48 MP HD image crosses Ray as 0.3 MB, not 144."""
+        handle = self._model(model_id)
+        spec = self.specs.get(model_id)
+        sent, native = for_model(rgb, spec) if spec is not None else (rgb, False)
+        response = handle.segment.remote(sent, native)
+
+        def wait() -> np.ndarray:
+            mask = response.result(timeout_s=self.model_timeout_s)[0]
+            if native and spec is not None:
+                return to_size(mask, spec, (rgb.shape[1], rgb.shape[0]))
+            return mask
+        return wait
+
     def _person_mask(self, policy: AutoPolicy):
         """The person model's mask function for auto's cue (None without a person model)."""
         if policy.person_model is None:
             return None
-        handle = self._model(policy.person_model)
-        return lambda rgb: handle.predict.remote(rgb).result(timeout_s=self.model_timeout_s)
+        person_model = policy.person_model
+        return lambda rgb: self._segment(person_model, rgb)()
 
     def _win_rates(self) -> dict:
         """The logged selections' win rates (what `/image/*` auto weighs too), read at most
@@ -232,9 +254,8 @@ class JobWorker:
             model_id = params.model_id
             if model_id == AUTO:
                 model_id = report["model_id"] = self._auto_image(rgb)
-            handle = self._model(model_id)
-            ref = ray.put(rgb)
-            mask, _seconds = handle.segment.remote(ref).result(timeout_s=self.model_timeout_s)
+            mask = self._segment(model_id, rgb)()
+            ref = ray.put(rgb) if params.text_prompt or params.prompt is not None else None
             if params.text_prompt:
                 mask, report["text_prompt"] = self._text_select(ref, params.text_prompt, mask)
             if params.prompt is not None:
@@ -284,9 +305,8 @@ class JobWorker:
         fmt = params.output_format
         report: dict = {}
 
-        def submit(rgb: np.ndarray):
-            response = handle.segment.remote(rgb)
-            return lambda: response.result(timeout_s=self.model_timeout_s)[0]
+        def submit(rgb: np.ndarray) -> Callable[[], np.ndarray]:
+            return self._segment(model_id, rgb)
 
         last = [0.0]
 
@@ -312,7 +332,6 @@ class JobWorker:
             model_id = params.model_id
             if model_id == AUTO:
                 model_id = report["model_id"] = self._auto_video(str(src), params.max_duration_s)
-            handle = self._model(model_id)
             result = render_video(
                 str(src), str(dst), submit, output_format=fmt,
                 background=params.background, background_image=background_image,

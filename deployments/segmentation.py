@@ -4,6 +4,8 @@ The builder applies `serve.deployment(SegmentationModel, name=<model id>, **pool
 class itself is plain and can be constructed in a test without Ray. Calls carry numpy arrays:
 an RGB uint8 image in, a uint8 alpha mask of the same size out (`predict`), or the mask and the
 inference seconds attributed to the call (`segment`, which the shotgun uses to price each call).
+With `native=True` the image is already at the model's input size and the mask comes back at
+the model's output size (`pipelines.segmenter.for_model` / `to_size`: the caller resizes).
 """
 
 from __future__ import annotations
@@ -74,11 +76,11 @@ class SegmentationModel:
         self._segment_batched.set_max_batch_size(size)
         self._segment_batched.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", 0.0)))
 
-    async def predict(self, image: np.ndarray) -> np.ndarray:
+    async def predict(self, image: np.ndarray, native: bool = False) -> np.ndarray:
         """Alpha mask (uint8 H x W) for an RGB image (uint8 H x W x 3)."""
-        return (await self.segment(image))[0]
+        return (await self.segment(image, native))[0]
 
-    async def segment(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    async def segment(self, image: np.ndarray, native: bool = False) -> tuple[np.ndarray, float]:
         """The alpha mask and the inference seconds attributed to this call.
 
         With batching on (pool `batch.max_batch_size` > 1), concurrent calls are grouped by
@@ -89,8 +91,8 @@ class SegmentationModel:
         MODEL_IN_FLIGHT.set(self._in_flight, {"model": self.spec.id})
         try:
             if self._batching:
-                return await self._segment_batched(image)
-            return (await self._infer([image], solo=self._in_flight == 1))[0]
+                return await self._segment_batched(image, native)
+            return (await self._infer([image], [native], solo=self._in_flight == 1))[0]
         finally:
             self._in_flight -= 1
             MODEL_IN_FLIGHT.set(self._in_flight, {"model": self.spec.id})
@@ -107,16 +109,19 @@ class SegmentationModel:
         }
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-    async def _segment_batched(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
-        return await self._infer(images)
+    async def _segment_batched(self, images: list[np.ndarray],
+                               native: list[bool]) -> list[tuple[np.ndarray, float]]:
+        return await self._infer(images, native)
 
-    async def _infer(self, images: list[np.ndarray], solo: bool = False) -> list[tuple[np.ndarray, float]]:
+    async def _infer(self, images: list[np.ndarray], native: list[bool],
+                     solo: bool = False) -> list[tuple[np.ndarray, float]]:
         # Inference releases the GIL; a worker thread keeps the event loop free meanwhile.
         self._images += len(images)
         self._largest_batch = max(self._largest_batch, len(images))
         async with self._slots:
             started = time.perf_counter()
-            masks = await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo)
+            masks = await asyncio.to_thread(self.segmenter.predict_batch, images, solo=solo,
+                                            native=native)
             elapsed = time.perf_counter() - started
             share = elapsed / len(images)
         model, pool = self.spec.id, self.spec.tier.value

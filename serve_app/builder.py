@@ -198,7 +198,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
         ).bind(handles, model_timeout_s=config.jobs.model_timeout_s, prompter=prompter,
-               text_segmenter=text_model, auto_models=auto_models)
+               text_segmenter=text_model, auto_models=auto_models,
+               specs={m: catalog.get(m).model_dump(mode="json") for m in handles})
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
         setup.model_dump(mode="json"), worker, prompter, generator,

@@ -370,7 +370,7 @@ def _batch(args: argparse.Namespace) -> int:
 def _serve(args) -> int:
     from serve_app.launcher import run_service  # noqa: PLC0415
 
-    return run_service(args.config)
+    return run_service(args.config, dashboard=args.dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     sv = sub.add_parser("serve", help="run the service (serve run CONFIG) until Ctrl-C or "
                         "SIGTERM, then stop it and its local Ray cluster cleanly")
     sv.add_argument("config", nargs="?", default="configs/local.yaml")
+    sv.add_argument("--dashboard", action="store_true",
+                    help="start Ray's dashboard too (web UI on :8265, `serve status`, the Jobs "
+                         "API; ~0.5-1 GB more memory)")
     sv.set_defaults(func=_serve)
     b = sub.add_parser("batch", help="cut out a folder (or fsspec URL) of images with Ray Data")
     b.add_argument("input", help="folder, image file or fsspec URL (s3://, gs://, ... with its "

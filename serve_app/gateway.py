@@ -23,10 +23,11 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize
-from pipelines.catalog import Price
+from pipelines.catalog import ModelSpec, Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from pipelines.images import DecodedImage
 from pipelines.sam import Prompt, prompt_model_missing
+from pipelines.segmenter import for_model, to_size
 from serve_app.core.errors import ServiceUnavailable
 from serve_app.schemas import MatteOptions
 
@@ -62,12 +63,14 @@ class ModelGateway:
     # category -> model id -> (wins, offered), from the logged selections
     win_rates: Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None = None
     prices: dict[str, Price] = field(init=False)
+    specs: dict[str, ModelSpec] = field(init=False)
     _rates: tuple[float, Mapping[str, Mapping[str, tuple[int, int]]]] = field(
         init=False, default=(0.0, {}))
 
     def __post_init__(self) -> None:
         self.prices = {m: Price.model_validate(e.get("price") or {})
                        for m, e in self.catalog.items()}
+        self.specs = {m: ModelSpec.model_validate(self.catalog[m]) for m in self.handles}
 
     def check(self, requested: str | None) -> str:
         """The model id a request names (the default when none), checked before any work:
@@ -88,8 +91,7 @@ class ModelGateway:
         person_model = policy.person_model
         mask = None
         if person_model is not None:
-            with calling(f"Model '{person_model}'"):
-                mask = await self.handles[person_model].predict.remote(image.rgb)
+            mask = (await self.segment(person_model, image.rgb))[0]
         category = await asyncio.to_thread(categorize, image.rgb, mask)
         return policy.choose(category, *image.size)[0]
 
@@ -122,13 +124,29 @@ class ModelGateway:
         """`model_id`'s mask of `image` (default: the options' model, `auto` resolved),
         corrected by the options' clicks and box if any."""
         model_id = model_id or await self.resolve(options.model, image)
-        handle = self.handle(model_id)
-        with calling(f"Model '{model_id}'"):
-            mask = await handle.predict.remote(image.rgb)
+        mask = (await self.segment(model_id, image.rgb))[0]
         prompt = options.prompt()
         if prompt:
             mask = await self.prompted_mask(image.rgb, prompt, mask, options.prompt_mode)
         return mask
+
+    async def segment(self, model_id: str, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """`model_id`'s mask of `rgb` at full size and the inference seconds it is charged.
+        The replica gets the image at the model's input size and answers at its output size
+        (`pipelines.segmenter.for_model`); a cancelled or failed call cancels its request."""
+        handle = self.handle(model_id)
+        spec = self.specs[model_id]
+        sent, native = await asyncio.to_thread(for_model, rgb, spec)
+        response = handle.segment.remote(sent, native)
+        try:
+            with calling(f"Model '{model_id}'"):
+                mask, seconds = await response
+        except BaseException:
+            response.cancel()  # a timeout or a client gone: stop the replica's work too
+            raise
+        if native:
+            mask = await asyncio.to_thread(to_size, mask, spec, (rgb.shape[1], rgb.shape[0]))
+        return mask, seconds
 
     async def prompted_mask(self, rgb: np.ndarray, prompt: Prompt, base: np.ndarray | None,
                             mode: str) -> np.ndarray:

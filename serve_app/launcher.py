@@ -1,5 +1,6 @@
 """`bgremove serve CONFIG`: `serve run CONFIG` in the foreground, stopped cleanly by Ctrl-C,
-SIGTERM or SIGHUP, with no Ray process left behind (what `make run` uses).
+SIGTERM or SIGHUP, with no Ray process left behind (what `make run` uses). The local Ray
+cluster starts without Ray's dashboard unless `--dashboard` is given (`serve_app.serve_run`).
 
 `serve run` alone is awkward to stop: started in the background of a script its SIGINT is
 ignored (shells do that to background jobs), and SIGTERM kills it without shutting Serve down,
@@ -20,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SHUTDOWN_NOISE = re.compile(r"killed by `ray\.kill`|graceful_shutdown failed|"
@@ -44,11 +44,11 @@ def _kill_session(pgid: int, sig: int) -> None:
         pass
 
 
-def run_service(config: str, grace_s: float = 5.0) -> int:
+def run_service(config: str, grace_s: float = 5.0, dashboard: bool = False) -> int:
     """Run `serve run config` until it exits or a stop signal arrives; returns an exit code
     (0 after a requested stop)."""
-    serve = Path(sys.executable).with_name("serve")
-    command = [str(serve) if serve.exists() else "serve", "run", config]
+    command = [sys.executable, "-m", "serve_app.serve_run", config,
+               *(["--dashboard"] if dashboard else [])]
     child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
     stop = threading.Event()

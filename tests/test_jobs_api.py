@@ -304,7 +304,7 @@ def test_job_survives_the_app_being_killed_mid_job(client, base_url, tmp_path_fa
     def deploy(delay_s: float):
         @serve.deployment(name="slow-model", ray_actor_options={"num_cpus": 0.05})
         class SlowModel:
-            async def segment(self, image):
+            async def segment(self, image, native=False):
                 await asyncio.sleep(delay_s)
                 return np.full(image.shape[:2], 255, np.uint8), delay_s
 

@@ -77,3 +77,23 @@ def test_half_precision_graph_gives_the_same_cut_out(real_models, model_id, phot
     fp16 = segment(real_models, model_id, photo, "fp16")
     assert iou(fp32, fp16) >= 0.99
     assert np.abs(fp32.astype(int) - fp16.astype(int)).mean() < 1.0  # of 255
+
+
+@pytest.mark.parametrize("model_id", ["u2netp", "mediapipe-selfie-landscape"])
+def test_sending_the_model_its_input_size_gives_the_same_pixels(real_models, model_id):
+    """What crosses Ray (`for_model` in the ingress and the job worker, `native` masks back,
+    `to_size` where the cut-out is made) gives the very mask of the full-size call, from a
+    fraction of the bytes."""
+    from pipelines.segmenter import for_model, to_size
+
+    spec = load_catalog().get(model_id)
+    seg = OnnxSegmenter(spec, real_models / spec.weights.file)
+    rgb = np.asarray(Image.fromarray(decode_image(media("astronaut").read_bytes()).rgb)
+                     .resize((1600, 1200)))  # a 2 MP photo, larger than any model input
+    full = seg.predict(rgb)
+    sent, native = for_model(rgb, spec)
+    [small] = seg.predict_batch([sent], native=[native])
+    assert native and sent.nbytes * 15 < rgb.nbytes and small.nbytes * 15 < full.nbytes
+    assert np.array_equal(to_size(small, spec, (1600, 1200)), full)
+    tiny = rgb[:100, :120].copy()  # smaller than the model's input: sent as it is
+    assert for_model(tiny, spec)[0] is tiny and for_model(tiny, spec)[1] is False

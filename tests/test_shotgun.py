@@ -359,7 +359,7 @@ def timing_url(base_url, tmp_path_factory):
 
         cancelled = 0
 
-        async def segment(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        async def segment(self, image: np.ndarray, native: bool = False) -> tuple[np.ndarray, float]:
             try:
                 await asyncio.sleep(self.delay_s)
             except asyncio.CancelledError:

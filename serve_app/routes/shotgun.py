@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-import ray
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -51,7 +50,6 @@ from serve_app.app import json_body, read_json
 from serve_app.core.errors import ProcessingError
 from serve_app.core.keys import Charge
 from serve_app.core.store import ModelRun
-from serve_app.gateway import calling
 from serve_app.platform import caller_id
 from serve_app.schemas import (
     Dimensions,
@@ -284,22 +282,16 @@ async def result_file(svc: Svc, job_id: str, name: str):
 # ---- helpers ------------------------------------------------------------------------------
 async def _fan_out(svc: Services, image: DecodedImage, model_ids: list[str],
                    finish: Callable[[str, np.ndarray], Any]) -> list[_Outcome]:
-    # One copy in the object store for every model: passing the array itself would
-    # serialise it once per model (10-20x slower for a 12 MP photo and 5 models).
-    ref = await asyncio.to_thread(ray.put, image.rgb)
+    # Each model gets the image at its own input size (resized here, in parallel threads) and
+    # answers at its output size: a 12 MP photo is a few hundred KB per model over Ray.
     timeout = svc.setup.shotgun.model_timeout_s
 
     async def one(model_id: str) -> _Outcome:
         started = time.perf_counter()
         outcome = _Outcome(model_id, 0.0)
-        response = None
         try:
-            handle = svc.models.handle(model_id)
-            response = handle.segment.remote(ref)
-            async with asyncio.timeout(timeout):
-                with calling(f"Model '{model_id}'"):
-                    mask, outcome.compute_s = await response
-            response = None
+            async with asyncio.timeout(timeout):  # a timeout cancels the replica's request
+                mask, outcome.compute_s = await svc.models.segment(model_id, image.rgb)
             outcome.stage = "finish"
             outcome.value = await svc.cpu.run(finish, model_id, mask)
         except TimeoutError:
@@ -309,9 +301,6 @@ async def _fan_out(svc: Services, image: DecodedImage, model_ids: list[str],
         except Exception:  # noqa: BLE001 - one model's failure is reported in its row
             log.exception("shotgun: model %s failed (%s)", model_id, outcome.stage)
             outcome.error = "Model failed with an internal error"
-        finally:
-            if response is not None:  # timed out or cancelled: stop the replica's work too
-                response.cancel()
         outcome.elapsed_s = time.perf_counter() - started
         return outcome
 
