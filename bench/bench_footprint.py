@@ -56,7 +56,9 @@ def family(proc: psutil.Process) -> str:
         cmd = " ".join(proc.cmdline()) or proc.name()
     except psutil.Error:
         return "?"
-    for key in ("ServeReplica", "ProxyActor", "ServeController"):
+    if "ServeReplica:" in cmd:  # ray::ServeReplica:<app>:<deployment>
+        return cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+    for key in ("ProxyActor", "ServeController"):
         if key in cmd:
             return f"ray::{key}"
     for key in ("gcs_server", "raylet", "dashboard/agent", "runtime_env/agent", "dashboard.py",
@@ -95,11 +97,12 @@ def measure(config: str, dashboard: bool, idle_s: float) -> dict:
             assert cut.status_code == 200, cut.text
             time.sleep(idle_s)
             metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-            dashboard_up = _answers("http://127.0.0.1:8265/api/version")
+            dashboard_up = _answers("http://127.0.0.1:8265/")
         procs = [launcher_proc := psutil.Process(launcher.pid),
                  *launcher_proc.children(recursive=True)]
         rss = pss = 0
         roles: collections.Counter[str] = collections.Counter()
+        role_pss: collections.Counter[str] = collections.Counter()
         for p in procs:
             try:
                 info = p.memory_full_info()
@@ -107,8 +110,10 @@ def measure(config: str, dashboard: bool, idle_s: float) -> dict:
                 continue
             rss, pss = rss + info.rss, pss + info.pss
             roles[family(p)] += 1
+            role_pss[family(p)] += info.pss
         return {"dashboard": dashboard, "up_s": up_s, "rss_mib": rss / 2**20,
                 "pss_mib": pss / 2**20, "processes": sum(roles.values()), "roles": roles,
+                "role_pss": role_pss,
                 "metrics": "ray_serve_" in metrics, "dashboard_up": dashboard_up}
     finally:
         launcher.send_signal(signal.SIGTERM)
@@ -131,7 +136,9 @@ def main() -> None:
     runs = [measure(args.config, dashboard, args.idle_s) for dashboard in (True, False)]
     rows = []
     for r in runs:
-        roles = ", ".join(f"{k} {v}" for k, v in sorted(r["roles"].items()))
+        roles = ", ".join(f"{k}{f' x{n}' if n > 1 else ''} {r['role_pss'][k] / 2**20:.0f}"
+                          for k, n in sorted(r["roles"].items(),
+                                             key=lambda kv: -r["role_pss"][kv[0]]))
         rows.append(f"| {'with' if r['dashboard'] else '**without** (default)'} | "
                     f"{r['rss_mib']:.0f} | {r['pss_mib']:.0f} | {r['processes']} | "
                     f"{r['up_s']:.0f} | {'yes' if r['metrics'] else 'NO'} | "
@@ -142,7 +149,7 @@ def main() -> None:
         f"_{dt.date.today()}, {machine}; `{args.config}`, idle {args.idle_s:g} s after one "
         "cut-out; `bench/bench_footprint.py`._", "",
         "| dashboard | idle RSS MiB | idle PSS MiB | processes | start s | metrics | :8265 | "
-        "processes by role |", "|---|---|---|---|---|---|---|---|", *rows, "",
+        "PSS MiB by process (largest first) |", "|---|---|---|---|---|---|---|---|", *rows, "",
         f"Without the dashboard: {before['rss_mib'] - after['rss_mib']:.0f} MiB less RSS, "
         f"{before['pss_mib'] - after['pss_mib']:.0f} MiB less PSS, "
         f"{before['processes'] - after['processes']} fewer processes."])

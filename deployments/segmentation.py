@@ -38,6 +38,7 @@ class SegmentationModel:
         concurrent_inferences: int = 1,
         solo_intra_op_threads: int = 0,
         precision: str = "auto",
+        cpu_memory_arena: bool = True,
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         self.segmenter = OnnxSegmenter(
@@ -47,6 +48,7 @@ class SegmentationModel:
             intra_op_threads=intra_op_threads,
             solo_threads=solo_intra_op_threads,
             precision=precision,
+            memory_arena=cpu_memory_arena,
         )
         # A session's first runs allocate its memory arena (u2netp: 463 vs 306 ms for the first
         # and second call here): pay that at start-up, not on a user's first request.
@@ -60,7 +62,8 @@ class SegmentationModel:
         self._settings = {"providers": self.segmenter.providers, "intra_op_threads": intra_op_threads,
                           "concurrent_inferences": concurrent_inferences,
                           "solo_intra_op_threads": solo_intra_op_threads,
-                          "precision": self.segmenter.precision}
+                          "precision": self.segmenter.precision,
+                          "cpu_memory_arena": cpu_memory_arena}
         self._batching = False
         self._batch: dict[str, Any] = {}
         self._in_flight = 0

@@ -101,8 +101,29 @@ def postprocess(raw: np.ndarray, q: Postprocess, size: tuple[int, int] | None) -
     return np.asarray(mask)
 
 
-def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+_SHARED_ARENA: list[bool] = []
+
+
+def _share_cpu_arena() -> None:
+    """One CPU memory arena for every session of this process (registered once): a replica's
+    two sessions (concurrent and solo) otherwise each keep their own peak, e.g. u2netp's
+    ~470 MB twice after a run (measured: 969 -> 510 MiB, the same latency)."""
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                 ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+        _SHARED_ARENA.append(True)
+
+
+def session_options(intra_op_threads: int = 0, memory_arena: bool = True) -> ort.SessionOptions:
+    """`memory_arena=False`: memory is returned after every run instead of kept for the next
+    (a large model's idle memory falls ~5x; each run is slower on CPU)."""
     opts = ort.SessionOptions()
+    if memory_arena:
+        _share_cpu_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+    else:
+        opts.enable_cpu_mem_arena = False
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime decides (all cores)
     opts.inter_op_num_threads = 1
@@ -123,6 +144,7 @@ class OnnxSegmenter:
         intra_op_threads: int = 0,
         solo_threads: int = 0,
         precision: str = "auto",
+        memory_arena: bool = True,
     ) -> None:
         """`solo_threads` > 0 opens a second session with that many threads, used for a call
         that runs alone (`predict_batch(..., solo=True)`): one request gets every core, while
@@ -130,6 +152,7 @@ class OnnxSegmenter:
 
         `precision`: `fp16` runs a half-precision copy of the graph (made in memory, float32
         in and out), `fp32` the file as it is, `auto` fp16 on a GPU provider and fp32 on CPU.
+        `memory_arena`: see `session_options`.
         """
         path = Path(weights_path)
         if not path.is_file():
@@ -143,10 +166,10 @@ class OnnxSegmenter:
         self.precision = resolve_precision(precision, chosen[0])
         graph: str | bytes = half_precision(path) if self.precision == "fp16" else str(path)
         self.session = ort.InferenceSession(
-            graph, sess_options=session_options(intra_op_threads), providers=chosen
+            graph, sess_options=session_options(intra_op_threads, memory_arena), providers=chosen
         )
         self.solo_session = (
-            ort.InferenceSession(graph, sess_options=session_options(solo_threads),
+            ort.InferenceSession(graph, sess_options=session_options(solo_threads, memory_arena),
                                  providers=chosen)
             if solo_threads > 0 and solo_threads != intra_op_threads else self.session
         )

@@ -176,3 +176,13 @@ def test_fp16_keeps_large_constants_and_feedable_weights(tmp_path):
     model = onnx.load(feedable)
     assert fold_fp16_storage(model) == 0
     assert [n.op_type for n in model.graph.node] == ["Cast", "Add"]
+
+
+def test_memory_arena_off_gives_the_same_masks(tiny_model):
+    """`cpu_memory_arena: false` (a pool option) changes where memory goes, not the result;
+    with it on, a replica's sessions share one arena."""
+    rgb = disk_image(90, 60)
+    kept = OnnxSegmenter(tiny_spec(), tiny_model, solo_threads=2)
+    freed = OnnxSegmenter(tiny_spec(), tiny_model, memory_arena=False)
+    assert np.array_equal(kept.predict(rgb), freed.predict(rgb))
+    assert np.array_equal(kept.predict_batch([rgb], solo=True)[0], kept.predict(rgb))
