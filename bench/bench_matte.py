@@ -10,7 +10,8 @@ processes, sampled every 0.2 s) and server CPU seconds per request. The markdown
 stdout and, when both servers ran (or --out is given), into docs/benchmarks.md.
 
 Servers:
-  ours   `serve run bench/bench_serve.yaml` (u2netp only), request `image` + `model=u2netp`
+  ours   `serve run bench/bench_serve.yaml` (u2netp only) as `bgremove serve` runs it (no Ray
+         dashboard: `python -m serve_app.serve_run`), request `image` + `model=u2netp`
   rembg  bench/rembg_server.py: rembg.remove(..., session=new_session("u2netp")) in a thread,
          as `rembg s` does; request `file` + `model=u2netp`
 Both use the same u2netp.onnx (md5 8e83ca70..., rembg's release file), fetched with
@@ -404,7 +405,8 @@ class OursServer(Server):
         env.pop("RAY_ADDRESS", None)  # always a fresh local cluster
         env["PYTHONUNBUFFERED"] = "1"
         cfg = self.config.relative_to(REPO) if self.config.is_relative_to(REPO) else self.config
-        return [str(VENV_BIN / "serve"), "run", str(cfg)], env
+        # as `bgremove serve` starts it: `serve run` on a local Ray without the dashboard
+        return [sys.executable, "-m", "serve_app.serve_run", str(cfg)], env
 
     def healthy(self, client: httpx.Client) -> bool:
         r = client.get(f"{self.base}/health")
