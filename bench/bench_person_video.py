@@ -4,12 +4,13 @@ and a naive per-frame loop over the person model auto chose.
 
     .venv/bin/python bench/bench_person_video.py --out docs/benchmarks.md
 
-Clip: bench/media.py's 1280x720 pan over the astronaut photo (a person, face to the camera),
-first 4 s (80 frames), transparent WebM out. Ours: `bench/bench_video_auto.yaml` (u2netp and the
-two MediaPipe person models, `default_model: auto`), submit without `model`, poll until the file
-is read, one warm-up job first; `X-Model` says which model ran. Naive u2netp: bench_video.py's
-loop (PyAV decode -> `rembg.remove` per frame -> `VideoWriter`). Naive person loop: the same with
-`OnnxSegmenter(<that model>, 2 threads).predict` and the RGBA written as it is. The loops run in
+Clip: bench/media.py's 1280x720 pan over the astronaut photo with her head in frame (a
+person, face to the camera), 4 s (80 frames), transparent WebM out. Ours:
+`bench/bench_video_auto.yaml` (u2netp and the two MediaPipe person models, `default_model:
+auto`), submit without `model`, poll until the file is read, one warm-up job first; `X-Model`
+says which model ran. Naive u2netp: bench_video.py's loop (PyAV decode -> `rembg.remove` per
+frame -> `VideoWriter`). Naive person loop: the same with `OnnxSegmenter(<that model>, 2
+threads).predict` and the RGBA written as it is. The loops run in
 this process after the app is stopped. Not a test: nothing here runs under pytest.
 """
 
@@ -32,13 +33,15 @@ import bench_video  # noqa: E402
 from bench_video import REPO, VideoServer, count_frames, median, run_naive  # noqa: E402
 
 from docs_section import write_section  # noqa: E402
+from media import clip as make_clip  # noqa: E402
 
 DOC_BEGIN, DOC_END = "<!-- bench_person_video:start -->", "<!-- bench_person_video:end -->"
 DOC_HEAD = """## Person video with `model=auto` (issue 18)
 
 A person clip sent to `/video/submit/v1` without a model runs on the person model auto picks
 (decided once from 5 sampled frames), against naive per-frame loops (`bench/bench_person_video.py`;
-the clip is bench/media.py's 1280x720 pan over the astronaut photo, 4 s, transparent WebM):
+the clip is bench/media.py's 1280x720 pan over the astronaut photo with her head in frame, 4 s,
+transparent WebM):
 
 """
 
@@ -115,8 +118,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--runs", type=int, default=2)
     own, rest = ap.parse_known_args()
+    clip = make_clip(head_in_frame=True)
     args = bench_video.parse_args(["--serve-config", str(REPO / "bench" / "bench_video_auto.yaml"),
-                                   "--runs", str(own.runs), *rest])
+                                   "--runs", str(own.runs), "--clip", str(clip), *rest])
     with tempfile.TemporaryDirectory(prefix="bench-person-video-") as t:
         tmp = Path(t)
         ours = run_ours(args, tmp)

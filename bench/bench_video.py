@@ -87,8 +87,9 @@ class VideoServer(OursServer):
 
 
 def one_job(client: httpx.Client, base: str, clip: bytes, color: bool, out: Path,
-            timeout: float) -> float:
-    data = {"model": MODEL} | ({"bg_color": ",".join(map(str, COLOR))} if color else {})
+            timeout: float, model: str | None = MODEL) -> float:
+    data = ({"model": model} if model else {}) | (
+        {"bg_color": ",".join(map(str, COLOR))} if color else {})
     t0 = time.perf_counter()
     r = client.post(f"{base}/video/submit/v1", files={"video": ("clip.mp4", clip, "video/mp4")},
                     data=data)

@@ -29,13 +29,16 @@ def photo(name: str = "astronaut.png") -> Path:
     return media_dir() / name
 
 
-def clip(seconds: float = 4.0, fps: int = 20, size: tuple[int, int] = (1280, 720)) -> Path:
+def clip(seconds: float = 4.0, fps: int = 20, size: tuple[int, int] = (1280, 720),
+         head_in_frame: bool = False) -> Path:
     """A real-photo clip: BENCH_CLIP, else a slow pan and zoom over the astronaut photo (H.264),
-    made once and cached under the temp folder."""
+    made once and cached under the temp folder. The pan is centred vertically, which cuts the
+    face in half; `head_in_frame` keeps the top of the photo (a person clip, face and all)."""
     override = os.environ.get("BENCH_CLIP")
     if override:
         return Path(override)
-    path = Path(tempfile.gettempdir()) / f"bench-astronaut-pan-{size[0]}x{size[1]}-{fps}.mp4"
+    top = "-head" if head_in_frame else ""
+    path = Path(tempfile.gettempdir()) / f"bench-astronaut-pan{top}-{size[0]}x{size[1]}-{fps}.mp4"
     if path.is_file():
         return path
     import av
@@ -55,7 +58,7 @@ def clip(seconds: float = 4.0, fps: int = 20, size: tuple[int, int] = (1280, 720
             crop_w = source.width * (0.9 - 0.2 * t)  # zoom in while panning right
             crop_h = crop_w * height / width
             x0 = (source.width - crop_w) * t
-            y0 = (source.height - crop_h) / 2
+            y0 = 0.0 if head_in_frame else (source.height - crop_h) / 2
             view = source.resize(size, Image.Resampling.BILINEAR,
                                  box=(x0, y0, x0 + crop_w, y0 + crop_h))
             frame = av.VideoFrame.from_ndarray(np.asarray(view), format="rgb24")
