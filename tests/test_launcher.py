@@ -74,7 +74,10 @@ def test_make_run_stops_cleanly(how, real_models, tmp_path):
         if how == "sigterm":  # once: the README's "Try it" commands, as written
             try_it(tmp_path / "try-it", env)
         processes = psutil.Process(make.pid).children(recursive=True)
-        assert any("raylet" in " ".join(p.cmdline()) for p in processes)  # Ray runs under it
+        commands = [" ".join(p.cmdline()) for p in processes]
+        assert any("raylet" in c for c in commands)  # Ray runs under it
+        # ... without the dashboard's module processes (`--dashboard` brings them back)
+        assert not any("ray-dashboard-" in c for c in commands), commands
         stopped_at = time.monotonic()
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
             os.killpg(make.pid, signal.SIGINT)
