@@ -2,7 +2,9 @@
 smoother before and after its ghost/dropout guards.
 
 Images: `quality_data.samples()` (5 foregrounds with drawn, exactly known alpha x 5
-backgrounds). Per model and category: IoU, MAE, SAD, gradient error, boundary F, and the
+backgrounds) and `quality_data.real_samples()` (35 photographed subjects with their hand-made
+alpha, Tux Paint's photo stamps fetched once from Debian, each over 2 backgrounds). Per model
+and category: IoU, MAE, SAD, gradient error, boundary F, and the
 median milliseconds per image on this machine (one thread pool, no Serve in between: the
 models themselves). `auto` is `pipelines.auto` choosing among the installed models in the
 order configs/local.yaml serves them, its cost including the person model and the face cue.
@@ -14,6 +16,7 @@ and worst-frame IoU.
 
     .venv/bin/python bench/bench_quality.py            # writes the section of docs/benchmarks.md
     .venv/bin/python bench/bench_quality.py --quick    # 2 backgrounds, no docs update
+    .venv/bin/python bench/bench_quality.py --no-real  # drawn subjects only (no download)
 """
 
 from __future__ import annotations
@@ -112,24 +115,55 @@ def score_clips(models: dict[str, OnnxSegmenter]) -> list[tuple[str, str, float,
     return rows
 
 
-def table(scores: dict, times: dict) -> str:
+def _mean(rows, field: str) -> float:
+    return statistics.fmean(getattr(r, field) for r in rows)
+
+
+def _groups(scores: dict) -> list[tuple[str, list[str]]]:
+    """(row label, categories) for each category, then the drawn and real totals and all."""
     categories = sorted({c for _, c in scores})
+    drawn = [c for c in categories if not c.startswith("real")]
+    real = [c for c in categories if c.startswith("real")]
+    groups = [(c, [c]) for c in categories]
+    if drawn and real:
+        groups += [("all drawn", drawn), ("all real", real)]
+    return [*groups, ("all", categories)]
+
+
+def table(scores: dict, times: dict) -> str:
     models = list(dict.fromkeys(m for m, _ in scores))
     lines = ["| model | category | n | IoU | MAE | SAD | grad | boundary F | ms/image |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model_id in models:
-        for c in [*categories, "all"]:
-            rows = (scores[(model_id, c)] if c != "all" else
-                    [r for k in categories for r in scores[(model_id, k)]])
+        for label, cats in _groups(scores):
+            rows = [r for c in cats for r in scores[(model_id, c)]]
             if not rows:
                 continue
-            mean = {f: statistics.fmean(getattr(r, f) for r in rows)
-                    for f in ("iou", "mae", "sad", "grad", "boundary_f")}
-            ms = f"{statistics.median(times[model_id]):.0f}" if c == "all" else ""
-            name = f"**{model_id}**" if c == "all" else model_id
-            lines.append(f"| {name} | {c} | {len(rows)} | {mean['iou']:.3f} | {mean['mae']:.4f}"
+            mean = {f: _mean(rows, f) for f in ("iou", "mae", "sad", "grad", "boundary_f")}
+            total = label.startswith("all")
+            ms = f"{statistics.median(times[model_id]):.0f}" if label == "all" else ""
+            name = f"**{model_id}**" if total else model_id
+            lines.append(f"| {name} | {label} | {len(rows)} | {mean['iou']:.3f} | {mean['mae']:.4f}"
                          f" | {mean['sad']:.2f} | {mean['grad']:.2f} | {mean['boundary_f']:.3f}"
                          f" | {ms} |")
+    return "\n".join(lines)
+
+
+def summary(scores: dict, field: str = "sad", lower_is_better: bool = True) -> str:
+    """Category x model of one metric, the best single model in bold, and whether `auto`
+    reaches it."""
+    models = [m for m in dict.fromkeys(m for m, _ in scores) if m != "auto"]
+    lines = [f"| category | {' | '.join(models)} | auto | auto vs best |",
+             "|---|" + "---|" * (len(models) + 2)]
+    for label, cats in _groups(scores):
+        value = {m: _mean([r for c in cats for r in scores[(m, c)]], field)
+                 for m in [*models, "auto"]}
+        best = (min if lower_is_better else max)(models, key=value.__getitem__)
+        cells = [f"**{value[m]:.3f}**" if m == best else f"{value[m]:.3f}" for m in models]
+        gap = value["auto"] - value[best]
+        verdict = ("best" if abs(gap) < 1e-9 else
+                   f"{gap:+.3f} ({'better' if (gap < 0) == lower_is_better else 'worse'})")
+        lines.append(f"| {label} | {' | '.join(cells)} | {value['auto']:.3f} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -143,15 +177,23 @@ def clip_table(rows) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 backgrounds, no docs update")
+    parser.add_argument("--no-real", action="store_true",
+                        help="drawn subjects only (skips the one-time Debian download)")
     args = parser.parse_args()
     models = installed_models()
     if not models:
         sys.exit("no model installed: bgremove models pull u2netp isnet-imgly-medium ...")
-    samples = qd.samples(backgrounds=("brick", "lookalike") if args.quick else qd.BACKGROUNDS)
+    backgrounds = ("brick", "lookalike") if args.quick else qd.BACKGROUNDS
+    samples = qd.samples(backgrounds=backgrounds)
+    if not args.no_real:
+        samples += qd.real_samples(backgrounds, per_subject=1 if args.quick else 2)
     scores, times = score_images(models, samples)
     clips = score_clips(models)
     section = (f"{BEGIN}\n_{machine()}; {len(samples)} images of {qd.SIZE}x{qd.SIZE}, "
                f"{len(qd.swinging_clip()[0])}-frame clip; `bench/bench_quality.py`._\n\n"
+               f"Mean SAD (sum of absolute alpha errors / 1000; lower is better) by category:\n\n"
+               f"{summary(scores)}\n\nMean IoU by category:\n\n"
+               f"{summary(scores, 'iou', lower_is_better=False)}\n\nEvery metric:\n\n"
                f"{table(scores, times)}\n\n{clip_table(clips)}\n{END}")
     print(section)
     if not args.quick:

@@ -14,6 +14,10 @@ rocket on its pad; `coins`) are left out: cutting those out too is not wrong (IS
 to find every object, does), so the pasted object's alpha would not be the exact answer.
 All scikit-image sample images are CC0/BSD (its data README).
 
+Real subjects (`real_samples`): photographed animals, plants and objects with their artists'
+hand-made soft alpha (Tux Paint's photo stamps, GPL-2+, fetched once from Debian; see
+`real_subjects.py`), each over two of the backgrounds above in turn.
+
 Clips: the `strands` subject with a fast-swinging "arm", sliding over a sliding brick wall, for
 temporal metrics; the truth of every frame is known.
 """
@@ -179,6 +183,26 @@ def samples(foregrounds=FOREGROUNDS, backgrounds=BACKGROUNDS) -> list[Sample]:
             category = "look-alike colours" if b == "lookalike" else CATEGORY[f]
             out.append(Sample(f"{f}/{b}", category, composite(fg, background_rgb(b, fg, alpha),
                                                                alpha), alpha))
+    return out
+
+
+def real_samples(backgrounds=BACKGROUNDS, per_subject: int = 2) -> list[Sample]:
+    """Every stamp of `real_subjects.STAMPS`, each over `per_subject` backgrounds taken in turn
+    (so each background gets its share), placed at 80 % of the canvas."""
+    import real_subjects as rs
+
+    folder = rs.ensure_stamps()
+    out, turn = [], 0
+    for category, names in rs.STAMPS.items():
+        for name in names:
+            premult, alpha = rs.place(*rs.load_stamp(folder / f"{name}.png"), SIZE)
+            colour = np.clip(premult / np.maximum(alpha, 1e-6)[..., None], 0, 255).astype(np.uint8)
+            for _ in range(per_subject):
+                b = backgrounds[turn % len(backgrounds)]
+                turn += 1
+                out.append(Sample(f"{name.rsplit('/', 1)[-1]}/{b}", category,
+                                  rs.compose(premult, alpha, background_rgb(b, colour, alpha)),
+                                  alpha))
     return out
 
 
