@@ -30,7 +30,14 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import CREDITS_CHARGED, JOBS
 from pipelines import video, webhooks
-from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, categorize_clip
+from pipelines.auto import (
+    AUTO,
+    AutoPolicy,
+    ServedModel,
+    categorize,
+    categorize_clip,
+    most_confident,
+)
 from pipelines.catalog import ModelSpec
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
 from pipelines.fetch import fetch_url
@@ -58,11 +65,13 @@ class JobWorker:
                  prompter: DeploymentHandle | None = None,
                  text_segmenter: DeploymentHandle | None = None,
                  auto_models: list[ServedModel] | None = None,
+                 auto_compare: bool = True,
                  specs: dict[str, dict[str, Any]] | None = None) -> None:
         self.models = models
         # the served models' catalog entries: what each model reads (`_segment`)
         self.specs = {m: ModelSpec.model_validate(e) for m, e in (specs or {}).items()}
         self.auto_models = auto_models or []  # what `model=auto` chooses from
+        self.auto_compare = auto_compare  # objects: pro and light side by side (pipelines.auto)
         self._rates: tuple[float, dict] = (0.0, {})  # logged selections' win rates, cached
         self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
         self.text_segmenter = text_segmenter  # text_prompt terms (None: not configured)
@@ -221,11 +230,30 @@ class JobWorker:
             self._rates = (time.monotonic(), rates)
         return rates
 
-    def _auto_image(self, rgb: np.ndarray) -> str:
-        policy = AutoPolicy(tuple(self.auto_models), self._win_rates())
+    def _auto_image(self, rgb: np.ndarray) -> tuple[str, np.ndarray]:
+        """auto's model for `rgb` and its mask (candidates run side by side, the most confident
+        kept; a failed candidate leaves the choice to the others)."""
+        policy = AutoPolicy(tuple(self.auto_models), self._win_rates(), compare=self.auto_compare)
+        masks: dict[str, np.ndarray] = {}
         person = self._person_mask(policy)
-        category = categorize(rgb, person(rgb) if person is not None else None)
-        return policy.choose(category, rgb.shape[1], rgb.shape[0])[0]
+        if person is not None and policy.person_model is not None:
+            masks[policy.person_model] = person(rgb)
+        category = categorize(rgb, masks.get(policy.person_model or ""))
+        candidates = policy.candidates(category, rgb.shape[1], rgb.shape[0])
+        waits = {m: self._segment(m, rgb) for m in candidates if m not in masks}
+        error: Exception | None = None
+        for model_id, wait in waits.items():
+            try:
+                masks[model_id] = wait()
+            except Exception as exc:  # noqa: BLE001 - the other candidates may still answer
+                error = error or exc
+                log.warning("model=auto: candidate %s failed (%s)", model_id, exc)
+        ran = {m: masks[m] for m in candidates if m in masks}
+        if not ran:
+            assert error is not None
+            raise error
+        chosen = most_confident(ran)
+        return chosen, ran[chosen]
 
     def _auto_video(self, path: str, max_duration_s: float | None) -> str:
         """One model for the whole clip, from 5 frames spread over what will be processed."""
@@ -251,10 +279,10 @@ class JobWorker:
         report: dict = {}
 
         def segment(rgb: np.ndarray) -> np.ndarray:
-            model_id = params.model_id
-            if model_id == AUTO:
-                model_id = report["model_id"] = self._auto_image(rgb)
-            mask = self._segment(model_id, rgb)()
+            if params.model_id == AUTO:
+                report["model_id"], mask = self._auto_image(rgb)
+            else:
+                mask = self._segment(params.model_id, rgb)()
             ref = ray.put(rgb) if params.text_prompt or params.prompt is not None else None
             if params.text_prompt:
                 mask, report["text_prompt"] = self._text_select(ref, params.text_prompt, mask)

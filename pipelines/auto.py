@@ -10,7 +10,11 @@ in gravel). Then, per category:
 - a person: the pro model where one is served (IS-Net keeps hair), else the person model whose
   input shape is closest to the image's, else a light model; for video the person model first
   (a pro model per frame is too slow on a CPU);
-- anything else: the pro model, else a light one (video: light first).
+- anything else: the pro model *and* a light one side by side, keeping the more confident
+  mask (the smaller share of undecided alpha, `uncertainty`): on the exact-ground-truth
+  benchmark this beats either model alone in every category (docs/benchmarks.md); with
+  `compare` off, or one of them not served, the pro model alone, else the light one
+  (video: light first, one model per clip).
 
 Once people have logged enough selections for a category (`/log-selection` with
 `image_category` "person" or "object"), the model they pick most often there wins instead.
@@ -48,6 +52,7 @@ class AutoPolicy:
     models: tuple[ServedModel, ...]
     win_rates: Mapping[str, Mapping[str, tuple[int, int]]] = field(default_factory=dict)
     min_selections: int = 20  # offered this often in a category before win rates decide
+    compare: bool = True  # objects (stills): run pro and light, keep the more confident mask
 
     @property
     def person_model(self) -> str | None:
@@ -77,6 +82,16 @@ class AutoPolicy:
         chosen = order[0]
         return chosen.id, f"{category}: {chosen.tier.value} model"
 
+    def candidates(self, category: Category, width: int, height: int) -> tuple[str, ...]:
+        """The models to run on a still image of this category: one, or for an object the pro
+        and the light model whose masks `most_confident` chooses between."""
+        chosen = self.choose(category, width, height)[0]
+        if category != "object" or not self.compare or self._winner(category) is not None:
+            return (chosen,)
+        pro = [m.id for m in self.models if m.tier is Tier.pro]
+        light = [m.id for m in self.models if m.tier is Tier.light]
+        return (pro[0], light[0]) if pro and light else (chosen,)
+
     def _winner(self, category: str) -> str | None:
         served = {m.id for m in self.models}
         rates = {m: (w, n) for m, (w, n) in self.win_rates.get(category, {}).items()
@@ -84,6 +99,25 @@ class AutoPolicy:
         if not rates:
             return None
         return max(rates, key=lambda m: rates[m][0] / rates[m][1])
+
+
+UNDECIDED = (26, 229)  # alpha 0.1 .. 0.9 in 8 bits: neither subject nor background
+
+
+def uncertainty(mask: np.ndarray) -> float:
+    """The share of a mask's pixels a model left undecided (alpha strictly between 0.1 and 0.9),
+    on a copy of at most ~512 px a side."""
+    step = max(1, max(mask.shape[:2]) // 512)
+    small = mask[::step, ::step]
+    lo, hi = UNDECIDED
+    return float(np.count_nonzero((small >= lo) & (small <= hi))) / max(small.size, 1)
+
+
+def most_confident(masks: Mapping[str, np.ndarray]) -> str:
+    """The model whose mask leaves the fewest pixels undecided (the first on a tie)."""
+    if not masks:
+        raise ValueError("no mask to choose from")
+    return min(masks, key=lambda m: uncertainty(masks[m]))
 
 
 @cache

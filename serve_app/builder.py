@@ -191,7 +191,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                          tier_models=tier_models, features={"prompts": prompt_reason,
                                                             "text_prompt": text_reason,
                                                             "generate": generate_reason},
-                         withheld=withheld, auto_models=auto_models)
+                         withheld=withheld, auto_models=auto_models, auto=config.auto)
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(
@@ -199,6 +199,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
         ).bind(handles, model_timeout_s=config.jobs.model_timeout_s, prompter=prompter,
                text_segmenter=text_model, auto_models=auto_models,
+               auto_compare=config.auto.compare,
                specs={m: catalog.get(m).model_dump(mode="json") for m in handles})
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,

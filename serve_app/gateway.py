@@ -22,7 +22,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize
+from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, most_confident
 from pipelines.catalog import ModelSpec, Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from pipelines.images import DecodedImage
@@ -60,6 +60,7 @@ class ModelGateway:
     generator: DeploymentHandle | None = None  # /image/generate/v1, when one is configured
     withheld: dict[str, str] = field(default_factory=dict)  # installed, licence not accepted
     auto_models: list[ServedModel] = field(default_factory=list)  # what `auto` chooses from
+    auto_compare: bool = True  # objects: pro and light side by side, the more confident kept
     # category -> model id -> (wins, offered), from the logged selections
     win_rates: Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None = None
     prices: dict[str, Price] = field(init=False)
@@ -82,18 +83,36 @@ class ModelGateway:
             raise ModelUnavailable("model 'auto' has no served model to choose from.")
         return model_id
 
-    async def resolve(self, requested: str | None, image: DecodedImage) -> str:
-        """The served model to run on `image`: the one asked for, or auto's choice."""
+    async def resolve(self, requested: str | None, image: DecodedImage) -> tuple[str, np.ndarray]:
+        """The model that ran on `image` and its full-size mask: the one asked for, or auto's
+        choice. For an object auto runs its candidates (pro and light) side by side and keeps
+        the more confident mask; when one of them fails the other's answer stands."""
         model_id = self.check(requested)
         if model_id != AUTO:
-            return model_id
-        policy = AutoPolicy(tuple(self.auto_models), await self._win_rates())
-        person_model = policy.person_model
-        mask = None
-        if person_model is not None:
-            mask = (await self.segment(person_model, image.rgb))[0]
-        category = await asyncio.to_thread(categorize, image.rgb, mask)
-        return policy.choose(category, *image.size)[0]
+            return model_id, (await self.segment(model_id, image.rgb))[0]
+        policy = AutoPolicy(tuple(self.auto_models), await self._win_rates(),
+                            compare=self.auto_compare)
+        masks: dict[str, np.ndarray] = {}
+        person_mask = None
+        if policy.person_model is not None:
+            person_mask = masks[policy.person_model] = (
+                await self.segment(policy.person_model, image.rgb))[0]
+        category = await asyncio.to_thread(categorize, image.rgb, person_mask)
+        candidates = policy.candidates(category, *image.size)
+        todo = [m for m in candidates if m not in masks]
+        results = await asyncio.gather(*(self.segment(m, image.rgb) for m in todo),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        masks |= {m: r[0] for m, r in zip(todo, results, strict=True)
+                  if not isinstance(r, BaseException)}
+        ran = {m: masks[m] for m in candidates if m in masks}
+        if not ran:
+            raise errors[0]
+        if errors:
+            log.warning("model=auto: %d of %d candidates failed (%s); choosing from the rest",
+                        len(errors), len(candidates), errors[0])
+        chosen = most_confident(ran)
+        return chosen, ran[chosen]
 
     async def _win_rates(self) -> Mapping[str, Mapping[str, tuple[int, int]]]:
         """The logged selections' win rates, read at most once a minute."""
@@ -119,16 +138,14 @@ class ModelGateway:
             f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
         )
 
-    async def mask_for(self, image: DecodedImage, options: MatteOptions,
-                       model_id: str | None = None) -> np.ndarray:
-        """`model_id`'s mask of `image` (default: the options' model, `auto` resolved),
-        corrected by the options' clicks and box if any."""
-        model_id = model_id or await self.resolve(options.model, image)
-        mask = (await self.segment(model_id, image.rgb))[0]
+    async def mask_for(self, image: DecodedImage, options: MatteOptions) -> tuple[str, np.ndarray]:
+        """The model that ran (`auto` resolved) and its mask of `image`, corrected by the
+        options' clicks and box if any."""
+        model_id, mask = await self.resolve(options.model, image)
         prompt = options.prompt()
         if prompt:
             mask = await self.prompted_mask(image.rgb, prompt, mask, options.prompt_mode)
-        return mask
+        return model_id, mask
 
     async def segment(self, model_id: str, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """`model_id`'s mask of `rgb` at full size and the inference seconds it is charged.

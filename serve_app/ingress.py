@@ -67,7 +67,8 @@ class Ingress:
         gateway = ModelGateway(models, {m["id"]: m for m in catalog}, missing,
                                ingress_setup.default_model, prompter, generator,
                                withheld=ingress_setup.withheld,
-                               auto_models=ingress_setup.auto_models)
+                               auto_models=ingress_setup.auto_models,
+                               auto_compare=ingress_setup.auto.compare)
         self.services = Services.build(settings, ingress_setup, gateway, worker)
         register(self.services)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.auto import AutoPolicy, ServedModel, categorize
+from pipelines.auto import AutoPolicy, ServedModel, categorize, most_confident, uncertainty
 from pipelines.catalog import Tier
 
 from conftest import media
@@ -40,6 +40,38 @@ def test_logged_selections_decide_once_there_are_enough():
                                                            "selections")
     assert policy.choose("object", 800, 600)[0] == "isnet"  # 10 selections are not enough
     assert policy.choose("person", 800, 600, video=True)[0] == "landscape"  # not for video
+
+
+def test_objects_compare_the_pro_and_the_light_model_unless_told_otherwise():
+    policy = AutoPolicy(SERVED)
+    assert policy.candidates("object", 800, 600) == ("isnet", "u2netp")
+    assert policy.candidates("person", 800, 600) == ("isnet",)  # people: the pro model alone
+    assert AutoPolicy(SERVED, compare=False).candidates("object", 800, 600) == ("isnet",)
+    no_light = AutoPolicy(tuple(m for m in SERVED if m.tier is not Tier.light))
+    assert no_light.candidates("object", 800, 600) == ("isnet",)
+    no_pro = AutoPolicy(tuple(m for m in SERVED if m.tier is not Tier.pro))
+    assert no_pro.candidates("object", 800, 600) == ("u2netp",)
+    # once people's picks decide a category, the pick is run alone
+    picked = AutoPolicy(SERVED, {"object": {"u2netp": (18, 20)}}, min_selections=20)
+    assert picked.candidates("object", 800, 600) == ("u2netp",)
+
+
+def test_the_more_confident_mask_wins():
+    crisp = np.zeros((64, 64), np.uint8)
+    crisp[16:48, 16:48] = 255
+    crisp[16:48, 47] = 128  # one undecided column: 32 of 4096 pixels
+    yy, xx = np.mgrid[:64, :64]
+    blurry = np.clip(255 - 6 * np.hypot(yy - 32, xx - 32), 0, 255).astype(np.uint8)
+    assert uncertainty(crisp) == pytest.approx(32 / 4096)
+    assert uncertainty(blurry) > 0.2
+    assert uncertainty(np.full((8, 8), 25, np.uint8)) == 0  # 0.1 and 0.9 are the bounds
+    assert uncertainty(np.full((8, 8), 26, np.uint8)) == 1
+    assert most_confident({"soft": blurry, "sharp": crisp}) == "sharp"
+    assert most_confident({"a": crisp, "b": crisp.copy()}) == "a"  # a tie keeps the order
+    big = np.kron(crisp, np.ones((40, 40), np.uint8))  # 2560 px a side: measured on a copy
+    assert uncertainty(big) == pytest.approx(32 / 4096, rel=0.2)
+    with pytest.raises(ValueError):
+        most_confident({})
 
 
 def test_face_inside_the_person_mask_tells_people_from_things(real_models):

@@ -106,12 +106,11 @@ async def process(svc: Services, job: ImageJob) -> ImageResult:
     """Remove the background of `job.image` and apply `job.effect`."""
     started = time.perf_counter()
     check_opaque(job.effect, job.options)
-    requested = svc.models.check(job.options.model)  # unknown or missing: before decoding
+    svc.models.check(job.options.model)  # unknown or missing: before decoding
     check_upload_size(svc, len(job.image))
     image = await asyncio.to_thread(decode_image, job.image, svc.settings.regular_max_pixels)
     t_decoded = time.perf_counter()
-    model_id = await svc.models.resolve(requested, image)  # `auto` chooses here
-    mask = await svc.models.mask_for(image, job.options, model_id)
+    model_id, mask = await svc.models.mask_for(image, job.options)  # `auto` chooses here
     t_masked = time.perf_counter()
     data = await svc.cpu.run(finish, job.effect, image, mask, job.options)
     done = time.perf_counter()
