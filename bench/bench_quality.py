@@ -7,8 +7,9 @@ alpha, Tux Paint's photo stamps fetched once from Debian, each over 2 background
 and category: IoU, MAE, SAD, gradient error, boundary F, and the
 median milliseconds per image on this machine (one thread pool, no Serve in between: the
 models themselves). `auto` is `pipelines.auto` choosing among the installed models in the
-order configs/local.yaml serves them, its cost including the person model, the face cue and, for objects, both the pro and the
-light model it compares (their times added: on one machine they share the cores).
+order configs/local.yaml serves them, its cost including the person model, the face cue and,
+for objects, both the pro and the light model it compares (their times added: on one machine
+they share the cores).
 
 Clips: `quality_data.swinging_clip()` (a subject with a fast arm over a sliding wall) through
 each light/human model, and an oracle (the true masks with two dropped frames and edge noise),
@@ -164,7 +165,7 @@ def summary(scores: dict, field: str = "sad", lower_is_better: bool = True) -> s
         best = (min if lower_is_better else max)(models, key=value.__getitem__)
         cells = [f"**{value[m]:.3f}**" if m == best else f"{value[m]:.3f}" for m in models]
         gap = value["auto"] - value[best]
-        verdict = ("best" if abs(gap) < 1e-9 else
+        verdict = ("best" if abs(gap) < 1e-9 else "same" if abs(gap) < 5e-4 else
                    f"{gap:+.3f} ({'better' if (gap < 0) == lower_is_better else 'worse'})")
         lines.append(f"| {label} | {' | '.join(cells)} | {value['auto']:.3f} | {verdict} |")
     return "\n".join(lines)
