@@ -195,17 +195,26 @@ class JobWorker:
             raise ServiceError(f"Model '{model_id}' is not served by this deployment.")
         return handle
 
-    def _segment(self, model_id: str, rgb: np.ndarray) -> Callable[[], np.ndarray]:
-        """Start `model_id`'s mask of `rgb`; returns the wait for the full-size mask. The
-        replica gets the image at the model's input size and answers at its output size
-        (`pipelines.segmenter.for_model`): a 48 MP HD image crosses Ray as 0.3 MB, not 144."""
+    def _segment(self, model_id: str, rgb: np.ndarray,
+                 deadline: float | None = None) -> Callable[[], np.ndarray]:
+        """Start `model_id`'s mask of `rgb`; returns the wait for the full-size mask (until
+        `deadline`, a time.monotonic(), else for the model timeout). The replica gets the
+        image at the model's input size and answers at its output size
+        (`pipelines.segmenter.for_model`): a 48 MP HD image crosses Ray as 0.3 MB, not 144.
+        A wait that fails or times out cancels the replica's request."""
         handle = self._model(model_id)
         spec = self.specs.get(model_id)
         sent, native = for_model(rgb, spec) if spec is not None else (rgb, False)
         response = handle.segment.remote(sent, native)
 
         def wait() -> np.ndarray:
-            mask = response.result(timeout_s=self.model_timeout_s)[0]
+            timeout = (self.model_timeout_s if deadline is None
+                       else max(0.0, deadline - time.monotonic()))
+            try:
+                mask = response.result(timeout_s=timeout)[0]
+            except BaseException:
+                response.cancel()
+                raise
             if native and spec is not None:
                 return to_size(mask, spec, (rgb.shape[1], rgb.shape[0]))
             return mask
@@ -240,7 +249,8 @@ class JobWorker:
             masks[policy.person_model] = person(rgb)
         category = categorize(rgb, masks.get(policy.person_model or ""))
         candidates = policy.candidates(category, rgb.shape[1], rgb.shape[0])
-        waits = {m: self._segment(m, rgb) for m in candidates if m not in masks}
+        deadline = time.monotonic() + self.model_timeout_s  # one budget for the candidates
+        waits = {m: self._segment(m, rgb, deadline) for m in candidates if m not in masks}
         error: Exception | None = None
         for model_id, wait in waits.items():
             try:

@@ -11,10 +11,11 @@ in gravel). Then, per category:
   input shape is closest to the image's, else a light model; for video the person model first
   (a pro model per frame is too slow on a CPU);
 - anything else: the pro model *and* a light one side by side, keeping the more confident
-  mask (the smaller share of undecided alpha, `uncertainty`): on the exact-ground-truth
-  benchmark this beats either model alone in every category (docs/benchmarks.md); with
-  `compare` off, or one of them not served, the pro model alone, else the light one
-  (video: light first, one model per clip).
+  mask (the smaller share of undecided alpha, `uncertainty`) unless it found no subject or
+  disagrees with the pro model's (`most_confident`): on the exact-ground-truth benchmark this
+  has a lower SAD than either model alone in every category (IS-Net medium and u2netp; chosen
+  on that set, docs/benchmarks.md); with `compare` off, or one of them not served, the pro
+  model alone, else the light one (video: light first, one model per clip).
 
 Once people have logged enough selections for a category (`/log-selection` with
 `image_category` "person" or "object"), the model they pick most often there wins instead.
@@ -102,22 +103,44 @@ class AutoPolicy:
 
 
 UNDECIDED = (26, 229)  # alpha 0.1 .. 0.9 in 8 bits: neither subject nor background
+COVER = (0.005, 0.995)  # a mask covering less or more of the image found no subject
+MIN_AGREEMENT = 0.5  # IoU with the first candidate's subject below which a mask is not trusted
+
+
+def _thumb(mask: np.ndarray) -> np.ndarray:
+    """A strided copy of at most ~512 px a side (the measures below are shares of pixels)."""
+    step = max(1, max(mask.shape[:2]) // 512)
+    return mask[::step, ::step]
 
 
 def uncertainty(mask: np.ndarray) -> float:
-    """The share of a mask's pixels a model left undecided (alpha strictly between 0.1 and 0.9),
-    on a copy of at most ~512 px a side."""
-    step = max(1, max(mask.shape[:2]) // 512)
-    small = mask[::step, ::step]
+    """The share of a mask's pixels a model left undecided (alpha from 0.1 to 0.9)."""
+    small = _thumb(mask)
     lo, hi = UNDECIDED
     return float(np.count_nonzero((small >= lo) & (small <= hi))) / max(small.size, 1)
 
 
+def _subject(mask: np.ndarray) -> np.ndarray:
+    return _thumb(mask) > 127
+
+
 def most_confident(masks: Mapping[str, np.ndarray]) -> str:
-    """The model whose mask leaves the fewest pixels undecided (the first on a tie)."""
+    """The candidate (in order of preference) whose mask leaves the fewest pixels undecided,
+    among those that found a subject (covering more than 0.5 % and less than 99.5 % of the
+    image) and agree with the first such candidate on where it is (IoU >= 0.5): a blank or a
+    partial mask is confident too, and must not win for it. The first on a tie."""
     if not masks:
         raise ValueError("no mask to choose from")
-    return min(masks, key=lambda m: uncertainty(masks[m]))
+    subjects = {m: _subject(x) for m, x in masks.items()}
+    lo, hi = COVER
+    found = [m for m, s in subjects.items() if lo < float(s.mean()) < hi] or list(masks)
+    ref = subjects[found[0]]
+
+    def iou(s: np.ndarray) -> float:
+        return float(np.count_nonzero(s & ref)) / max(int(np.count_nonzero(s | ref)), 1)
+
+    trusted = [m for m in found if m == found[0] or iou(subjects[m]) >= MIN_AGREEMENT]
+    return min(trusted, key=lambda m: uncertainty(masks[m]))
 
 
 @cache

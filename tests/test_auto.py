@@ -3,13 +3,14 @@ with the real person model, and the choice through the running app."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.auto import AutoPolicy, ServedModel, categorize, most_confident, uncertainty
+from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, most_confident, uncertainty
 from pipelines.catalog import Tier
 
 from conftest import media
@@ -134,3 +135,96 @@ def test_auto_video_picks_a_person_model_for_a_person_once_per_clip(client, real
         chosen[photo] = done.headers["X-Model"]
     assert served[chosen["astronaut"]] == "human"  # a person model for the person
     assert served[chosen["coffee"]] == "light"  # a fast general model for the mug
+
+
+def test_a_blank_full_or_partial_mask_does_not_win_for_being_sure():
+    yy, xx = np.mgrid[:128, :128]
+    good = np.clip(255 * (40 - np.hypot(yy - 64, xx - 64)) / 6, 0, 255).astype(np.uint8)
+    assert uncertainty(good) > 0  # a soft edge
+    blank, full = np.zeros_like(good), np.full_like(good, 255)
+    part = np.where(np.hypot(yy - 64, xx - 64) < 15, 255, 0).astype(np.uint8)  # IoU ~0.15
+    for sure_but_wrong in (blank, full, part):
+        assert most_confident({"pro": good, "light": sure_but_wrong}) == "pro"
+    assert most_confident({"pro": blank, "light": good}) == "light"  # the pro found nothing
+    assert most_confident({"pro": blank, "light": full}) == "pro"  # nothing found: the first
+    sharp = np.where(np.hypot(yy - 64, xx - 64) < 40, 255, 0).astype(np.uint8)
+    assert most_confident({"pro": good, "light": sharp}) == "light"  # agrees, and surer
+
+
+class _Response:
+    """What a deployment handle's call returns: awaitable, cancellable."""
+
+    def __init__(self, answer):
+        self.answer, self.cancelled = answer, False
+
+    def __await__(self):
+        return self._run().__await__()
+
+    async def _run(self):
+        await asyncio.sleep(0.05)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer, 0.01
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _Handle:
+    """A model replica answering a fixed mask (or failing) for whatever it is sent."""
+
+    def __init__(self, mask_or_error):
+        self.answer, self.calls = mask_or_error, []
+        self.segment = self
+
+    def remote(self, sent, native):
+        self.calls.append(_Response(self.answer))
+        return self.calls[-1]
+
+
+def _gateway(pro, light, person):
+    from pipelines.catalog import load_catalog
+    from serve_app.gateway import ModelGateway
+
+    catalog = {m.id: m.model_dump(mode="json") for m in load_catalog().models}
+    handles = {"isnet-imgly-medium": _Handle(pro), "u2netp": _Handle(light),
+               "mediapipe-selfie": _Handle(person)}
+    served = tuple(ServedModel(m, Tier(catalog[m]["tier"]), 1.0) for m in handles)
+    return ModelGateway(handles, catalog, {}, AUTO, auto_models=list(served)), handles
+
+
+def test_the_gateway_runs_both_candidates_and_survives_one_failing():
+    from pipelines.images import DecodedImage
+    from serve_app.core.errors import ServiceUnavailable
+
+    yy, xx = np.mgrid[:200, :200]
+    soft = np.clip(255 * (60 - np.hypot(yy - 100, xx - 100)) / 10, 0, 255).astype(np.uint8)
+    sharp = np.where(np.hypot(yy - 100, xx - 100) < 60, 255, 0).astype(np.uint8)
+    image = DecodedImage(np.full((200, 200, 3), 90, np.uint8), None, "png")  # no face
+
+    gateway, handles = _gateway(soft, sharp, np.zeros((200, 200), np.uint8))
+    model_id, mask = asyncio.run(gateway.resolve(AUTO, image))
+    assert model_id == "u2netp" and np.array_equal(mask, sharp)
+    assert len(handles["isnet-imgly-medium"].calls) == 1 == len(handles["u2netp"].calls)
+
+    busy = ServiceUnavailable("Model 'isnet-imgly-medium' is busy; retry shortly.")
+    gateway, _ = _gateway(busy, sharp, np.zeros((200, 200), np.uint8))
+    assert asyncio.run(gateway.resolve(AUTO, image))[0] == "u2netp"  # the other answer stands
+
+    gateway, _ = _gateway(busy, RuntimeError("light lost"), np.zeros((200, 200), np.uint8))
+    with pytest.raises(ServiceUnavailable, match="isnet-imgly-medium"):  # the pro's error
+        asyncio.run(gateway.resolve(AUTO, image))
+
+    gateway, handles = _gateway(soft, sharp, np.zeros((200, 200), np.uint8))
+
+    async def cancelled_midway():
+        task = asyncio.ensure_future(gateway.resolve(AUTO, image))
+        while not handles["u2netp"].calls:  # both candidates asked
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_midway())
+    assert handles["isnet-imgly-medium"].calls[0].cancelled
+    assert handles["u2netp"].calls[0].cancelled
