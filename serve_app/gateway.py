@@ -3,8 +3,9 @@ place where Serve's overload and lost-replica errors become a 503 the client can
 
 Every call from a route to a model, the prompt model or the generator goes through `calling`,
 so a full queue (`max_queued_requests`) or a replica lost with its node reads the same
-everywhere: `ServiceUnavailable` with `retry_after_s`. `resolve` turns `model=auto` into a
-served model for the image at hand (`pipelines.auto`).
+everywhere: `ServiceUnavailable` with `retry_after_s`. `resolve` runs the model a request
+asks for, or for `model=auto` the candidates `pipelines.auto` names for the image at hand, and
+returns the model that ran with its mask.
 """
 
 from __future__ import annotations
