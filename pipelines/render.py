@@ -8,6 +8,8 @@ stage has what it needs.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -114,6 +116,42 @@ class VideoResult:
     audio_error: str | None
 
 
+class _Encoder:
+    """Frames handed to a `VideoWriter` on a thread of its own, so that encoding one frame
+    overlaps decoding, smoothing and compositing the next (FFmpeg's encoders run without the
+    GIL). At most `depth` frames wait; an encoder error is raised in the caller at the next
+    frame or on leaving."""
+
+    def __init__(self, writer: video.VideoWriter, depth: int = 4) -> None:
+        self._writer = writer
+        self._frames: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="video-encoder", daemon=True)
+
+    def __enter__(self) -> _Encoder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (frame := self._frames.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write(frame)
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                    self._error = exc
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._frames.put(frame)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._frames.put(None)
+        self._thread.join()
+        if self._error is not None and exc_type is None:
+            raise self._error
+
+
 def _over(fg: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     a = alpha.astype(np.float32)[:, :, None] * np.float32(1 / 255)
     out = fg.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)
@@ -162,7 +200,7 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
     frames = video.iter_frames(src, max_duration_s)
     count = 0
     with video.VideoWriter(dst, output_format, width, height, info.fps, audio_from=src,
-                           max_duration_s=max_duration_s) as writer:
+                           max_duration_s=max_duration_s) as file, _Encoder(file) as writer:
         for frame, mask in iter_masks(frames, lambda f: submit(f.rgb), window):
             if smoother is not None:
                 mask = smoother(frame.rgb, mask)
@@ -175,7 +213,7 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
             count += 1
             if on_progress is not None:
                 on_progress(count, None if total is None else max(total, count))
-        audio_error = writer.audio_error
+    audio_error = file.audio_error
     return VideoResult(frames=count, original_duration_s=info.duration_s,
                        processed_duration_s=video.processed_duration(info.duration_s,
                                                                      max_duration_s),

@@ -295,9 +295,9 @@ def _decoded_frames(container, stream, use_libvpx: bool) -> Iterator:
     yield from ctx.decode(None)
 
 
-def iter_frames(path: str, max_duration_s: float | None = None) -> Iterator[Frame]:
-    """Upright RGB frames one at a time, stopping before `max_duration_s` (seconds of stream
-    time, from the first frame). Decoder errors mid-stream become `InvalidRequest`."""
+def _iter_decoded(path: str, max_duration_s: float | None) -> Iterator[tuple[int, float, Any, int]]:
+    """(index, pts in seconds, the decoded av frame, its rotation) one at a time, stopping
+    before `max_duration_s`; nothing converted yet. Decoder errors become `InvalidRequest`."""
     info = probe(path)
     container = _open_input(path)
     try:
@@ -314,9 +314,7 @@ def iter_frames(path: str, max_duration_s: float | None = None) -> Iterator[Fram
                     pts_s = float(index / info.fps)
                 if max_duration_s is not None and pts_s >= max_duration_s - 1e-6:
                     break
-                rotation = _frame_rotation(frame) or info.rotation
-                rgb = _upright(frame.to_ndarray(format="rgb24"), rotation)
-                yield Frame(index=index, pts_s=pts_s, rgb=rgb)
+                yield index, pts_s, frame, _frame_rotation(frame) or info.rotation
                 index += 1
         except av.FFmpegError as exc:
             raise _invalid(exc) from exc
@@ -324,14 +322,30 @@ def iter_frames(path: str, max_duration_s: float | None = None) -> Iterator[Fram
         container.close()
 
 
+def _rgb(frame, rotation: int) -> np.ndarray:
+    return _upright(frame.to_ndarray(format="rgb24"), rotation)
+
+
+def iter_frames(path: str, max_duration_s: float | None = None) -> Iterator[Frame]:
+    """Upright RGB frames one at a time, stopping before `max_duration_s` (seconds of stream
+    time, from the first frame). Decoder errors mid-stream become `InvalidRequest`."""
+    for index, pts_s, frame, rotation in _iter_decoded(path, max_duration_s):
+        yield Frame(index=index, pts_s=pts_s, rgb=_rgb(frame, rotation))
+
+
 def sample_frames(path: str, count: int, max_duration_s: float | None = None) -> list[np.ndarray]:
     """`count` upright RGB frames spread evenly over the part of the clip that will be
-    processed (every frame is decoded, only these are converted and kept)."""
+    processed (frames are decoded up to the last one wanted; only those are converted)."""
     info = probe(path)
     seconds = processed_duration(info.duration_s, max_duration_s) if info.duration_known else 0
     total = max(1, duration_ceiling_frames(seconds, info.fps)) if seconds else count
     wanted = {round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}
-    picked = [f.rgb for f in iter_frames(path, max_duration_s) if f.index in wanted]
+    picked = []
+    for index, _, frame, rotation in _iter_decoded(path, max_duration_s):
+        if index in wanted:
+            picked.append(_rgb(frame, rotation))
+            if len(picked) == len(wanted):
+                break
     return picked
 
 

@@ -407,3 +407,47 @@ def test_text_file_is_not_a_video_but_a_damaged_video_keeps_the_decoder_reason(t
     with pytest.raises(InvalidRequest) as err:
         video.probe(str(damaged))
     assert err.value.message.startswith("Invalid video file")
+
+
+def test_the_encoder_thread_keeps_the_order_and_raises_its_errors():
+    from pipelines.render import _Encoder
+
+    class Recording:
+        def __init__(self, fail_at: int | None = None):
+            self.frames: list[int] = []
+            self.fail_at = fail_at
+
+        def write(self, frame):
+            if len(self.frames) == self.fail_at:
+                raise OSError("No space left on device")
+            self.frames.append(int(frame[0]))
+
+    ok = Recording()
+    with _Encoder(ok, depth=2) as enc:  # type: ignore[arg-type]
+        for i in range(50):
+            enc.write(np.array([i]))
+    assert ok.frames == list(range(50))
+
+    failing = Recording(fail_at=3)
+    with pytest.raises(OSError, match="No space left"), _Encoder(failing, depth=2) as enc:  # type: ignore[arg-type]
+        for i in range(50):
+            enc.write(np.array([i]))
+    assert failing.frames == [0, 1, 2]
+
+
+def test_sample_frames_are_the_frames_iter_frames_gives(tmp_path):
+    path = tmp_path / "count.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):  # each frame a different flat grey
+            rgb = np.full((48, 64, 3), 10 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    every = [f.rgb for f in video.iter_frames(str(path))]
+    picked = video.sample_frames(str(path), 5)
+    assert len(picked) == 5
+    expected = [every[i] for i in (0, 5, 10, 14, 19)]  # evenly spread, first and last included
+    assert all(np.array_equal(a, b) for a, b in zip(picked, expected, strict=True))
