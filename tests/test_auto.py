@@ -228,3 +228,51 @@ def test_the_gateway_runs_both_candidates_and_survives_one_failing():
     asyncio.run(cancelled_midway())
     assert handles["isnet-imgly-medium"].calls[0].cancelled
     assert handles["u2netp"].calls[0].cancelled
+
+
+class _SyncResponse(_Response):
+    def result(self, timeout_s=None):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer, 0.01
+
+
+class _SyncHandle(_Handle):
+    def remote(self, sent, native):
+        self.calls.append(_SyncResponse(self.answer))
+        return self.calls[-1]
+
+
+def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_path, monkeypatch):
+    from deployments.jobs import JobWorker
+    from pipelines.catalog import load_catalog
+    from serve_app.core.settings import get_settings
+
+    monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("BGR_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yy, xx = np.mgrid[:200, :200]
+    sharp = np.where(np.hypot(yy - 100, xx - 100) < 60, 255, 0).astype(np.uint8)
+    catalog = {m.id: m.model_dump(mode="json") for m in load_catalog().models}
+    rgb = np.full((200, 200, 3), 90, np.uint8)  # no face: an object
+
+    def worker(pro, light) -> JobWorker:
+        handles = {"isnet-imgly-medium": _SyncHandle(pro), "u2netp": _SyncHandle(light),
+                   "mediapipe-selfie": _SyncHandle(np.zeros((200, 200), np.uint8))}
+        return JobWorker(models=handles,  # type: ignore[arg-type]
+                         auto_models=[ServedModel(m, Tier(catalog[m]["tier"]), 1.0)
+                                      for m in handles],
+                         specs={m: catalog[m] for m in handles})
+
+    workers = [worker(TimeoutError("pro timed out"), sharp),
+               worker(TimeoutError("pro timed out"), RuntimeError("light lost"))]
+    try:
+        model_id, mask = workers[0]._auto_image(rgb)
+        assert model_id == "u2netp" and np.array_equal(mask, sharp)
+        assert workers[0].models["isnet-imgly-medium"].calls[0].cancelled  # type: ignore[attr-defined]
+        with pytest.raises(TimeoutError, match="pro timed out"):  # none answered: the first error
+            workers[1]._auto_image(rgb)
+    finally:
+        for w in workers:
+            w._stop.set()
+        get_settings.cache_clear()
