@@ -36,7 +36,7 @@ from pipelines.auto import (
     ServedModel,
     categorize,
     categorize_clip,
-    most_confident,
+    pick,
 )
 from pipelines.catalog import ModelSpec
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
@@ -243,27 +243,21 @@ class JobWorker:
         """auto's model for `rgb` and its mask (candidates run side by side, the most confident
         kept; a failed candidate leaves the choice to the others)."""
         policy = AutoPolicy(tuple(self.auto_models), self._win_rates(), compare=self.auto_compare)
-        masks: dict[str, np.ndarray] = {}
-        person = self._person_mask(policy)
-        if person is not None and policy.person_model is not None:
-            masks[policy.person_model] = person(rgb)
-        category = categorize(rgb, masks.get(policy.person_model or ""))
+        cue: dict[str, np.ndarray] = {}  # the person model's mask, run for the face cue
+        if policy.person_model is not None:
+            cue[policy.person_model] = self._segment(policy.person_model, rgb)()
+        category = categorize(rgb, next(iter(cue.values()), None))
         candidates = policy.candidates(category, rgb.shape[1], rgb.shape[0])
         deadline = time.monotonic() + self.model_timeout_s  # one budget for the candidates
-        waits = {m: self._segment(m, rgb, deadline) for m in candidates if m not in masks}
-        error: Exception | None = None
-        for model_id, wait in waits.items():
+        waits = {m: self._segment(m, rgb, deadline) for m in candidates if m not in cue}
+        outcomes: dict[str, np.ndarray | BaseException] = {}
+        for model_id in candidates:
             try:
-                masks[model_id] = wait()
+                outcomes[model_id] = cue[model_id] if model_id in cue else waits[model_id]()
             except Exception as exc:  # noqa: BLE001 - the other candidates may still answer
-                error = error or exc
+                outcomes[model_id] = exc
                 log.warning("model=auto: candidate %s failed (%s)", model_id, exc)
-        ran = {m: masks[m] for m in candidates if m in masks}
-        if not ran:
-            assert error is not None
-            raise error
-        chosen = most_confident(ran)
-        return chosen, ran[chosen]
+        return pick(outcomes)
 
     def _auto_video(self, path: str, max_duration_s: float | None) -> str:
         """One model for the whole clip, from 5 frames spread over what will be processed."""

@@ -12,10 +12,10 @@ in gravel). Then, per category:
   (a pro model per frame is too slow on a CPU);
 - anything else: the pro model *and* a light one side by side, keeping the more confident
   mask (the smaller share of undecided alpha, `uncertainty`) unless it found no subject or
-  disagrees with the pro model's (`most_confident`): on the exact-ground-truth benchmark this
-  has a lower SAD than either model alone in every category (IS-Net medium and u2netp; chosen
-  on that set, docs/benchmarks.md); with `compare` off, or one of them not served, the pro
-  model alone, else the light one (video: light first, one model per clip).
+  disagrees with the pro model's (`most_confident`, `pick`): on the exact-ground-truth
+  benchmark this has a lower SAD than either model alone in every category (IS-Net medium and
+  u2netp; chosen on that set, docs/benchmarks.md); with `compare` off, or one of them not
+  served, the pro model alone, else the light one (video: light first, one model per clip).
 
 Once people have logged enough selections for a category (`/log-selection` with
 `image_category` "person" or "object"), the model they pick most often there wins instead.
@@ -85,13 +85,13 @@ class AutoPolicy:
 
     def candidates(self, category: Category, width: int, height: int) -> tuple[str, ...]:
         """The models to run on a still image of this category: one, or for an object the pro
-        and the light model whose masks `most_confident` chooses between."""
-        chosen = self.choose(category, width, height)[0]
-        if category != "object" or not self.compare or self._winner(category) is not None:
-            return (chosen,)
-        pro = [m.id for m in self.models if m.tier is Tier.pro]
-        light = [m.id for m in self.models if m.tier is Tier.light]
-        return (pro[0], light[0]) if pro and light else (chosen,)
+        and the light model whose masks `pick` chooses between."""
+        if category == "object" and self.compare and self._winner(category) is None:
+            pro = [m.id for m in self.models if m.tier is Tier.pro]
+            light = [m.id for m in self.models if m.tier is Tier.light]
+            if pro and light:
+                return pro[0], light[0]
+        return (self.choose(category, width, height)[0],)
 
     def _winner(self, category: str) -> str | None:
         served = {m.id for m in self.models}
@@ -141,6 +141,19 @@ def most_confident(masks: Mapping[str, np.ndarray]) -> str:
 
     trusted = [m for m in found if m == found[0] or iou(subjects[m]) >= MIN_AGREEMENT]
     return min(trusted, key=lambda m: uncertainty(masks[m]))
+
+
+def pick(outcomes: Mapping[str, np.ndarray | BaseException]) -> tuple[str, np.ndarray]:
+    """The candidate to keep and its mask, from each candidate's mask or error (in order of
+    preference): the most confident of those that answered; the first error when none did."""
+    masks = {m: o for m, o in outcomes.items() if not isinstance(o, BaseException)}
+    errors = [(m, o) for m, o in outcomes.items() if isinstance(o, BaseException)]
+    if not masks:
+        if not errors:
+            raise ValueError("no candidate to choose from")
+        raise errors[0][1]
+    chosen = most_confident(masks)
+    return chosen, masks[chosen]
 
 
 @cache

@@ -23,7 +23,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, most_confident
+from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, pick
 from pipelines.catalog import ModelSpec, Price
 from pipelines.errors import ModelUnavailable, UnknownModel
 from pipelines.images import DecodedImage
@@ -93,27 +93,22 @@ class ModelGateway:
             return model_id, (await self.segment(model_id, image.rgb))[0]
         policy = AutoPolicy(tuple(self.auto_models), await self._win_rates(),
                             compare=self.auto_compare)
-        masks: dict[str, np.ndarray] = {}
-        person_mask = None
+        cue: dict[str, np.ndarray] = {}  # the person model's mask, run for the face cue
         if policy.person_model is not None:
-            person_mask = masks[policy.person_model] = (
-                await self.segment(policy.person_model, image.rgb))[0]
-        category = await asyncio.to_thread(categorize, image.rgb, person_mask)
+            cue[policy.person_model] = (await self.segment(policy.person_model, image.rgb))[0]
+        category = await asyncio.to_thread(categorize, image.rgb, next(iter(cue.values()), None))
         candidates = policy.candidates(category, *image.size)
-        todo = [m for m in candidates if m not in masks]
-        results = await asyncio.gather(*(self.segment(m, image.rgb) for m in todo),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        masks |= {m: r[0] for m, r in zip(todo, results, strict=True)
-                  if not isinstance(r, BaseException)}
-        ran = {m: masks[m] for m in candidates if m in masks}
-        if not ran:
-            raise errors[0]
-        if errors:
-            log.warning("model=auto: %d of %d candidates failed (%s); choosing from the rest",
-                        len(errors), len(candidates), errors[0])
-        chosen = most_confident(ran)
-        return chosen, ran[chosen]
+
+        async def outcome(model_id: str) -> np.ndarray:
+            return cue[model_id] if model_id in cue else (
+                await self.segment(model_id, image.rgb))[0]
+
+        results = await asyncio.gather(*map(outcome, candidates), return_exceptions=True)
+        outcomes = dict(zip(candidates, results, strict=True))
+        for model_id, result in outcomes.items():
+            if isinstance(result, BaseException):
+                log.warning("model=auto: candidate %s failed (%s)", model_id, result)
+        return pick(outcomes)
 
     async def _win_rates(self) -> Mapping[str, Mapping[str, tuple[int, int]]]:
         """The logged selections' win rates, read at most once a minute."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, most_confident, uncertainty
+from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, most_confident, pick, uncertainty
 from pipelines.catalog import Tier
 
 from conftest import media
@@ -73,6 +73,12 @@ def test_the_more_confident_mask_wins():
     assert uncertainty(big) == pytest.approx(32 / 4096, rel=0.2)
     with pytest.raises(ValueError):
         most_confident({})
+    # with failed candidates: the most confident of those that answered, else the first error
+    assert pick({"pro": OSError("lost"), "light": crisp})[0] == "light"
+    with pytest.raises(OSError, match="first"):
+        pick({"pro": OSError("first"), "light": RuntimeError("second")})
+    with pytest.raises(ValueError):
+        pick({})
 
 
 def test_face_inside_the_person_mask_tells_people_from_things(real_models):
