@@ -44,6 +44,7 @@ class Sample:
     category: str
     rgb: np.ndarray  # uint8 H x W x 3
     alpha: np.ndarray  # float32 H x W in [0, 1]
+    subjects: tuple[str, ...] = ()  # the drawn foreground or stamp names it shows (the split)
 
 
 def _down(big: np.ndarray) -> np.ndarray:
@@ -182,7 +183,7 @@ def samples(foregrounds=FOREGROUNDS, backgrounds=BACKGROUNDS) -> list[Sample]:
         for b in backgrounds:
             category = "look-alike colours" if b == "lookalike" else CATEGORY[f]
             out.append(Sample(f"{f}/{b}", category, composite(fg, background_rgb(b, fg, alpha),
-                                                               alpha), alpha))
+                                                               alpha), alpha, (f,)))
     return out
 
 
@@ -202,7 +203,7 @@ def real_samples(backgrounds=BACKGROUNDS, per_subject: int = 2) -> list[Sample]:
                 turn += 1
                 out.append(Sample(f"{name.rsplit('/', 1)[-1]}/{b}", category,
                                   rs.compose(premult, alpha, background_rgb(b, colour, alpha)),
-                                  alpha))
+                                  alpha, (name,)))
     return out
 
 
