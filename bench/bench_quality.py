@@ -53,7 +53,7 @@ from docs_section import write_section  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN bench_quality -->", "<!-- END bench_quality -->"
 ORDER = ("isnet-general-use", "birefnet-general", "isnet-imgly-medium", "isnet-imgly-small",
-         "u2netp", "mediapipe-selfie", "mediapipe-selfie-landscape")
+         "u2netp", "mediapipe-selfie", "mediapipe-selfie-landscape", "rvm")
 
 
 def installed_models() -> dict[str, OnnxSegmenter]:

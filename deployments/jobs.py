@@ -29,22 +29,15 @@ import ray
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import CREDITS_CHARGED, JOBS
+from deployments.model_client import ModelClient
 from pipelines import video, webhooks
-from pipelines.auto import (
-    AUTO,
-    AutoPolicy,
-    ServedModel,
-    categorize,
-    categorize_clip,
-    pick,
-)
+from pipelines.auto import AUTO, ServedModel, categorize_clip
 from pipelines.catalog import ModelSpec
 from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
 from pipelines.sam import prompt_model_missing
-from pipelines.segmenter import for_model, to_size
 from pipelines.temporal import MaskSmoother
 from serve_app.core.artifacts import artifact_store
 from serve_app.core.db import now
@@ -64,15 +57,13 @@ class JobWorker:
     def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0,
                  prompter: DeploymentHandle | None = None,
                  text_segmenter: DeploymentHandle | None = None,
+                 detector: DeploymentHandle | None = None,
                  auto_models: list[ServedModel] | None = None,
                  auto_compare: bool = True,
                  specs: dict[str, dict[str, Any]] | None = None) -> None:
         self.models = models
         # the served models' catalog entries: what each model reads (`_segment`)
         self.specs = {m: ModelSpec.model_validate(e) for m, e in (specs or {}).items()}
-        self.auto_models = auto_models or []  # what `model=auto` chooses from
-        self.auto_compare = auto_compare  # objects: pro and light side by side (pipelines.auto)
-        self._rates: tuple[float, dict] = (0.0, {})  # logged selections' win rates, cached
         self.prompter = prompter  # click/box prompts of /v1/jobs (None: not installed)
         self.text_segmenter = text_segmenter  # text_prompt terms (None: not configured)
         self.model_timeout_s = model_timeout_s
@@ -80,6 +71,9 @@ class JobWorker:
         apply_log_level(self.settings)
         self.store = JobStore.from_settings(self.settings)
         self.selections = Store.from_settings(self.settings)  # shotgun picks, for auto
+        # model calls and `model=auto`, the same way as the ingress makes them
+        self.client = ModelClient(models, self.specs, detector, auto_models or [], auto_compare,
+                                  self.selections.rates_by_category)
         self.artifacts = artifact_store(self.settings)
         self.worker_id = f"worker-{uuid.uuid4().hex[:10]}"
         s = self.settings
@@ -198,74 +192,25 @@ class JobWorker:
     def _segment(self, model_id: str, rgb: np.ndarray,
                  deadline: float | None = None) -> Callable[[], np.ndarray]:
         """Start `model_id`'s mask of `rgb`; returns the wait for the full-size mask (until
-        `deadline`, a time.monotonic(), else for the model timeout). The replica gets the
-        image at the model's input size and answers at its output size
-        (`pipelines.segmenter.for_model`): a 48 MP HD image crosses Ray as 0.3 MB, not 144.
-        A wait that fails or times out cancels the replica's request."""
-        handle = self._model(model_id)
-        spec = self.specs.get(model_id)
-        sent, native = for_model(rgb, spec) if spec is not None else (rgb, False)
-        response = handle.segment.remote(sent, native)
+        `deadline`, a time.monotonic(), else for the model timeout). A wait that fails or
+        times out cancels the replica's request (`deployments.model_client`)."""
+        self._model(model_id)
+        call = self.client.segment(model_id, rgb)
 
         def wait() -> np.ndarray:
             timeout = (self.model_timeout_s if deadline is None
-                       else max(0.0, deadline - time.monotonic()))
-            try:
-                mask = response.result(timeout_s=timeout)[0]
-            except BaseException:
-                response.cancel()
-                raise
-            if native and spec is not None:
-                return to_size(mask, spec, (rgb.shape[1], rgb.shape[0]))
-            return mask
+                       else deadline - time.monotonic())
+            return call.wait(timeout)[0]
         return wait
 
-    def _person_mask(self, policy: AutoPolicy):
-        """The person model's mask function for auto's cue (None without a person model)."""
-        if policy.person_model is None:
-            return None
-        person_model = policy.person_model
-        return lambda rgb: self._segment(person_model, rgb)()
-
-    def _win_rates(self) -> dict:
-        """The logged selections' win rates (what `/image/*` auto weighs too), read at most
-        once a minute; without them when the database cannot answer."""
-        at, rates = self._rates
-        if time.monotonic() - at > 60:
-            try:
-                rates = self.selections.rates_by_category()
-            except Exception:  # noqa: BLE001 - auto still chooses without them
-                log.warning("model=auto: selections could not be read; choosing without them")
-            self._rates = (time.monotonic(), rates)
-        return rates
-
-    def _auto_image(self, rgb: np.ndarray) -> tuple[str, np.ndarray]:
-        """auto's model for `rgb` and its mask (candidates run side by side, the most confident
-        kept; a failed candidate leaves the choice to the others)."""
-        policy = AutoPolicy(tuple(self.auto_models), self._win_rates(), compare=self.auto_compare)
-        cue: dict[str, np.ndarray] = {}  # the person model's mask, run for the face cue
-        if policy.person_model is not None:
-            cue[policy.person_model] = self._segment(policy.person_model, rgb)()
-        category = categorize(rgb, next(iter(cue.values()), None))
-        candidates = policy.candidates(category, rgb.shape[1], rgb.shape[0])
-        deadline = time.monotonic() + self.model_timeout_s  # one budget for the candidates
-        waits = {m: self._segment(m, rgb, deadline) for m in candidates if m not in cue}
-        outcomes: dict[str, np.ndarray | BaseException] = {}
-        for model_id in candidates:
-            try:
-                outcomes[model_id] = cue[model_id] if model_id in cue else waits[model_id]()
-            except Exception as exc:  # noqa: BLE001 - the other candidates may still answer
-                outcomes[model_id] = exc
-                log.warning("model=auto: candidate %s failed (%s)", model_id, exc)
-        return pick(outcomes)
-
-    def _auto_video(self, path: str, max_duration_s: float | None) -> str:
-        """One model for the whole clip, from 5 frames spread over what will be processed."""
-        policy = AutoPolicy(tuple(self.auto_models))
+    def _auto_video(self, path: str, max_duration_s: float | None) -> tuple[str, str]:
+        """One model for the whole clip, from 5 frames spread over what will be processed:
+        the recurrent person model (RVM) or a person model for a person, else a light model."""
         frames = video.sample_frames(path, 5, max_duration_s)
-        category = categorize_clip(frames, self._person_mask(policy))
+        category, _ = categorize_clip(
+            frames, lambda rgb: self.client.look(rgb, self.model_timeout_s))
         height, width = frames[0].shape[:2] if frames else (1, 1)
-        return policy.choose(category, width, height, video=True)[0]
+        return self.client.policy().choose(category, width, height, video=True)[0], category
 
     def _process(self, job: Job) -> tuple[str, str, float, dict | None]:
         """Run the job: its output's key and media type, the units it is charged for (1 image,
@@ -284,7 +229,9 @@ class JobWorker:
 
         def segment(rgb: np.ndarray) -> np.ndarray:
             if params.model_id == AUTO:
-                report["model_id"], mask = self._auto_image(rgb)
+                choice = self.client.auto_sync(rgb, self.model_timeout_s)
+                report["model_id"], report["subject"], mask = (choice.model_id, choice.subject,
+                                                               choice.mask)
             else:
                 mask = self._segment(params.model_id, rgb)()
             ref = ray.put(rgb) if params.text_prompt or params.prompt is not None else None
@@ -363,7 +310,8 @@ class JobWorker:
             dst = Path(tmp) / f"output.{fmt}"
             model_id = params.model_id
             if model_id == AUTO:
-                model_id = report["model_id"] = self._auto_video(str(src), params.max_duration_s)
+                model_id, report["subject"] = self._auto_video(str(src), params.max_duration_s)
+                report["model_id"] = model_id
             result = render_video(
                 str(src), str(dst), submit, output_format=fmt,
                 background=params.background, background_image=background_image,

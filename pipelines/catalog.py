@@ -34,6 +34,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ExtraInput(_Strict):
+    """A model input that the image does not give, fed as a constant (RVM's downsample ratio
+    and, for a still, its zero recurrent state)."""
+
+    shape: list[int] = Field(default_factory=list)
+    value: float = 0.0
+
+
 class Preprocess(_Strict):
     """How an RGB uint8 image becomes the model's input tensor."""
 
@@ -50,6 +58,7 @@ class Preprocess(_Strict):
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     # Divides once more after (x - mean) / std; SINet's reference code does this.
     post_divide: float = Field(1.0, gt=0)
+    extra_inputs: dict[str, ExtraInput] = Field(default_factory=dict)
 
 
 class Postprocess(_Strict):
@@ -89,11 +98,13 @@ class WheelSource(_Strict):
 
 class TfjsGraphConversion(_Strict):
     """A TF.js graph model converted to ONNX by the project's converter (`pipelines.tfjs_to_onnx`):
-    the part of the graph that computes `outputs`, with its placeholders given these shapes."""
+    the part of the graph that computes `outputs` (tensor names or signature keys), with its
+    placeholders given these shapes, and conditionals fixed by `assume` (predicate -> value)."""
 
     kind: Literal["tfjs_graph"]
     inputs: dict[str, list[int | str]]  # placeholder -> shape (NHWC as in TF; str: symbolic)
     outputs: list[str] = Field(min_length=1)
+    assume: dict[str, bool] = Field(default_factory=dict)
 
 
 class NpmSource(_Strict):
@@ -193,6 +204,9 @@ class ModelSpec(_Strict):
     postprocess: Postprocess = Postprocess()
     weights: Weights
     price: Price = Price()
+    # A video model that carries a state from frame to frame (RVM): a clip's frames go through
+    # it in order (pipelines.rvm); a still runs it with a zero state.
+    recurrent: bool = False
 
 
 class AssetSpec(_Strict):

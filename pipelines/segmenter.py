@@ -175,6 +175,8 @@ class OnnxSegmenter:
         )
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
+        self._extra = {name: np.full(x.shape, x.value, np.float32)
+                       for name, x in spec.preprocess.extra_inputs.items()}
         self.dynamic_batch = not isinstance(inp.shape[0], int)
         # Only the output the mask is read from is fetched (IS-Net graphs have 7 more).
         self._output_name = self.session.get_outputs()[spec.postprocess.output_index].name
@@ -201,7 +203,7 @@ class OnnxSegmenter:
 
     def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         try:
-            (output,) = session.run([self._output_name], {self._input_name: batch})
+            (output,) = session.run([self._output_name], {self._input_name: batch, **self._extra})
         except Exception as exc:
             raise InferenceError(f"model {self.spec.id!r} failed: {exc}") from None
         return output

@@ -91,12 +91,18 @@ def read_weights(manifest: Sequence[Mapping[str, Any]],
 
 
 def convert_tfjs_to_onnx(model: TfjsModel, outputs: Sequence[str],
-                         inputs: Mapping[str, Sequence[int | str]], *,
+                         inputs: Mapping[str, Sequence[int | str] | None], *,
+                         assume: Mapping[str, bool] | None = None,
                          opset: int = 17) -> onnx.ModelProto:
-    """The part of `model` that computes `outputs` (TF tensor names, "node" or "node:1"), with
-    graph inputs named after the TF placeholders and given these shapes (NHWC as in TF; a str
-    is a symbolic dimension). Output names are the TF tensor names."""
-    return _Converter(model, opset).convert(outputs, inputs)
+    """The part of `model` that computes `outputs`, with graph inputs named after the TF
+    placeholders and given these shapes (NHWC as in TF; a str is a symbolic dimension; None: any
+    rank). An output is a TF tensor name ("node" or "node:1"), or a key of the model's signature
+    (RVM's "pha"), which then names the ONNX output.
+
+    `assume` fixes boolean tensors (the predicates of TF1 `Switch`/`Merge` conditionals) to a
+    value: only the branch taken is converted, so the ONNX graph has no control flow and is
+    valid only where the assumption holds at run time."""
+    return _Converter(model, opset, assume or {}).convert(outputs, inputs)
 
 
 def _s(attr: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -117,30 +123,47 @@ def _ref(name: str) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
+_INT_MAX = np.iinfo(np.int64).max
+# ops whose later inputs only compute what the conversion replaces (see _op_space_to_batch)
+_FIRST_INPUT_ONLY = {"SpaceToBatchND", "BatchToSpaceND"}
+
+
 class _Converter:
-    def __init__(self, model: TfjsModel, opset: int) -> None:
+    def __init__(self, model: TfjsModel, opset: int, assume: Mapping[str, bool]) -> None:
         self.model = model
         self.opset = opset
+        self.assume = {_ref(k): v for k, v in assume.items()}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, onnx.TensorProto] = {}
         self.consts: dict[str, np.ndarray] = {}
         self.done: set[str] = set()
+        self.dead: set[str] = set()  # tensors of a conditional branch not taken
+        self.space_to_batch: dict[str, tuple[str, list[int]]] = {}  # name -> (input, block)
+        self.batched: set[str] = set()  # convolutions over a SpaceToBatchND (made dilated)
         self._n = 0
 
     # ---- plumbing ------------------------------------------------------------------------------
-    def convert(self, outputs: Sequence[str], inputs: Mapping[str, Sequence[int | str]]):
-        self.inputs = dict(inputs)
+    def convert(self, outputs: Sequence[str],
+                inputs: Mapping[str, Sequence[int | str] | None]) -> onnx.ModelProto:
         graph_inputs = []
         for name, shape in inputs.items():
             node = self.model.nodes.get(name)
             if node is None or node["op"] != "Placeholder":
                 raise ValueError(f"{name!r} is not a placeholder of the graph")
             dtype = _TF_DTYPES[node["attr"]["dtype"]["type"]]
-            graph_inputs.append(helper.make_tensor_value_info(name, dtype, list(shape)))
+            graph_inputs.append(helper.make_tensor_value_info(
+                name, dtype, None if shape is None else list(shape)))
             self.done.add(name)
+        signature = self.model.signature.get("outputs", {})
+        names = []
         for out in outputs:
-            self._visit(_ref(out).split(":")[0])
-        names = [_ref(out) for out in outputs]
+            tensor = _ref(signature[out]["name"]) if out in signature else _ref(out)
+            self._visit(tensor.split(":")[0])
+            if tensor in self.dead:
+                raise ValueError(f"output {out!r} is on a branch not taken")
+            if out in signature:  # the signature's key names the output
+                tensor = self._add("Identity", [tensor], out)
+            names.append(tensor)
         if constant := [n for n in names if n in self.consts]:
             raise ValueError(f"outputs {constant} are constants")
         used = {i for n in self.nodes for i in n.input}  # TF weights replaced by ONNX ones drop
@@ -167,19 +190,30 @@ class _Converter:
             node = self.model.nodes.get(cur)
             if node is None:
                 raise ValueError(f"node {cur!r} is not in the graph")
-            deps = [_ref(i).split(":")[0] for i in node.get("input", []) if not i.startswith("^")]
+            ins = [_ref(i) for i in node.get("input", []) if not i.startswith("^")]
+            if node["op"] in _FIRST_INPUT_ONLY:
+                ins = ins[:1]
             if not ready:
                 stack.append((cur, True))
-                stack.extend((d, False) for d in deps if d not in self.done)
+                if cur not in self.assume:
+                    stack.extend((d.split(":")[0], False) for d in ins)
+                continue
+            self.done.add(cur)
+            if cur in self.assume:  # a predicate fixed by the caller
+                self.consts[cur] = np.array(self.assume[cur])
                 continue
             if node["op"] == "Placeholder":
                 raise ValueError(f"placeholder {cur!r} is needed but was given no shape")
+            if node["op"] == "Merge":
+                self._op_merge(node, ins)
+                continue
+            if any(i in self.dead for i in ins):  # a branch not taken: nothing to convert
+                self.dead.update([cur, *(f"{cur}:{k}" for k in range(1, 8))])
+                continue
             handler = self._HANDLERS.get(node["op"])
             if handler is None:
                 raise ValueError(f"TF op {node['op']!r} (node {cur!r}) is not supported")
-            ins = [_ref(i) for i in node.get("input", []) if not i.startswith("^")]
             handler(self, node, ins)
-            self.done.add(cur)
 
     def _tmp(self, hint: str) -> str:
         self._n += 1
@@ -250,7 +284,15 @@ class _Converter:
         else:
             weight, group = w.transpose(3, 2, 0, 1), 1
         strides, dil = _ints(attr, "strides"), _ints(attr, "dilations") or [1, 1, 1, 1]
-        conv_in = [self._nchw(ins[0]), self._const(np.ascontiguousarray(weight), "w")]
+        x = ins[0]
+        if x in self.space_to_batch:  # TF's dilated convolution: the same on the input, dilated
+            if _s(attr, "padding") != "VALID" or strides != [1, 1, 1, 1]:
+                raise ValueError(f"{node['name']}: only VALID, unstrided convolutions after "
+                                 "SpaceToBatchND are supported")
+            x, block = self.space_to_batch[x]
+            dil = [1, *block, 1]
+            self.batched.add(node["name"])
+        conv_in = [self._nchw(x), self._const(np.ascontiguousarray(weight), "w")]
         fused = _strs(attr, "fused_ops")
         if fused[:1] == ["BiasAdd"]:
             conv_in.append(ins[2])
@@ -299,7 +341,8 @@ class _Converter:
 
     def _op_resize_bilinear(self, node, ins) -> None:
         attr = node.get("attr", {})
-        size = self._value(ins[1]).astype(np.int64)
+        size = (self._const(self._value(ins[1]).astype(np.int64)) if ins[1] in self.consts
+                else self._add("Cast", [ins[1]], to=TensorProto.INT64))
         if attr.get("align_corners", {}).get("b"):
             mode = "align_corners"
         elif attr.get("half_pixel_centers", {}).get("b"):
@@ -309,10 +352,129 @@ class _Converter:
         x = self._nchw(ins[0])
         nc = self._add("Slice", [self._add("Shape", [x]), self._const(np.array([0], np.int64)),
                                  self._const(np.array([2], np.int64))])
-        sizes = self._add("Concat", [nc, self._const(size)], axis=0)
+        sizes = self._add("Concat", [nc, size], axis=0)
         y = self._add("Resize", [x, "", "", sizes], mode="linear",
                       coordinate_transformation_mode=mode)
         self._nhwc(y, node["name"])
+
+    # ---- control flow and dilated convolutions ---------------------------------------------
+    def _op_switch(self, node, ins) -> None:
+        """Switch(data, pred): output 0 is data when pred is false, output 1 when it is true.
+        `pred` must be fixed by `assume`; the other output is dead."""
+        pred = self.consts.get(ins[1])
+        if pred is None or pred.dtype != np.bool_:
+            raise ValueError(f"Switch {node['name']!r}: its predicate {ins[1]!r} must be fixed "
+                             "with `assume`")
+        name = node["name"]
+        live, dead = (f"{name}:1", name) if bool(pred) else (name, f"{name}:1")
+        self.dead.add(dead)
+        if ins[0] in self.consts:
+            self.consts[live] = self.consts[ins[0]]
+        self._add("Identity", [ins[0]], live)
+
+    def _op_merge(self, node, ins) -> None:
+        live = [i for i in ins if i not in self.dead]
+        if len(live) != 1:
+            raise ValueError(f"Merge {node['name']!r}: {len(live)} live inputs (fix the "
+                             "conditional's predicate with `assume`)")
+        self._add("Identity", live, node["name"])
+
+    def _op_space_to_batch(self, node, ins) -> None:
+        """Only as TF writes a dilated convolution: SpaceToBatchND -> VALID convolution ->
+        BatchToSpaceND, which is the dilated convolution of the (already padded) input; the
+        paddings and crops TF computes only make the sizes divide by the block."""
+        block_name = _ref(node["input"][1])
+        if block_name not in self.model.weights:
+            raise ValueError(f"{node['name']}: its block shape must be a constant")
+        block = [int(b) for b in self.model.weights[block_name]]
+        self.space_to_batch[node["name"]] = (ins[0], block)
+
+    def _op_batch_to_space(self, node, ins) -> None:
+        if ins[0] not in self.batched:
+            raise ValueError(f"BatchToSpaceND {node['name']!r} does not close a dilated "
+                             "convolution")
+        self._add("Identity", ins[:1], node["name"])
+
+    # ---- shapes and tensors ----------------------------------------------------------------
+    def _op_shape(self, node, ins) -> None:
+        self._add("Cast", [self._add("Shape", ins[:1])], node["name"], to=TensorProto.INT32)
+
+    def _op_cast(self, node, ins) -> None:
+        to = _TF_DTYPES[node["attr"]["DstT"]["type"]]
+        self._add("Cast", ins[:1], node["name"], to=to)
+
+    def _op_strided_slice(self, node, ins) -> None:
+        attr = node.get("attr", {})
+        mask = {k: int(attr.get(k, {}).get("i", 0)) for k in (
+            "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+        if mask["ellipsis_mask"] or mask["new_axis_mask"]:
+            raise ValueError(f"{node['name']}: ellipsis and new-axis masks are not supported")
+        begin, end, step = (self._value(i).astype(np.int64) for i in ins[1:4])
+        rank = len(begin)
+        for d in range(rank):
+            if mask["begin_mask"] >> d & 1:
+                begin[d] = 0 if step[d] > 0 else _INT_MAX
+            if mask["end_mask"] >> d & 1:
+                end[d] = _INT_MAX if step[d] > 0 else -_INT_MAX
+            if mask["shrink_axis_mask"] >> d & 1:
+                end[d] = begin[d] + 1 if begin[d] != -1 else _INT_MAX
+        y = self._add("Slice", [ins[0], self._const(begin), self._const(end),
+                                self._const(np.arange(rank, dtype=np.int64)), self._const(step)])
+        shrink = [d for d in range(rank) if mask["shrink_axis_mask"] >> d & 1]
+        if shrink:
+            y = self._add("Squeeze", [y, self._const(np.array(shrink, np.int64))])
+        self._add("Identity", [y], node["name"])
+
+    def _op_slice(self, node, ins) -> None:
+        """TF Slice(x, begin, size): size -1 runs to the end."""
+        begin = self._add("Cast", [ins[1]], to=TensorProto.INT64)
+        size = self._add("Cast", [ins[2]], to=TensorProto.INT64)
+        end = self._add("Where", [
+            self._add("Equal", [size, self._const(np.array(-1, np.int64))]),
+            self._const(np.array(_INT_MAX, np.int64)), self._add("Add", [begin, size])])
+        self._add("Slice", [ins[0], begin, end], node["name"])
+
+    def _op_pack(self, node, ins) -> None:
+        axis = self._const(np.array([int(node.get("attr", {}).get("axis", {}).get("i", 0))],
+                                    np.int64))
+        parts = [self._add("Unsqueeze", [i, axis]) for i in ins]
+        self._add("Concat", parts, node["name"],
+                  axis=int(node.get("attr", {}).get("axis", {}).get("i", 0)))
+
+    def _op_pad(self, node, ins) -> None:
+        pads = self._value(ins[1]).astype(np.int64)  # rank x (before, after)
+        self._add("Pad", [ins[0], self._const(np.concatenate([pads[:, 0], pads[:, 1]]))],
+                  node["name"])
+
+    def _op_broadcast_to(self, node, ins) -> None:
+        shape = self._add("Cast", [ins[1]], to=TensorProto.INT64)
+        self._add("Expand", [ins[0], shape], node["name"])
+
+    def _split_outputs(self, name: str, count: int) -> list[str]:
+        return [name] + [f"{name}:{k}" for k in range(1, count)]
+
+    def _op_split(self, node, ins) -> None:
+        axis = int(self._value(ins[0]))
+        count = int(node["attr"]["num_split"]["i"])
+        self.nodes.append(helper.make_node("Split", [ins[1]],
+                                           self._split_outputs(node["name"], count), axis=axis))
+
+    def _op_split_v(self, node, ins) -> None:
+        sizes = self._value(ins[1]).astype(np.int64)
+        if (sizes < 0).any():
+            raise ValueError(f"{node['name']}: SplitV with an inferred size is not supported")
+        axis = int(self._value(ins[2]))
+        self.nodes.append(helper.make_node("Split", [ins[0], self._const(sizes)],
+                                           self._split_outputs(node["name"], len(sizes)),
+                                           axis=axis))
+
+    def _op_identity(self, node, ins) -> None:
+        if ins[0] in self.consts:  # constants stay known through identities (weights in a branch)
+            self.consts[node["name"]] = self.consts[ins[0]]
+        self._add("Identity", ins[:1], node["name"])
+
+    def _op_square(self, node, ins) -> None:
+        self._add("Mul", [ins[0], ins[0]], node["name"])
 
     _HANDLERS: ClassVar[dict[str, Callable[[_Converter, dict, list[str]], None]]] = {}
 
@@ -326,7 +488,7 @@ def _same(onnx_op: str) -> Callable[[_Converter, dict, list[str]], None]:
 
 _Converter._HANDLERS.update({
     "Const": _Converter._op_const,
-    "Identity": _same("Identity"),
+    "Identity": _Converter._op_identity,
     "Add": _same("Add"),
     "AddV2": _same("Add"),
     "Sub": _same("Sub"),
@@ -345,4 +507,19 @@ _Converter._HANDLERS.update({
     "Mean": _Converter._op_mean,
     "ConcatV2": _Converter._op_concat,
     "ResizeBilinear": _Converter._op_resize_bilinear,
+    "Minimum": _same("Min"),
+    "Maximum": _same("Max"),
+    "Square": _Converter._op_square,
+    "Switch": _Converter._op_switch,
+    "SpaceToBatchND": _Converter._op_space_to_batch,
+    "BatchToSpaceND": _Converter._op_batch_to_space,
+    "Shape": _Converter._op_shape,
+    "Cast": _Converter._op_cast,
+    "StridedSlice": _Converter._op_strided_slice,
+    "Slice": _Converter._op_slice,
+    "Pack": _Converter._op_pack,
+    "Pad": _Converter._op_pad,
+    "BroadcastTo": _Converter._op_broadcast_to,
+    "Split": _Converter._op_split,
+    "SplitV": _Converter._op_split_v,
 })

@@ -19,6 +19,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from deployments.detector import SubjectDetection
 from deployments.generator import BackgroundGenerator
 from deployments.jobs import JobWorker
 from deployments.prompter import PromptModel
@@ -176,12 +177,14 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                     ", ".join(missing))
 
     prompter, prompt_reason = _prompt_model(config, catalog, search_dirs, placement)
+    detector, detector_reason = _detector(config, catalog, search_dirs, placement)
     text_model, text_reason = _text_model(config, placement)
     generator, generate_reason = _generator(config, placement)
 
     default = config.default_model or config.models[0]
     auto_models = [ServedModel(m, catalog.get(m).tier, catalog.get(m).preprocess.width
-                               / catalog.get(m).preprocess.height) for m in handles]
+                               / catalog.get(m).preprocess.height, catalog.get(m).recurrent)
+                   for m in handles]
     tier_models = {"original": default}
     for model_id, tier in model_pools.items():
         tier_models.setdefault(tier.value, model_id)
@@ -189,6 +192,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     setup = IngressSetup(default_model=default, shotgun=config.shotgun, model_pools=model_pools,
                          pools={tier: config.tier_pool(tier) for tier in set(model_pools.values())},
                          tier_models=tier_models, features={"prompts": prompt_reason,
+                                                            "detector": detector_reason,
                                                             "text_prompt": text_reason,
                                                             "generate": generate_reason},
                          withheld=withheld, auto_models=auto_models, auto=config.auto)
@@ -198,12 +202,12 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
         ).bind(handles, model_timeout_s=config.jobs.model_timeout_s, prompter=prompter,
-               text_segmenter=text_model, auto_models=auto_models,
+               text_segmenter=text_model, detector=detector, auto_models=auto_models,
                auto_compare=config.auto.compare,
                specs={m: catalog.get(m).model_dump(mode="json") for m in handles})
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
-        setup.model_dump(mode="json"), worker, prompter, generator,
+        setup.model_dump(mode="json"), worker, prompter, generator, detector,
     )
 
 
@@ -244,6 +248,27 @@ def _checkpoint_deployment(cls: type, field: str, options: Any, what: str, marke
         cls, name=cls.__name__, num_replicas=options.num_replicas,
         ray_actor_options=options.ray_actor_options, max_ongoing_requests=max_ongoing,
     ).bind(str(folder), **bind), None
+
+
+def _detector(config: AppConfig, catalog: Catalog, search_dirs: list[Path],
+              placement: dict) -> tuple[Application | None, str | None]:
+    """The subject detector's deployment when enabled and installed, else (None, why not)."""
+    options = config.detector
+    if not options.enabled:
+        return None, "disabled in the Serve config (detector.enabled: false)"
+    assets = catalog.asset_group("detector")
+    path = find_weights(assets[0], search_dirs) if assets else None
+    if path is None:
+        log.info("subject detector not installed; model=auto falls back to the face cue")
+        return None, "not installed: run `bgremove models pull detector`"
+    placement["SubjectDetection"] = (options.ray_actor_options, options.num_replicas)
+    log.info("subject detector: %s", path)
+    return serve.deployment(
+        SubjectDetection, name="SubjectDetection", num_replicas=options.num_replicas,
+        ray_actor_options=options.ray_actor_options,
+        max_ongoing_requests=options.max_ongoing_requests,
+    ).bind(str(path), providers=options.providers,
+           intra_op_threads=options.intra_op_threads), None
 
 
 def _prompt_model(config: AppConfig, catalog: Catalog, search_dirs: list[Path],

@@ -147,6 +147,18 @@ class PromptOptions(_Options):
     max_ongoing_requests: int = Field(16, ge=1)
 
 
+class DetectorOptions(_Options):
+    """The subject detector behind `model=auto` (`bgremove models pull detector`): deployed
+    when its file is installed and `enabled`; without it auto falls back to the face cue."""
+
+    enabled: bool = True
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0})
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = Field(1, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
 class TextPromptOptions(_Options):
     """`text_prompt` on /v1/jobs: a CLIPSeg checkpoint in a local folder (save_pretrained
     layout; never fetched from the hub at run time). Unset `model_dir`: prompts are refused."""
@@ -185,6 +197,7 @@ class AppConfig(_Options):
     jobs: WorkerOptions = WorkerOptions()
     auto: AutoOptions = AutoOptions()
     prompt: PromptOptions = PromptOptions()
+    detector: DetectorOptions = DetectorOptions()
     text_prompt: TextPromptOptions = TextPromptOptions()
     generate: GeneratorOptions = GeneratorOptions()
     # Licences (as the catalog spells them, e.g. "AGPL-3.0") the operator accepts for models

@@ -1,51 +1,31 @@
-"""The ingress's way to the model deployments: which handle serves a model id, and the one
-place where Serve's overload and lost-replica errors become a 503 the client can retry.
-
-Every call from a route to a model, the prompt model or the generator goes through `calling`,
-so a full queue (`max_queued_requests`) or a replica lost with its node reads the same
-everywhere: `ServiceUnavailable` with `retry_after_s`. `resolve` runs the model a request
-asks for, or for `model=auto` the candidates `pipelines.auto` names for the image at hand, and
-returns the model that ran with its mask.
+"""The ingress's way to the model deployments: which handle serves a model id, why a model is
+missing, and the optional prompt and generator deployments. Model calls and `model=auto` go
+through `deployments.model_client.ModelClient`, which the job worker uses too; `calling` maps
+Serve's overload and lost-replica errors to a 503 the client can retry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, pick
+from deployments.model_client import ModelClient, calling
+from pipelines.auto import AUTO, ServedModel
 from pipelines.catalog import ModelSpec, Price
+from pipelines.detect import Kind
 from pipelines.errors import ModelUnavailable, UnknownModel
 from pipelines.images import DecodedImage
 from pipelines.sam import Prompt, prompt_model_missing
-from pipelines.segmenter import for_model, to_size
-from serve_app.core.errors import ServiceUnavailable
 from serve_app.schemas import MatteOptions
 
 log = logging.getLogger("ray.serve.bgremove")
-
-
-@contextmanager
-def calling(what: str, retry_after_s: int = 1) -> Iterator[None]:
-    """Map Serve's refusals of a call to `what` ("Model 'u2netp'", "The generator") to 503s."""
-    try:
-        yield
-    except BackPressureError:  # the deployment's queue is full: shed, do not pile up
-        raise ServiceUnavailable(f"{what} is busy; retry shortly.",
-                                 {"retry_after_s": retry_after_s}) from None
-    except (RayActorError, ActorUnavailableError):  # its replica's node went away
-        raise ServiceUnavailable(f"{what} replica was lost; retry shortly.",
-                                 {"retry_after_s": retry_after_s + 1}) from None
+__all__ = ["ModelGateway", "calling"]
 
 
 @dataclass
@@ -61,18 +41,28 @@ class ModelGateway:
     generator: DeploymentHandle | None = None  # /image/generate/v1, when one is configured
     withheld: dict[str, str] = field(default_factory=dict)  # installed, licence not accepted
     auto_models: list[ServedModel] = field(default_factory=list)  # what `auto` chooses from
-    auto_compare: bool = True  # objects: pro and light side by side, the more confident kept
-    # category -> model id -> (wins, offered), from the logged selections
-    win_rates: Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None = None
+    auto_compare: bool = True  # stills: pro and light side by side, the more confident kept
+    detector: DeploymentHandle | None = None  # the subject detector behind `auto`
     prices: dict[str, Price] = field(init=False)
     specs: dict[str, ModelSpec] = field(init=False)
-    _rates: tuple[float, Mapping[str, Mapping[str, tuple[int, int]]]] = field(
-        init=False, default=(0.0, {}))
+    client: ModelClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.prices = {m: Price.model_validate(e.get("price") or {})
                        for m, e in self.catalog.items()}
         self.specs = {m: ModelSpec.model_validate(self.catalog[m]) for m in self.handles}
+        self.client = ModelClient(self.handles, self.specs, self.detector, self.auto_models,
+                                  self.auto_compare)
+
+    @property
+    def win_rates(self) -> Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None:
+        return self.client.win_rates
+
+    @win_rates.setter
+    def win_rates(self, read: Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None
+                  ) -> None:
+        """Where auto reads the logged selections' win rates (the selections store)."""
+        self.client.win_rates = read
 
     def check(self, requested: str | None) -> str:
         """The model id a request names (the default when none), checked before any work:
@@ -84,42 +74,15 @@ class ModelGateway:
             raise ModelUnavailable("model 'auto' has no served model to choose from.")
         return model_id
 
-    async def resolve(self, requested: str | None, image: DecodedImage) -> tuple[str, np.ndarray]:
-        """The model that ran on `image` and its full-size mask: the one asked for, or auto's
-        choice. For an object auto runs its candidates (pro and light) side by side and keeps
-        the more confident mask; when one of them fails the other's answer stands."""
+    async def resolve(self, requested: str | None, image: DecodedImage
+                      ) -> tuple[str, np.ndarray, Kind | None]:
+        """The model that ran on `image`, its full-size mask, and for `model=auto` what the
+        subject is (`deployments.model_client.ModelClient.auto`)."""
         model_id = self.check(requested)
         if model_id != AUTO:
-            return model_id, (await self.segment(model_id, image.rgb))[0]
-        policy = AutoPolicy(tuple(self.auto_models), await self._win_rates(),
-                            compare=self.auto_compare)
-        cue: dict[str, np.ndarray] = {}  # the person model's mask, run for the face cue
-        if policy.person_model is not None:
-            cue[policy.person_model] = (await self.segment(policy.person_model, image.rgb))[0]
-        category = await asyncio.to_thread(categorize, image.rgb, next(iter(cue.values()), None))
-        candidates = policy.candidates(category, *image.size)
-
-        async def outcome(model_id: str) -> np.ndarray:
-            return cue[model_id] if model_id in cue else (
-                await self.segment(model_id, image.rgb))[0]
-
-        results = await asyncio.gather(*map(outcome, candidates), return_exceptions=True)
-        outcomes = dict(zip(candidates, results, strict=True))
-        for model_id, result in outcomes.items():
-            if isinstance(result, BaseException):
-                log.warning("model=auto: candidate %s failed (%s)", model_id, result)
-        return pick(outcomes)
-
-    async def _win_rates(self) -> Mapping[str, Mapping[str, tuple[int, int]]]:
-        """The logged selections' win rates, read at most once a minute."""
-        at, rates = self._rates
-        if self.win_rates is not None and time.monotonic() - at > 60:
-            try:
-                rates = await asyncio.to_thread(self.win_rates)
-            except Exception:  # noqa: BLE001 - auto still chooses without them (outage logged)
-                log.warning("model=auto: selections could not be read; choosing without them")
-            self._rates = (time.monotonic(), rates)
-        return rates
+            return model_id, (await self.segment(model_id, image.rgb))[0], None
+        choice = await self.client.auto(image.rgb)
+        return choice.model_id, choice.mask, choice.subject
 
     def handle(self, model_id: str) -> DeploymentHandle:
         """The deployment serving `model_id`; UnknownModel (400) or ModelUnavailable (503)."""
@@ -134,31 +97,22 @@ class ModelGateway:
             f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
         )
 
-    async def mask_for(self, image: DecodedImage, options: MatteOptions) -> tuple[str, np.ndarray]:
-        """The model that ran (`auto` resolved) and its mask of `image`, corrected by the
-        options' clicks and box if any."""
-        model_id, mask = await self.resolve(options.model, image)
+    async def mask_for(self, image: DecodedImage, options: MatteOptions
+                       ) -> tuple[str, np.ndarray, Kind | None]:
+        """The model that ran (`auto` resolved), its mask of `image` corrected by the options'
+        clicks and box if any, and what auto found the subject to be."""
+        model_id, mask, subject = await self.resolve(options.model, image)
         prompt = options.prompt()
         if prompt:
             mask = await self.prompted_mask(image.rgb, prompt, mask, options.prompt_mode)
-        return model_id, mask
+        return model_id, mask, subject
 
     async def segment(self, model_id: str, rgb: np.ndarray) -> tuple[np.ndarray, float]:
-        """`model_id`'s mask of `rgb` at full size and the inference seconds it is charged.
-        The replica gets the image at the model's input size and answers at its output size
-        (`pipelines.segmenter.for_model`); a cancelled or failed call cancels its request."""
-        handle = self.handle(model_id)
-        spec = self.specs[model_id]
-        sent, native = await asyncio.to_thread(for_model, rgb, spec)
-        response = handle.segment.remote(sent, native)
-        try:
-            with calling(f"Model '{model_id}'"):
-                mask, seconds = await response
-        except BaseException:
-            response.cancel()  # a timeout or a client gone: stop the replica's work too
-            raise
-        if native:
-            mask = await asyncio.to_thread(to_size, mask, spec, (rgb.shape[1], rgb.shape[0]))
+        """`model_id`'s mask of `rgb` at full size and the inference seconds it is charged."""
+        self.handle(model_id)
+        prepared = await asyncio.to_thread(self.client.prepare, model_id, rgb)
+        mask, seconds = await self.client.send(model_id, prepared,
+                                               (rgb.shape[1], rgb.shape[0])).get()
         return mask, seconds
 
     async def prompted_mask(self, rgb: np.ndarray, prompt: Prompt, base: np.ndarray | None,

@@ -53,6 +53,7 @@ class Ingress:
         worker: DeploymentHandle | None = None,
         prompter: DeploymentHandle | None = None,
         generator: DeploymentHandle | None = None,
+        detector: DeploymentHandle | None = None,
     ) -> None:
         settings = get_settings()
         apply_log_level(settings)
@@ -68,7 +69,7 @@ class Ingress:
                                ingress_setup.default_model, prompter, generator,
                                withheld=ingress_setup.withheld,
                                auto_models=ingress_setup.auto_models,
-                               auto_compare=ingress_setup.auto.compare)
+                               auto_compare=ingress_setup.auto.compare, detector=detector)
         self.services = Services.build(settings, ingress_setup, gateway, worker)
         register(self.services)
 

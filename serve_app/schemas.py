@@ -137,6 +137,8 @@ class ImageResult(BaseModel):
     model: str
     effect: Effect
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # what `model=auto` found the subject to be (person, animal, object); None for a named model
+    subject: Literal["person", "animal", "object"] | None = None
 
 
 class ModelHealth(BaseModel):

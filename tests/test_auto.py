@@ -1,5 +1,6 @@
-"""`model=auto`: the choice per input (pure policy), the face-inside-person cue on real photos
-with the real person model, and the choice through the running app."""
+"""`model=auto`: the choice per input (pure policy and `decide`), the face cue on real photos
+with the real person model, the shared model client (ingress and worker) with a detector and
+failing candidates, and the choice through the running app."""
 
 from __future__ import annotations
 
@@ -10,18 +11,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.auto import AUTO, AutoPolicy, ServedModel, categorize, most_confident, pick, uncertainty
+from pipelines.auto import (
+    AUTO,
+    AutoPolicy,
+    ServedModel,
+    categorize,
+    decide,
+    most_confident,
+    uncertainty,
+)
+from pipelines.detect import Detection
 from pipelines.catalog import Tier
 
 from conftest import media
 
 SERVED = (ServedModel("u2netp", Tier.light, 1.0), ServedModel("isnet", Tier.pro, 1.0),
           ServedModel("selfie", Tier.human, 1.0), ServedModel("landscape", Tier.human, 256 / 144))
+RVM = ServedModel("rvm", Tier.human, 1.0, recurrent=True)
 
 
 def test_policy_per_category_and_medium():
     policy = AutoPolicy(SERVED)
-    assert policy.choose("person", 800, 600)[0] == "isnet"  # pro keeps hair
+    assert policy.choose("person", 800, 600)[0] == "isnet"
     assert policy.choose("object", 800, 600)[0] == "isnet"
     assert policy.choose("person", 1280, 720, video=True)[0] == "landscape"  # closest shape
     assert policy.choose("person", 720, 720, video=True)[0] == "selfie"
@@ -30,6 +41,9 @@ def test_policy_per_category_and_medium():
     assert no_pro.choose("person", 600, 800)[0] == "selfie"
     assert no_pro.choose("object", 600, 800)[0] == "u2netp"
     assert policy.person_model == "selfie"
+    with_rvm = AutoPolicy((*SERVED, RVM))
+    assert with_rvm.choose("person", 1280, 720, video=True)[0] == "rvm"  # recurrent first
+    assert with_rvm.person_model == "selfie" and with_rvm.person_models == ("rvm", "selfie")
     with pytest.raises(ValueError):
         AutoPolicy(()).choose("object", 10, 10)
 
@@ -43,18 +57,50 @@ def test_logged_selections_decide_once_there_are_enough():
     assert policy.choose("person", 800, 600, video=True)[0] == "landscape"  # not for video
 
 
-def test_objects_compare_the_pro_and_the_light_model_unless_told_otherwise():
-    policy = AutoPolicy(SERVED)
-    assert policy.candidates("object", 800, 600) == ("isnet", "u2netp")
-    assert policy.candidates("person", 800, 600) == ("isnet",)  # people: the pro model alone
-    assert AutoPolicy(SERVED, compare=False).candidates("object", 800, 600) == ("isnet",)
-    no_light = AutoPolicy(tuple(m for m in SERVED if m.tier is not Tier.light))
-    assert no_light.candidates("object", 800, 600) == ("isnet",)
+def test_stills_run_the_salient_and_the_person_models_side_by_side():
+    policy = AutoPolicy((*SERVED, RVM))
+    assert policy.candidates() == ("isnet", "u2netp", "rvm", "selfie")
+    assert AutoPolicy((*SERVED, RVM), compare=False).candidates() == ("isnet", "rvm", "selfie")
     no_pro = AutoPolicy(tuple(m for m in SERVED if m.tier is not Tier.pro))
-    assert no_pro.candidates("object", 800, 600) == ("u2netp",)
-    # once people's picks decide a category, the pick is run alone
-    picked = AutoPolicy(SERVED, {"object": {"u2netp": (18, 20)}}, min_selections=20)
-    assert picked.candidates("object", 800, 600) == ("u2netp",)
+    assert no_pro.candidates() == ("u2netp", "selfie")
+    # a model people pick most often joins the candidates
+    picked = AutoPolicy(SERVED, {"person": {"landscape": (18, 20)}}, min_selections=20)
+    assert picked.candidates() == ("isnet", "u2netp", "selfie", "landscape")
+
+
+def _disc(r: float, soft: float = 0.0, size: int = 200, cx: float = 100) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy - size / 2, xx - cx)
+    if soft:
+        return np.clip(255 * (r - d) / soft, 0, 255).astype(np.uint8)
+    return np.where(d < r, 255, 0).astype(np.uint8)
+
+
+def test_decide_takes_the_person_models_for_a_person_and_the_salient_ones_otherwise():
+    policy = AutoPolicy((*SERVED, RVM))
+    person = {"rvm": _disc(40, 4, cx=60), "selfie": _disc(40, 8, cx=60)}
+    shelf = {"isnet": _disc(30, cx=150), "u2netp": _disc(30, 6, cx=150)}  # something else
+    outcomes = {**shelf, **person}
+    seen = [Detection("person", 0.6, (20, 60, 100, 140))]
+    chosen = decide(policy, outcomes, seen)
+    assert (chosen.model_id, chosen.subject) == ("rvm", "person")  # the surer person model
+    # no detection, but both person models agree where the salient ones looked elsewhere
+    chosen = decide(policy, outcomes, [Detection("book", 0.4, (120, 60, 180, 140))])
+    assert chosen.model_id == "rvm" and "agree" in chosen.why
+    # a weak person detection is not enough, nor person models the salient ones agree with
+    same = {"isnet": _disc(40, cx=60), "u2netp": _disc(40, 6, cx=60), **person}
+    chosen = decide(policy, same, [Detection("person", 0.2, (20, 60, 100, 140))])
+    assert chosen.model_id == "isnet" and chosen.subject == "object"
+    cat = decide(policy, same, [Detection("cat", 0.5, (0, 0, 200, 200))])
+    assert cat.subject == "animal" and cat.model_id == "isnet"
+    # a failed person model: the other person model answers for the person
+    broken = {**shelf, "rvm": RuntimeError("lost"), "selfie": person["selfie"]}
+    assert decide(policy, broken, seen).model_id == "selfie"
+    with pytest.raises(RuntimeError, match="first"):
+        decide(policy, {"isnet": RuntimeError("first"), "u2netp": OSError("second")}, None)
+    # logged selections override the rule within the category found
+    picked = AutoPolicy((*SERVED, RVM), {"person": {"selfie": (19, 20)}}, min_selections=20)
+    assert decide(picked, outcomes, seen).model_id == "selfie"
 
 
 def test_the_more_confident_mask_wins():
@@ -73,12 +119,7 @@ def test_the_more_confident_mask_wins():
     assert uncertainty(big) == pytest.approx(32 / 4096, rel=0.2)
     with pytest.raises(ValueError):
         most_confident({})
-    # with failed candidates: the most confident of those that answered, else the first error
-    assert pick({"pro": OSError("lost"), "light": crisp})[0] == "light"
-    with pytest.raises(OSError, match="first"):
-        pick({"pro": OSError("first"), "light": RuntimeError("second")})
-    with pytest.raises(ValueError):
-        pick({})
+
 
 
 def test_face_inside_the_person_mask_tells_people_from_things(real_models):
@@ -188,52 +229,94 @@ class _Handle:
         return self.calls[-1]
 
 
-def _gateway(pro, light, person):
+class _Detector:
+    """The detector replica: a fixed answer (or failure) for whatever it is sent."""
+
+    def __init__(self, answer, response=None):
+        self.answer, self.calls, self.detect = answer, [], self
+        self.response = response or _Response
+
+    def remote(self, prepared, width, height):
+        assert prepared.shape == (1, 512, 512, 3) and prepared.dtype == np.uint8
+        self.calls.append(self.response(self.answer))
+        return self.calls[-1]
+
+
+class _DetectorResponse(_Response):
+    async def _run(self):
+        answer = await super()._run()
+        return answer[0]
+
+
+def _gateway(pro, light, person, rvm=None, detections=None):
     from pipelines.catalog import load_catalog
     from serve_app.gateway import ModelGateway
 
     catalog = {m.id: m.model_dump(mode="json") for m in load_catalog().models}
     handles = {"isnet-imgly-medium": _Handle(pro), "u2netp": _Handle(light),
                "mediapipe-selfie": _Handle(person)}
-    served = tuple(ServedModel(m, Tier(catalog[m]["tier"]), 1.0) for m in handles)
-    return ModelGateway(handles, catalog, {}, AUTO, auto_models=list(served)), handles
+    if rvm is not None:
+        handles["rvm"] = _Handle(rvm)
+    served = tuple(ServedModel(m, Tier(catalog[m]["tier"]), 1.0, catalog[m]["recurrent"])
+                   for m in handles)
+    detector = (_Detector(detections, _DetectorResponse) if detections is not None else None)
+    gateway = ModelGateway(handles, catalog, {}, AUTO, auto_models=list(served),
+                           detector=detector)  # type: ignore[arg-type]
+    return gateway, handles
 
 
-def test_the_gateway_runs_both_candidates_and_survives_one_failing():
+def test_the_gateway_runs_the_candidates_and_survives_one_failing():
     from pipelines.images import DecodedImage
     from serve_app.core.errors import ServiceUnavailable
 
-    yy, xx = np.mgrid[:200, :200]
-    soft = np.clip(255 * (60 - np.hypot(yy - 100, xx - 100)) / 10, 0, 255).astype(np.uint8)
-    sharp = np.where(np.hypot(yy - 100, xx - 100) < 60, 255, 0).astype(np.uint8)
+    soft, sharp = _disc(60, 10), _disc(60)
+    blank = np.zeros((200, 200), np.uint8)
     image = DecodedImage(np.full((200, 200, 3), 90, np.uint8), None, "png")  # no face
 
-    gateway, handles = _gateway(soft, sharp, np.zeros((200, 200), np.uint8))
-    model_id, mask = asyncio.run(gateway.resolve(AUTO, image))
-    assert model_id == "u2netp" and np.array_equal(mask, sharp)
-    assert len(handles["isnet-imgly-medium"].calls) == 1 == len(handles["u2netp"].calls)
+    gateway, handles = _gateway(soft, sharp, blank)
+    model_id, mask, subject = asyncio.run(gateway.resolve(AUTO, image))
+    assert model_id == "u2netp" and np.array_equal(mask, sharp) and subject == "object"
+    assert all(len(h.calls) == 1 for h in handles.values())  # each candidate once
 
     busy = ServiceUnavailable("Model 'isnet-imgly-medium' is busy; retry shortly.")
-    gateway, _ = _gateway(busy, sharp, np.zeros((200, 200), np.uint8))
+    gateway, _ = _gateway(busy, sharp, blank)
     assert asyncio.run(gateway.resolve(AUTO, image))[0] == "u2netp"  # the other answer stands
 
-    gateway, _ = _gateway(busy, RuntimeError("light lost"), np.zeros((200, 200), np.uint8))
+    gateway, _ = _gateway(busy, RuntimeError("light lost"), RuntimeError("person lost"))
     with pytest.raises(ServiceUnavailable, match="isnet-imgly-medium"):  # the pro's error
         asyncio.run(gateway.resolve(AUTO, image))
 
-    gateway, handles = _gateway(soft, sharp, np.zeros((200, 200), np.uint8))
+    gateway, handles = _gateway(soft, sharp, blank)
 
     async def cancelled_midway():
         task = asyncio.ensure_future(gateway.resolve(AUTO, image))
-        while not handles["u2netp"].calls:  # both candidates asked
+        while not handles["mediapipe-selfie"].calls:  # every candidate asked
             await asyncio.sleep(0.001)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(cancelled_midway())
-    assert handles["isnet-imgly-medium"].calls[0].cancelled
-    assert handles["u2netp"].calls[0].cancelled
+    assert all(h.calls[0].cancelled for h in handles.values())
+
+
+def test_the_gateway_asks_the_detector_and_keeps_the_person():
+    """A person the detector sees: the person models' mask, not the salient models' shelf;
+    the detector failing leaves the person models' agreement to decide."""
+    from pipelines.images import DecodedImage
+
+    image = DecodedImage(np.full((200, 200, 3), 90, np.uint8), None, "png")
+    shelf, person = _disc(30, cx=150), _disc(40, 4, cx=60)
+    seen = [Detection("person", 0.7, (20, 60, 100, 140))]
+    gateway, handles = _gateway(shelf, shelf, person, rvm=person, detections=seen)
+    model_id, mask, subject = asyncio.run(gateway.resolve(AUTO, image))
+    assert subject == "person" and model_id in ("rvm", "mediapipe-selfie")
+    assert np.array_equal(mask, person) and len(gateway.detector.calls) == 1
+    gateway, _ = _gateway(shelf, shelf, person, rvm=person, detections=RuntimeError("down"))
+    model_id, _, subject = asyncio.run(gateway.resolve(AUTO, image))
+    assert subject == "person"  # the two person models agree on what the others missed
+    gateway, _ = _gateway(person, person, person, rvm=person, detections=[])
+    assert asyncio.run(gateway.resolve(AUTO, image))[2] == "object"  # everyone agrees: a thing
 
 
 class _SyncResponse(_Response):
@@ -257,8 +340,7 @@ def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_pat
     monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("BGR_DATABASE_URL", raising=False)
     get_settings.cache_clear()
-    yy, xx = np.mgrid[:200, :200]
-    sharp = np.where(np.hypot(yy - 100, xx - 100) < 60, 255, 0).astype(np.uint8)
+    sharp = _disc(60)
     catalog = {m.id: m.model_dump(mode="json") for m in load_catalog().models}
     rgb = np.full((200, 200, 3), 90, np.uint8)  # no face: an object
 
@@ -273,11 +355,12 @@ def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_pat
     workers = [worker(TimeoutError("pro timed out"), sharp),
                worker(TimeoutError("pro timed out"), RuntimeError("light lost"))]
     try:
-        model_id, mask = workers[0]._auto_image(rgb)
-        assert model_id == "u2netp" and np.array_equal(mask, sharp)
+        choice = workers[0].client.auto_sync(rgb, 5.0)
+        assert choice.model_id == "u2netp" and np.array_equal(choice.mask, sharp)
         assert workers[0].models["isnet-imgly-medium"].calls[0].cancelled  # type: ignore[attr-defined]
-        with pytest.raises(TimeoutError, match="pro timed out"):  # none answered: the first error
-            workers[1]._auto_image(rgb)
+        # no salient model answered: the person model's blank mask is no answer for a thing
+        with pytest.raises(TimeoutError, match="pro timed out"):  # the first error
+            workers[1].client.auto_sync(rgb, 5.0)
     finally:
         for w in workers:
             w._stop.set()
