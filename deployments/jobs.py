@@ -312,13 +312,23 @@ class JobWorker:
             if model_id == AUTO:
                 model_id, report["subject"] = self._auto_video(str(src), params.max_duration_s)
                 report["model_id"] = model_id
+            recurrent = self.specs[model_id].recurrent if model_id in self.specs else False
+
+            def submit_chunk(rgbs: list[np.ndarray], warmup: int) -> Callable[[], list]:
+                call = self.client.sequence(model_id, rgbs, warmup)
+                return lambda: call.wait(self.model_timeout_s)
+
             result = render_video(
                 str(src), str(dst), submit, output_format=fmt,
                 background=params.background, background_image=background_image,
                 composition=params.composition, max_duration_s=params.max_duration_s,
                 window=settings.video_window,
-                smoother=MaskSmoother() if settings.video_smoothing else None,
-                decontaminate=settings.video_edge_decontamination, on_progress=progress)
+                # a recurrent model is steady by itself: no smoother after it
+                smoother=MaskSmoother() if settings.video_smoothing and not recurrent else None,
+                decontaminate=settings.video_edge_decontamination, on_progress=progress,
+                submit_chunk=submit_chunk if recurrent else None,
+                chunk_frames=settings.video_chunk_frames,
+                chunk_warmup=settings.video_chunk_warmup)
             key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)

@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from pipelines import detect
+from pipelines import detect, rvm
 from pipelines.auto import AutoPolicy, Choice, ServedModel, decide
 from pipelines.catalog import ModelSpec, Tier
 from pipelines.detect import Detection
@@ -116,6 +117,20 @@ class ModelClient:
 
     def segment(self, model_id: str, rgb: np.ndarray) -> Pending:
         return self.send(model_id, self.prepare(model_id, rgb), (rgb.shape[1], rgb.shape[0]))
+
+    def sequence(self, model_id: str, frames: list[np.ndarray], warmup: int) -> Pending:
+        """Start a recurrent model on consecutive frames (`pipelines.rvm`): they are sent at
+        its working size; the answer is their masks after the warm-up, at the frames' size."""
+        if model_id not in self.handles:
+            raise ModelUnavailable(f"Model '{model_id}' is not served by this deployment.")
+        size = (frames[0].shape[1], frames[0].shape[0]) if frames else (0, 0)
+        sent = [rvm.to_work(f) for f in frames]
+
+        def finish(masks: list[np.ndarray]) -> list[np.ndarray]:
+            return [m if (m.shape[1], m.shape[0]) == size
+                    else cv2.resize(m, size, interpolation=cv2.INTER_LINEAR) for m in masks]
+        return Pending(self.handles[model_id].segment_sequence.remote(sent, warmup),
+                       f"Model '{model_id}'", finish)
 
     def send_detect(self, prepared: np.ndarray, size: tuple[int, int]) -> Pending | None:
         """Start the detector on `detect.prepare(rgb)`; None when no detector is served."""

@@ -25,6 +25,8 @@ from deployments.metrics import (
     resolution_bucket,
 )
 from pipelines.catalog import ModelSpec
+from pipelines.errors import InvalidRequest
+from pipelines.rvm import RecurrentMatter
 from pipelines.segmenter import OnnxSegmenter
 
 
@@ -99,6 +101,23 @@ class SegmentationModel:
         finally:
             self._in_flight -= 1
             MODEL_IN_FLIGHT.set(self._in_flight, {"model": self.spec.id})
+
+    async def segment_sequence(self, frames: list[np.ndarray], warmup: int = 0
+                               ) -> list[np.ndarray]:
+        """A recurrent model's masks of consecutive frames (`pipelines.rvm`): the state carried
+        through them in order from zero, the first `warmup` frames' masks dropped."""
+        if not self.spec.recurrent:
+            raise InvalidRequest(f"model {self.spec.id!r} is not a recurrent video model")
+        started = time.perf_counter()
+        async with self._slots:
+            masks = await asyncio.to_thread(RecurrentMatter(self.segmenter.session).run,
+                                            frames, warmup)
+        self._images += len(frames)
+        MODEL_INFERENCE_SECONDS.observe((time.perf_counter() - started) / max(len(frames), 1), {
+            "model": self.spec.id, "pool": self.spec.tier.value,
+            "resolution": resolution_bucket(frames[0].shape[1], frames[0].shape[0])
+            if frames else "none"})
+        return masks
 
     def describe(self) -> dict[str, Any]:
         """What this replica runs with: model, pool, providers, threads, batching, resources."""

@@ -18,7 +18,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from pipelines import effects, output, video
+from pipelines import effects, output, rvm, video
 from pipelines.compose import Background, Composition, compose
 from pipelines.errors import ImageTooLarge
 from pipelines.images import DecodedImage, decode_image
@@ -106,6 +106,31 @@ def iter_masks(frames: Iterable[T], submit: Callable[[T], Callable[[], np.ndarra
         yield head, wait()
 
 
+def iter_chunked_masks(frames: Iterable[T],
+                       submit_chunk: Callable[[list[T], int], Callable[[], list[np.ndarray]]],
+                       size: int, warmup: int, window: int = 2) -> Iterator[tuple[T, np.ndarray]]:
+    """Masks for a stream of frames from a recurrent model (RVM), in order: the clip goes out
+    in chunks of `size` frames, each led by `warmup` frames of the one before
+    (`pipelines.rvm.chunks`), up to `window` chunks in flight (so several replicas work on one
+    clip). `submit_chunk(frames, warmup)` starts a chunk and returns the wait for the masks of
+    its frames after the warm-up."""
+    pending: deque[tuple[list[T], Callable[[], list[np.ndarray]]]] = deque()
+
+    def drain_one() -> Iterator[tuple[T, np.ndarray]]:
+        own, wait = pending.popleft()
+        masks = wait()
+        if len(masks) != len(own):
+            raise ValueError(f"{len(masks)} masks for a chunk of {len(own)} frames")
+        yield from zip(own, masks)
+
+    for chunk in rvm.chunks(frames, size, warmup):
+        pending.append((chunk.frames[chunk.warmup:], submit_chunk(chunk.frames, chunk.warmup)))
+        if len(pending) >= window:
+            yield from drain_one()
+    while pending:
+        yield from drain_one()
+
+
 @dataclass(frozen=True)
 class VideoResult:
     frames: int
@@ -175,10 +200,17 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
                  composition: Composition | None = None, max_duration_s: float | None = None,
                  window: int = 16, smoother: Callable[[np.ndarray, np.ndarray], np.ndarray]
                  | None = None, decontaminate: bool = False,
-                 on_progress: Callable[[int, int | None], None] | None = None) -> VideoResult:
+                 on_progress: Callable[[int, int | None], None] | None = None,
+                 submit_chunk: Callable[[list[np.ndarray], int],
+                                        Callable[[], list[np.ndarray]]] | None = None,
+                 chunk_frames: int = 24, chunk_warmup: int = 4) -> VideoResult:
     """Stream `src` through segmentation into `dst`: frames are decoded one by one, their masks
     computed `window` at a time (`submit`, see `iter_masks`), smoothed over time, composited
     (transparent, colour, image, optional canvas composition) and encoded as they come back.
+
+    A recurrent model (RVM) is given `submit_chunk` instead: the clip's frames go to it in
+    order, `chunk_frames` at a time, each chunk led by `chunk_warmup` frames of the one before
+    (`iter_chunked_masks`); `submit` is not used then.
 
     Background priority: `background_image` over a colour `background` over transparency.
     Audio is kept (trimmed the same way) where the container allows.
@@ -201,7 +233,14 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
     count = 0
     with video.VideoWriter(dst, output_format, width, height, info.fps, audio_from=src,
                            max_duration_s=max_duration_s) as file, _Encoder(file) as writer:
-        for frame, mask in iter_masks(frames, lambda f: submit(f.rgb), window):
+        masks: Iterator[tuple[video.Frame, np.ndarray]]
+        if submit_chunk is not None:
+            chunked = submit_chunk
+            masks = iter_chunked_masks(frames, lambda fs, k: chunked([f.rgb for f in fs], k),
+                                       chunk_frames, chunk_warmup)
+        else:
+            masks = iter_masks(frames, lambda f: submit(f.rgb), window)
+        for frame, mask in masks:
             if smoother is not None:
                 mask = smoother(frame.rgb, mask)
             fg = effects.estimate_foreground(frame.rgb, mask) if decontaminate else frame.rgb

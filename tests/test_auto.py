@@ -20,8 +20,8 @@ from pipelines.auto import (
     most_confident,
     uncertainty,
 )
-from pipelines.detect import Detection
 from pipelines.catalog import Tier
+from pipelines.detect import Detection
 
 from conftest import media
 
@@ -139,14 +139,15 @@ def test_face_inside_the_person_mask_tells_people_from_things(real_models):
 
 
 @pytest.mark.serve
-def test_auto_through_the_image_api_says_which_model_ran(client):
+def test_auto_through_the_image_api_says_which_model_ran(client, real_models):
     photo = media("astronaut").read_bytes()
     r = client.post("/image/matte/v1", files={"image": ("a.png", photo, "image/png")},
                     data={"model": "auto"})
     assert r.status_code == 200, r.text
-    served = {m["id"] for m in client.get("/models").json() if m["available"]}
+    served = {m["id"]: m["tier"] for m in client.get("/models").json() if m["available"]}
     assert r.headers["X-Model"] in served and r.headers["X-Model"] != "auto"
-    assert r.headers["X-Model"] == "tiny-pro"  # the test app's pro model
+    # the detector sees the astronaut: a person model's mask, and the response says so
+    assert r.headers["X-Type"] == "person" and served[r.headers["X-Model"]] == "human"
     cut = Image.open(io.BytesIO(r.content))
     assert cut.mode == "RGBA" and cut.size == (512, 512)
 
@@ -308,7 +309,7 @@ def test_the_gateway_asks_the_detector_and_keeps_the_person():
     image = DecodedImage(np.full((200, 200, 3), 90, np.uint8), None, "png")
     shelf, person = _disc(30, cx=150), _disc(40, 4, cx=60)
     seen = [Detection("person", 0.7, (20, 60, 100, 140))]
-    gateway, handles = _gateway(shelf, shelf, person, rvm=person, detections=seen)
+    gateway, _ = _gateway(shelf, shelf, person, rvm=person, detections=seen)
     model_id, mask, subject = asyncio.run(gateway.resolve(AUTO, image))
     assert subject == "person" and model_id in ("rvm", "mediapipe-selfie")
     assert np.array_equal(mask, person) and len(gateway.detector.calls) == 1

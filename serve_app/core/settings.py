@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     video_max_duration_s: float = Field(4.0, gt=0)
     video_window: int = Field(16, ge=1, le=256)  # frames in flight to the model deployments
     video_smoothing: bool = True  # temporal mask smoothing (pipelines/temporal.py)
+    # A recurrent model (RVM) takes a clip in chunks of this many frames, each led by
+    # `video_chunk_warmup` frames of the one before (pipelines/rvm.py; bench_rvm_video.py)
+    video_chunk_frames: int = Field(24, ge=1, le=1000)
+    video_chunk_warmup: int = Field(4, ge=0, le=100)
     video_edge_decontamination: bool = False  # Blur-Fusion per frame (slower, cleaner edges)
     hd_max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
