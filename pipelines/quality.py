@@ -104,3 +104,31 @@ def dtssd(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
 def worst_iou(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
     """The lowest per-frame IoU of a clip (a frame that loses the subject shows here)."""
     return min(iou(p, t) for p, t in zip(preds, truths, strict=True))
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """A clip's scores in the units RVM's authors report them (Lin et al. 2021, table 1): MAD and
+    MSE of the alpha x 1e3, gradient error (here: `gradient_error` per frame, mean), dtSSD x 1e2;
+    and the worst frame's IoU and the share of frames whose subject is kept (IoU >= 0.5)."""
+
+    mad: float
+    mse: float
+    grad: float
+    dtssd: float
+    worst_iou: float
+    kept: float
+
+
+def clip_score(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> ClipScores:
+    if len(preds) != len(truths) or not preds:
+        raise ValueError("one prediction per true frame, at least one")
+    diffs = [_unit(p) - _unit(t) for p, t in zip(preds, truths, strict=True)]
+    ious = [iou(p, t) for p, t in zip(preds, truths, strict=True)]
+    return ClipScores(
+        mad=float(np.mean([np.abs(d).mean() for d in diffs])) * 1e3,
+        mse=float(np.mean([(d * d).mean() for d in diffs])) * 1e3,
+        grad=float(np.mean([gradient_error(p, t) for p, t in zip(preds, truths, strict=True)])),
+        dtssd=dtssd(preds, truths) * 1e2,
+        worst_iou=min(ious),
+        kept=float(np.mean([i >= 0.5 for i in ious])))

@@ -14,6 +14,7 @@ resolution); the caller enlarges the masks to the frame size.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -93,17 +94,17 @@ class Chunk(Generic[T]):
 
 
 def chunks(frames: Iterable[T], size: int, warmup: int) -> Iterator[Chunk[T]]:
-    """Consecutive chunks of `size` frames, each after the first led by the last `warmup`
-    frames of the one before."""
+    """Consecutive chunks of `size` frames, each after the first led by the `warmup` frames
+    before it (from earlier chunks: as many as there are)."""
     if size < 1 or warmup < 0:
         raise ValueError("chunk size must be >= 1 and warm-up >= 0")
-    tail: list[T] = []
+    tail: deque[T] = deque(maxlen=warmup)  # the last `warmup` frames sent as a chunk's own
     current: list[T] = []
     for frame in frames:
         current.append(frame)
         if len(current) == size:
-            yield Chunk(tail + current, len(tail))
-            tail = current[len(current) - warmup:] if warmup else []
+            yield Chunk([*tail, *current], len(tail))
+            tail.extend(current)
             current = []
     if current:
-        yield Chunk(tail + current, len(tail))
+        yield Chunk([*tail, *current], len(tail))

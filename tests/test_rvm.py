@@ -16,6 +16,9 @@ def test_chunks_lead_each_chunk_with_the_end_of_the_one_before():
     got = [(c.frames, c.warmup) for c in rvm.chunks(range(10), 4, 2)]
     assert got == [([0, 1, 2, 3], 0), ([2, 3, 4, 5, 6, 7], 2), ([6, 7, 8, 9], 2)]
     assert [c.frames for c in rvm.chunks(range(5), 5, 3)] == [[0, 1, 2, 3, 4]]
+    # a warm-up longer than a chunk reaches back over several chunks
+    assert [(c.frames, c.warmup) for c in rvm.chunks(range(6), 2, 3)] == [
+        ([0, 1], 0), ([0, 1, 2, 3], 2), ([1, 2, 3, 4, 5], 3)]
     assert [(c.frames, c.warmup) for c in rvm.chunks(range(3), 1, 0)] == [
         ([0], 0), ([1], 0), ([2], 0)]
     assert list(rvm.chunks([], 4, 2)) == []
