@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 comma  := ,
 RUN_EXTRAS  ?= cpu$(if $(AI),$(comma)ai$(comma)ai-cpu)
 TEST_EXTRAS ?= cpu,ai,ai-cpu,test,bench
-MODELS ?= u2netp mediapipe-selfie mediapipe-selfie-landscape isnet-imgly-medium
+MODELS ?= u2netp mediapipe-selfie mediapipe-selfie-landscape isnet-imgly-medium rvm detector
 CONFIG ?= configs/local.yaml
 
 stamp = $(VENV)/.installed-$(subst $(comma),+,$(1))

@@ -2,14 +2,16 @@
 smoother before and after its ghost/dropout guards.
 
 Images: `quality_data.samples()` (5 foregrounds with drawn, exactly known alpha x 5
-backgrounds) and `quality_data.real_samples()` (35 photographed subjects with their hand-made
-alpha, Tux Paint's photo stamps fetched once from Debian, each over 2 backgrounds). Per model
-and category: IoU, MAE, SAD, gradient error, boundary F, and the
-median milliseconds per image on this machine (one thread pool, no Serve in between: the
-models themselves). `auto` is `pipelines.auto` choosing among the installed models in the
-order configs/local.yaml serves them, its cost including the person model, the face cue and,
-for objects, both the pro and the light model it compares (their times added: on one machine
-they share the cores).
+backgrounds), `quality_data.real_samples()` (35 photographed subjects with their hand-made
+alpha, Tux Paint's photo stamps fetched once from Debian, each over 2 backgrounds) and
+`quality_data.hard_samples()` (people with no visible face before scenes with objects of their
+own, animals filling the frame, several subjects, small subjects). Every image belongs to the
+tuning or the test half of its subjects (bench/quality_split.json); both halves are reported,
+the test half first. Per model and category: IoU, MAE, SAD, gradient error, boundary F, and the
+median milliseconds per image on this machine (the models themselves, no Serve in between).
+`auto` is `pipelines.auto.decide` over the candidates `AutoPolicy.candidates` names among the
+installed models and the subject detector's answer, exactly as the service runs it; `auto
+before` is the face-cue rule it replaced. Masks are cached on disk (`predict_cached`).
 
 Clips: `quality_data.swinging_clip()` (a subject with a fast arm over a sliding wall) through
 each light/human model, and an oracle (the true masks with two dropped frames and edge noise),
@@ -41,8 +43,15 @@ sys.path.insert(0, str(REPO))
 import quality_data as qd  # noqa: E402
 
 from pipelines import quality  # noqa: E402
-from pipelines.auto import AutoPolicy, ServedModel, categorize, most_confident  # noqa: E402
+from pipelines.auto import (  # noqa: E402
+    AutoPolicy,
+    ServedModel,
+    categorize,
+    decide,
+    most_confident,
+)
 from pipelines.catalog import Tier, load_catalog  # noqa: E402
+from pipelines.detect import SubjectDetector  # noqa: E402
 from pipelines.segmenter import OnnxSegmenter  # noqa: E402
 from pipelines.temporal import MaskSmoother  # noqa: E402
 from pipelines.weights import find_weights  # noqa: E402
@@ -90,30 +99,55 @@ def predict_cached(model_id: str, seg: OnnxSegmenter, rgb: np.ndarray) -> tuple[
     return mask, ms
 
 
+def _detector() -> SubjectDetector | None:
+    assets = load_catalog().asset_group("detector")
+    path = find_weights(assets[0], get_settings().model_search_dirs()) if assets else None
+    return SubjectDetector(path, intra_op_threads=2) if path is not None else None
+
+
+def auto_before(policy: AutoPolicy, rgb: np.ndarray, masks: dict) -> str:
+    """The rule `auto` had before the detector (kept to measure against): a frontal face inside
+    the person model's mask -> the pro model; else the more confident of pro and light."""
+    person = policy.person_model
+    if person and categorize(rgb, masks[person]) == "person":
+        return policy.salient_models[0]
+    return most_confident({m: masks[m] for m in policy.salient_models})
+
+
 def score_images(models: dict[str, OnnxSegmenter], samples) -> tuple[dict, dict]:
-    """{(model, category): [Scores]}, {model: [ms]}; `auto` included."""
+    """{(model, half, category): [Scores]}, {model: [ms]}; `auto` (the rule the service runs:
+    `pipelines.auto.decide` over its candidates and the detector) and `auto before` included.
+    Masks come from the disk cache when a run made them before (`predict_cached`)."""
     catalog = load_catalog()
     policy = AutoPolicy(tuple(ServedModel(m, catalog.get(m).tier,
                                           catalog.get(m).preprocess.width
-                                          / catalog.get(m).preprocess.height) for m in models))
+                                          / catalog.get(m).preprocess.height,
+                                          catalog.get(m).recurrent) for m in models))
+    detector = _detector()
     scores: dict = defaultdict(list)
     times: dict = defaultdict(list)
     for s in samples:
+        half = qd.half_of(s)
         masks = {}
         for model_id, seg in models.items():
-            started = time.perf_counter()
-            masks[model_id] = seg.predict(s.rgb)
-            times[model_id].append((time.perf_counter() - started) * 1e3)
-            scores[(model_id, s.category)].append(quality.score(masks[model_id], s.alpha))
+            masks[model_id], ms = predict_cached(model_id, seg, s.rgb)
+            times[model_id].append(ms)
+            scores[(model_id, half, s.category)].append(quality.score(masks[model_id], s.alpha))
         started = time.perf_counter()
-        person = policy.person_model
-        category = categorize(s.rgb, models[person].predict(s.rgb) if person else None)
-        candidates = policy.candidates(category, s.rgb.shape[1], s.rgb.shape[0])
-        chosen = most_confident({m: masks[m] for m in candidates})
-        cue_ms = (time.perf_counter() - started) * 1e3
+        found = detector.detect(s.rgb) if detector is not None else None
+        detect_ms = (time.perf_counter() - started) * 1e3
+        times["detector"].append(detect_ms)
+        candidates = policy.candidates()
+        choice = decide(policy, {m: masks[m] for m in candidates}, found, s.rgb)
         # on one machine the candidates share its cores: their times add up
-        times["auto"].append(cue_ms + sum(statistics.median(times[m]) for m in candidates))
-        scores[("auto", s.category)].append(quality.score(masks[chosen], s.alpha))
+        times["auto"].append(detect_ms + sum(statistics.median(times[m]) for m in candidates))
+        scores[("auto", half, s.category)].append(quality.score(choice.mask, s.alpha))
+        started = time.perf_counter()
+        before = auto_before(policy, s.rgb, masks)
+        cue_ms = (time.perf_counter() - started) * 1e3
+        times["auto before"].append(cue_ms + sum(statistics.median(times[m]) for m in (
+            policy.person_model, *policy.salient_models) if m))
+        scores[("auto before", half, s.category)].append(quality.score(masks[before], s.alpha))
     return scores, times
 
 
@@ -147,9 +181,10 @@ def _mean(rows, field: str) -> float:
     return statistics.fmean(getattr(r, field) for r in rows)
 
 
-def _groups(scores: dict) -> list[tuple[str, list[str]]]:
-    """(row label, categories) for each category, then the drawn and real totals and all."""
-    categories = sorted({c for _, c in scores})
+def _groups(scores: dict, half: str) -> list[tuple[str, list[str]]]:
+    """(row label, categories) for each category of a half, then the drawn and real totals and
+    all."""
+    categories = sorted({c for _, h, c in scores if h == half})
     drawn = [c for c in categories if not c.startswith("real")]
     real = [c for c in categories if c.startswith("real")]
     groups = [(c, [c]) for c in categories]
@@ -158,40 +193,46 @@ def _groups(scores: dict) -> list[tuple[str, list[str]]]:
     return [*groups, ("all", categories)]
 
 
-def table(scores: dict, times: dict) -> str:
-    models = list(dict.fromkeys(m for m, _ in scores))
-    lines = ["| model | category | n | IoU | MAE | SAD | grad | boundary F | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def table(scores: dict, half: str) -> str:
+    models = list(dict.fromkeys(m for m, _, _ in scores))
+    lines = ["| model | category | n | IoU | MAE | SAD | grad | boundary F |",
+             "|---|---|---|---|---|---|---|---|"]
     for model_id in models:
-        for label, cats in _groups(scores):
-            rows = [r for c in cats for r in scores[(model_id, c)]]
+        for label, cats in _groups(scores, half):
+            rows = [r for c in cats for r in scores[(model_id, half, c)]]
             if not rows:
                 continue
             mean = {f: _mean(rows, f) for f in ("iou", "mae", "sad", "grad", "boundary_f")}
-            total = label.startswith("all")
-            ms = f"{statistics.median(times[model_id]):.0f}" if label == "all" else ""
-            name = f"**{model_id}**" if total else model_id
+            name = f"**{model_id}**" if label.startswith("all") else model_id
             lines.append(f"| {name} | {label} | {len(rows)} | {mean['iou']:.3f} | {mean['mae']:.4f}"
-                         f" | {mean['sad']:.2f} | {mean['grad']:.2f} | {mean['boundary_f']:.3f}"
-                         f" | {ms} |")
+                         f" | {mean['sad']:.2f} | {mean['grad']:.2f} | {mean['boundary_f']:.3f} |")
     return "\n".join(lines)
 
 
-def summary(scores: dict, field: str = "sad", lower_is_better: bool = True) -> str:
-    """Category x model of one metric, the best single model in bold, and whether `auto`
-    reaches it."""
-    models = [m for m in dict.fromkeys(m for m, _ in scores) if m != "auto"]
-    lines = [f"| category | {' | '.join(models)} | auto | auto vs best |",
-             "|---|" + "---|" * (len(models) + 2)]
-    for label, cats in _groups(scores):
-        value = {m: _mean([r for c in cats for r in scores[(m, c)]], field)
-                 for m in [*models, "auto"]}
+def summary(scores: dict, half: str, field: str = "sad", lower_is_better: bool = True) -> str:
+    """Category x model of one metric on one half, the best single model in bold, `auto
+    before` (the face-cue rule) and `auto`, and how auto compares with the best single model."""
+    autos = ("auto before", "auto")
+    models = [m for m in dict.fromkeys(m for m, _, _ in scores) if m not in autos]
+    lines = [f"| category | n | {' | '.join(models)} | auto before | auto | auto vs best |",
+             "|---|---|" + "---|" * (len(models) + 3)]
+    for label, cats in _groups(scores, half):
+        value = {m: _mean([r for c in cats for r in scores[(m, half, c)]], field)
+                 for m in [*models, *autos]}
+        n = sum(len(scores[(models[0], half, c)]) for c in cats)
         best = (min if lower_is_better else max)(models, key=value.__getitem__)
         cells = [f"**{value[m]:.3f}**" if m == best else f"{value[m]:.3f}" for m in models]
         gap = value["auto"] - value[best]
         verdict = ("best" if abs(gap) < 1e-9 else "same" if abs(gap) < 5e-4 else
                    f"{gap:+.3f} ({'better' if (gap < 0) == lower_is_better else 'worse'})")
-        lines.append(f"| {label} | {' | '.join(cells)} | {value['auto']:.3f} | {verdict} |")
+        lines.append(f"| {label} | {n} | {' | '.join(cells)} | {value['auto before']:.3f} | "
+                     f"{value['auto']:.3f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def costs(times: dict) -> str:
+    lines = ["| model | ms per 512x512 image, median |", "|---|---|"]
+    lines += [f"| {m} | {statistics.median(v):.0f} |" for m, v in times.items()]
     return "\n".join(lines)
 
 
@@ -215,14 +256,22 @@ def main() -> None:
     samples = qd.samples(backgrounds=backgrounds)
     if not args.no_real:
         samples += qd.real_samples(backgrounds, per_subject=1 if args.quick else 2)
+        samples += qd.hard_samples()
     scores, times = score_images(models, samples)
     clips = score_clips(models)
-    section = (f"{BEGIN}\n_{machine()}; {len(samples)} images of {qd.SIZE}x{qd.SIZE}, "
-               f"{len(qd.swinging_clip()[0])}-frame clip; `bench/bench_quality.py`._\n\n"
-               f"Mean SAD (sum of absolute alpha errors / 1000; lower is better) by category:\n\n"
-               f"{summary(scores)}\n\nMean IoU by category:\n\n"
-               f"{summary(scores, 'iou', lower_is_better=False)}\n\nEvery metric:\n\n"
-               f"{table(scores, times)}\n\n{clip_table(clips)}\n{END}")
+    halves = {h: sum(1 for s in samples if qd.half_of(s) == h) for h in ("tune", "test")}
+    parts = [f"{BEGIN}\n_{machine()}; {len(samples)} images of {qd.SIZE}x{qd.SIZE} ({halves['tune']} "
+             f"tuning, {halves['test']} test: bench/quality_split.json), "
+             f"{len(qd.swinging_clip()[0])}-frame clip; `bench/bench_quality.py`._\n"]
+    for half, what in (("test", "**Test half** (never tuned on)"),
+                       ("tune", "Tuning half (auto's thresholds were chosen here)")):
+        parts += [f"{what}: mean SAD (sum of absolute alpha errors / 1000; lower is better):\n",
+                  summary(scores, half), f"\n{what}: mean IoU:\n",
+                  summary(scores, half, "iou", lower_is_better=False), ""]
+    parts += ["What each costs on this machine (auto: the detector plus every candidate it "
+              "runs, added up as they share the cores):\n", costs(times), "",
+              "Every metric, test half:\n", table(scores, "test"), "", clip_table(clips), END]
+    section = "\n".join(parts)
     print(section)
     if not args.quick:
         write_section(REPO / "docs" / "benchmarks.md", BEGIN, END,

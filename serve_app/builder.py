@@ -102,8 +102,9 @@ def check_resources(replicas: dict[str, tuple[dict[str, Any], int]]) -> None:
 
 
 LICENSE_DUTIES = {
-    "copyleft": "whoever uses this service over a network may ask for its complete source, "
-                "your changes included (AGPL-3.0 section 13)",
+    "copyleft": "whoever you give the weights or a program built on them must get its complete "
+                "source, your changes included; under AGPL-3.0 also whoever uses this service "
+                "over a network (section 13)",
     "non-commercial": "the weights may not be used for commercial purposes",
 }
 

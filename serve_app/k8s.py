@@ -37,12 +37,15 @@ def serve_config(path: Path) -> dict:
 
 
 def models_to_pull(config: dict, field: str = "models") -> list[str]:
-    """The `models` (or `optional_models`) of every application, each once; the click/box
-    prompt model (`mobilesam`) counts as optional wherever prompts are enabled."""
+    """The `models` (or `optional_models`) of every application, each once; the subject
+    detector behind `model=auto` (`detector`) and the click/box prompt model (`mobilesam`)
+    count as optional wherever they are enabled."""
     ids: list[str] = []
     for app in config["applications"]:
         args = app.get("args") or {}
         wanted = list(args.get(field, []))
+        if field == "optional_models" and (args.get("detector") or {}).get("enabled", True):
+            wanted.append("detector")
         if field == "optional_models" and (args.get("prompt") or {}).get("enabled", True):
             wanted.append("mobilesam")
         ids += [m for m in wanted if m not in ids]

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     video_window: int = Field(16, ge=1, le=256)  # frames in flight to the model deployments
     video_smoothing: bool = True  # temporal mask smoothing (pipelines/temporal.py)
     # A recurrent model (RVM) takes a clip in chunks of this many frames, each led by
-    # `video_chunk_warmup` frames of the one before (pipelines/rvm.py; bench_rvm_video.py)
+    # `video_chunk_warmup` frames of the one before (pipelines/rvm.py; bench/bench_video_quality.py)
     video_chunk_frames: int = Field(24, ge=1, le=1000)
     video_chunk_warmup: int = Field(1, ge=0, le=100)  # chosen on the tuning half
     video_edge_decontamination: bool = False  # Blur-Fusion per frame (slower, cleaner edges)
