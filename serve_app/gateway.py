@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from ray.serve.handle import DeploymentHandle
@@ -25,7 +25,17 @@ from pipelines.sam import Prompt, prompt_model_missing
 from serve_app.schemas import MatteOptions
 
 log = logging.getLogger("ray.serve.bgremove")
-__all__ = ["ModelGateway", "calling"]
+__all__ = ["ModelGateway", "Resolved", "calling"]
+
+
+class Resolved(NamedTuple):
+    """The model that ran on an image and its mask; for `model=auto` also what the subject is
+    and why that model was kept."""
+
+    model_id: str
+    mask: np.ndarray
+    subject: Kind | None = None
+    why: str | None = None
 
 
 @dataclass
@@ -74,15 +84,14 @@ class ModelGateway:
             raise ModelUnavailable("model 'auto' has no served model to choose from.")
         return model_id
 
-    async def resolve(self, requested: str | None, image: DecodedImage
-                      ) -> tuple[str, np.ndarray, Kind | None]:
-        """The model that ran on `image`, its full-size mask, and for `model=auto` what the
-        subject is (`deployments.model_client.ModelClient.auto`)."""
+    async def resolve(self, requested: str | None, image: DecodedImage) -> Resolved:
+        """The model that ran on `image` and its full-size mask; for `model=auto`, what the
+        subject is and why (`deployments.model_client.ModelClient.auto`)."""
         model_id = self.check(requested)
         if model_id != AUTO:
-            return model_id, (await self.segment(model_id, image.rgb))[0], None
+            return Resolved(model_id, (await self.segment(model_id, image.rgb))[0])
         choice = await self.client.auto(image.rgb)
-        return choice.model_id, choice.mask, choice.subject
+        return Resolved(choice.model_id, choice.mask, choice.subject, choice.why)
 
     def handle(self, model_id: str) -> DeploymentHandle:
         """The deployment serving `model_id`; UnknownModel (400) or ModelUnavailable (503)."""
@@ -97,15 +106,14 @@ class ModelGateway:
             f"Unknown model '{model_id}'. Available: {', '.join(sorted(self.handles)) or 'none'}."
         )
 
-    async def mask_for(self, image: DecodedImage, options: MatteOptions
-                       ) -> tuple[str, np.ndarray, Kind | None]:
-        """The model that ran (`auto` resolved), its mask of `image` corrected by the options'
-        clicks and box if any, and what auto found the subject to be."""
-        model_id, mask, subject = await self.resolve(options.model, image)
+    async def mask_for(self, image: DecodedImage, options: MatteOptions) -> Resolved:
+        """`resolve`, the mask corrected by the options' clicks and box if any."""
+        found = await self.resolve(options.model, image)
         prompt = options.prompt()
         if prompt:
-            mask = await self.prompted_mask(image.rgb, prompt, mask, options.prompt_mode)
-        return model_id, mask, subject
+            return found._replace(mask=await self.prompted_mask(image.rgb, prompt, found.mask,
+                                                                options.prompt_mode))
+        return found
 
     async def segment(self, model_id: str, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """`model_id`'s mask of `rgb` at full size and the inference seconds it is charged."""

@@ -139,6 +139,7 @@ class ImageResult(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     # what `model=auto` found the subject to be (person, animal, object); None for a named model
     subject: Literal["person", "animal", "object"] | None = None
+    auto_reason: str | None = None  # why `model=auto` kept that model
 
 
 class ModelHealth(BaseModel):

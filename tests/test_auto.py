@@ -148,6 +148,10 @@ def test_auto_through_the_image_api_says_which_model_ran(client, real_models):
     assert r.headers["X-Model"] in served and r.headers["X-Model"] != "auto"
     # the detector sees the astronaut: a person model's mask, and the response says so
     assert r.headers["X-Type"] == "person" and served[r.headers["X-Model"]] == "human"
+    assert "person" in r.headers["X-Auto-Reason"]  # and why
+    named = client.post("/image/matte/v1", files={"image": ("a.png", photo, "image/png")},
+                        data={"model": "tiny"})
+    assert "X-Type" not in named.headers  # a named model: nothing was looked for
     cut = Image.open(io.BytesIO(r.content))
     assert cut.mode == "RGBA" and cut.size == (512, 512)
 

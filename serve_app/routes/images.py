@@ -110,14 +110,14 @@ async def process(svc: Services, job: ImageJob) -> ImageResult:
     check_upload_size(svc, len(job.image))
     image = await asyncio.to_thread(decode_image, job.image, svc.settings.regular_max_pixels)
     t_decoded = time.perf_counter()
-    model_id, mask, subject = await svc.models.mask_for(image, job.options)  # auto chooses
+    found = await svc.models.mask_for(image, job.options)  # `auto` chooses here
     t_masked = time.perf_counter()
-    data = await svc.cpu.run(finish, job.effect, image, mask, job.options)
+    data = await svc.cpu.run(finish, job.effect, image, found.mask, job.options)
     done = time.perf_counter()
     return ImageResult(
         png=data, media_type=output.MEDIA_TYPES[job.options.format],
-        width=image.size[0], height=image.size[1], model=model_id, effect=job.effect,
-        subject=subject,
+        width=image.size[0], height=image.size[1], model=found.model_id, effect=job.effect,
+        subject=found.subject, auto_reason=found.why,
         timings_ms={
             "decode": round((t_decoded - started) * 1e3, 2),
             "mask": round((t_masked - t_decoded) * 1e3, 2),
@@ -148,6 +148,7 @@ async def _http(svc: Services, request: Request, image: UploadFile, effect: Effe
             "X-Model": result.model,
             "X-Processing-Time-Ms": str(result.timings_ms["total"]),
             **({"X-Type": result.subject} if result.subject else {}),
+            **({"X-Auto-Reason": result.auto_reason} if result.auto_reason else {}),
         },
     )
 

@@ -278,7 +278,10 @@ async function applyEffect() {
     const resp = await call(`/image/${effect}/v1`, { method: "POST", body: form });
     $("effect-result").src = URL.createObjectURL(await resp.blob());
     window.lastEffectModel = resp.headers.get("X-Model");
-    notify(`${effect}: done in ${resp.headers.get("X-Processing-Time-Ms") || "?"} ms with ${window.lastEffectModel || "the default model"}.`);
+    // model=auto says what it found and why it kept that model
+    const found = resp.headers.get("X-Type");
+    const why = found ? ` (auto: a ${found}; ${resp.headers.get("X-Auto-Reason") || ""})` : "";
+    notify(`${effect}: done in ${resp.headers.get("X-Processing-Time-Ms") || "?"} ms with ${window.lastEffectModel || "the default model"}${why}.`);
   } catch (e) { fail(e.message); }
 }
 
