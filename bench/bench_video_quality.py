@@ -27,7 +27,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 import quality_data as qd  # noqa: E402
-import real_subjects as rs  # noqa: E402
 
 from pipelines import quality, rvm  # noqa: E402
 from pipelines.catalog import load_catalog  # noqa: E402
@@ -36,6 +35,7 @@ from pipelines.temporal import MaskSmoother  # noqa: E402
 from pipelines.weights import find_weights  # noqa: E402
 from serve_app.core.settings import get_settings  # noqa: E402
 
+import real_subjects as rs  # noqa: E402
 from bench_shotgun import machine  # noqa: E402
 from docs_section import write_section  # noqa: E402
 
