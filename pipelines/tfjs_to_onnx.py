@@ -161,7 +161,7 @@ class _Converter:
             self._visit(tensor.split(":")[0])
             if tensor in self.dead:
                 raise ValueError(f"output {out!r} is on a branch not taken")
-            if out in signature:  # the signature's key names the output
+            if out in signature and out != tensor:  # the signature's key names the output
                 tensor = self._add("Identity", [tensor], out)
             names.append(tensor)
         if constant := [n for n in names if n in self.consts]:

@@ -279,8 +279,9 @@ def test_the_gateway_runs_the_candidates_and_survives_one_failing():
     image = DecodedImage(np.full((200, 200, 3), 90, np.uint8), None, "png")  # no face
 
     gateway, handles = _gateway(soft, sharp, blank)
-    model_id, mask, subject = asyncio.run(gateway.resolve(AUTO, image))
-    assert model_id == "u2netp" and np.array_equal(mask, sharp) and subject == "object"
+    found = asyncio.run(gateway.resolve(AUTO, image))
+    assert found.model_id == "u2netp" and np.array_equal(found.mask, sharp)
+    assert found.subject == "object" and found.why
     assert all(len(h.calls) == 1 for h in handles.values())  # each candidate once
 
     busy = ServiceUnavailable("Model 'isnet-imgly-medium' is busy; retry shortly.")
@@ -314,12 +315,12 @@ def test_the_gateway_asks_the_detector_and_keeps_the_person():
     shelf, person = _disc(30, cx=150), _disc(40, 4, cx=60)
     seen = [Detection("person", 0.7, (20, 60, 100, 140))]
     gateway, _ = _gateway(shelf, shelf, person, rvm=person, detections=seen)
-    model_id, mask, subject = asyncio.run(gateway.resolve(AUTO, image))
-    assert subject == "person" and model_id in ("rvm", "mediapipe-selfie")
-    assert np.array_equal(mask, person) and len(gateway.detector.calls) == 1
+    found = asyncio.run(gateway.resolve(AUTO, image))
+    assert found.subject == "person" and found.model_id in ("rvm", "mediapipe-selfie")
+    assert np.array_equal(found.mask, person) and len(gateway.detector.calls) == 1
     gateway, _ = _gateway(shelf, shelf, person, rvm=person, detections=RuntimeError("down"))
-    model_id, _, subject = asyncio.run(gateway.resolve(AUTO, image))
-    assert subject == "person"  # the two person models agree on what the others missed
+    found = asyncio.run(gateway.resolve(AUTO, image))
+    assert found.subject == "person" and "agree" in found.why  # what the others missed
     gateway, _ = _gateway(person, person, person, rvm=person, detections=[])
     assert asyncio.run(gateway.resolve(AUTO, image))[2] == "object"  # everyone agrees: a thing
 

@@ -107,8 +107,9 @@ def test_local_config_fits_a_two_core_machine():
     replicas = config.ingress.num_replicas if isinstance(config.ingress.num_replicas, int) else 1
     booked += config.ingress.ray_actor_options.get("num_cpus", 1) * replicas
     booked += config.jobs.ray_actor_options.get("num_cpus", 1) * config.jobs.num_replicas
-    if config.prompt.enabled:
-        booked += config.prompt.ray_actor_options.get("num_cpus", 1) * config.prompt.num_replicas
+    for optional in (config.prompt, config.detector):
+        if optional.enabled:
+            booked += optional.ray_actor_options.get("num_cpus", 1) * optional.num_replicas
     for extra in (config.text_prompt, config.generate):
         if extra.model_dir:
             booked += extra.ray_actor_options.get("num_cpus", 1) * extra.num_replicas
