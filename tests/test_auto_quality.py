@@ -1,8 +1,8 @@
 """`model=auto` on inputs the first benchmark lacked, with the real models and exact alpha (a
 guard, not the measurement: docs/benchmarks.md has that): a person with no visible face in front
-of a scene with objects of its own must come back as the person, never the furniture; an animal
-filling the frame must be kept as often as the best single model keeps it; a known-alpha person walking over a panning photo must
-go to RVM and keep the person in every frame.
+of a scene with objects of its own must come back as the person, never the furniture; animals
+filling the frame must be kept as often as the best single model keeps them; a known-alpha
+person walking over a panning photo must go to RVM and keep the person in every frame.
 
 The subjects are Tux Paint's photo stamps (GPL-2+), fetched once per machine from Debian's
 registry by the benchmark's own loader (bench/real_subjects.py, sha256-pinned)."""
@@ -25,6 +25,7 @@ from conftest import REPO, pulled_models_dir
 
 sys.path.insert(0, str(REPO / "bench"))
 import quality_data as qd  # noqa: E402
+
 import real_subjects as rs  # noqa: E402
 
 MODELS = ("isnet-imgly-medium", "u2netp", "rvm", "mediapipe-selfie")
