@@ -146,7 +146,10 @@ class _Converter:
     def convert(self, outputs: Sequence[str],
                 inputs: Mapping[str, Sequence[int | str] | None]) -> onnx.ModelProto:
         graph_inputs = []
-        for name, shape in inputs.items():
+        order = {name: k for k, name in enumerate(self.model.nodes)}
+        # in the graph's own placeholder order: the result never hangs on how a config's
+        # mapping was written (a YAML dump sorts keys)
+        for name, shape in sorted(inputs.items(), key=lambda item: order.get(item[0], -1)):
             node = self.model.nodes.get(name)
             if node is None or node["op"] != "Placeholder":
                 raise ValueError(f"{name!r} is not a placeholder of the graph")

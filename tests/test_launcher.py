@@ -59,7 +59,9 @@ def test_make_run_stops_cleanly(how, real_models, tmp_path):
             pytest.fail(f"port {PORT} is taken: stop the service running there first")
     venv = Path(sys.prefix)
     log = tmp_path / "make-run.log"
-    env = {**os.environ, "BGR_DATA_DIR": str(tmp_path / "data"), "RAY_AUTH_MODE": "disabled"}
+    # a person's shell: none of the settings another test's service set in this process
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGR_")}
+    env.update(BGR_DATA_DIR=str(tmp_path / "data"), RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     with open(log, "wb") as out:
         make = subprocess.Popen(

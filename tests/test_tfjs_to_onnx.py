@@ -183,6 +183,18 @@ def test_elementwise_mean_concat_and_activations():
     np.testing.assert_allclose(g.run("y", x), np.concatenate([mean, mean], 3), atol=1e-5)
 
 
+def test_graph_inputs_follow_the_graph_not_the_mapping():
+    """Two placeholders given in either order convert to the same bytes (a catalog written out
+    by a YAML dump sorts its keys; the pinned sha256 must not hang on that)."""
+    g = Graph()
+    g.op("y", "AddV2", [g.placeholder("b"), g.placeholder("a")])
+    model = g.model()
+    one = convert_tfjs_to_onnx(model, ["y"], {"a": [1, 2], "b": [1, 2]})
+    two = convert_tfjs_to_onnx(model, ["y"], {"b": [1, 2], "a": [1, 2]})
+    assert [i.name for i in one.graph.input] == ["b", "a"]  # the graph's placeholder order
+    assert one.SerializeToString() == two.SerializeToString()
+
+
 def np_resize(x, oh, ow, mode):
     """Bilinear resize as TensorFlow defines it for each coordinate mode."""
     h, w = x.shape[1:3]
