@@ -42,4 +42,6 @@ RUN pip install -e ".[${VARIANT},postgres${EXTRAS}]" \
 
 USER 1000
 EXPOSE 8000 8265 6379 10001 8080
-CMD ["serve", "run", "configs/local.yaml"]
+# API keys on; the first one: docker exec CONTAINER bgremove keys create NAME (it prints the
+# secret once). Binding 0.0.0.0 is safe only because keys are on (docs/operations.md).
+CMD ["bgremove", "serve", "configs/local.yaml", "--host", "0.0.0.0"]

@@ -32,8 +32,10 @@ models: install
 	-$(VENV)/bin/bgremove models pull mobilesam
 
 # Ctrl-C or SIGTERM stops Serve and its local Ray cluster, leaving no process behind.
+# API keys off (one user; the service then answers this machine only) unless the shell says
+# BGR_AUTH_ENABLED=true.
 run: models
-	$(VENV)/bin/bgremove serve $(CONFIG)
+	BGR_AUTH_ENABLED=$${BGR_AUTH_ENABLED:-false} $(VENV)/bin/bgremove serve $(CONFIG)
 
 test: install-test
 	$(VENV)/bin/ruff check serve_app deployments pipelines tests bench

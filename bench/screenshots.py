@@ -44,7 +44,8 @@ def healthy(url: str) -> bool:
 
 
 def start_service(url: str) -> subprocess.Popen:
-    env = {**os.environ, "BGR_DATA_DIR": tempfile.mkdtemp(prefix="bgr-shots-")}
+    env = {**os.environ, "BGR_DATA_DIR": tempfile.mkdtemp(prefix="bgr-shots-"),
+           "BGR_AUTH_ENABLED": "false"}  # as `make run`
     service = subprocess.Popen([str(Path(sys.executable).with_name("bgremove")), "serve",
                                 "configs/local.yaml"], cwd=REPO, env=env,
                                start_new_session=True)

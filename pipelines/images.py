@@ -68,27 +68,58 @@ def _planes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), None
 
 
+# What every route that takes an image decodes (Pillow format -> MIME type); nothing else ever
+# reaches a Pillow plugin (EPS would run Ghostscript). The shotgun's spec narrows it further.
+# (MPO is how Pillow names the JPEGs phone cameras write with a multi-picture marker.)
+INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
+                 "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
+
+
+def _plugins(formats: dict[str, str]) -> list[str]:
+    """The Pillow plugins that may open `formats` (an MPO is opened by the JPEG plugin)."""
+    return sorted({"JPEG" if f == "MPO" else f for f in formats})
+
+
+def _named(data: bytes) -> str | None:
+    """The format of `data` when one of the header-only plugins below knows it (to tell a
+    refused format from garbage; no plugin that may run an external program is asked)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_NAMED_ONLY) as im:
+            return im.format
+    except Exception:
+        return None
+
+
+# Formats whose Pillow plugins only read headers on open: used to name a refused format.
+_NAMED_ONLY = ["GIF", "ICO", "PPM", "TGA", "PCX", "DDS", "QOI", "SGI", "IM", "XBM"]
+
+
 def decode_image(data: bytes, max_pixels: int | None = REGULAR_MAX_PIXELS,
-                 formats: dict[str, str] | None = None) -> DecodedImage:
-    """Decode an image file. `formats` (Pillow format -> MIME type) restricts what is accepted:
+                 formats: dict[str, str] = INPUT_FORMATS) -> DecodedImage:
+    """Decode an image file. `formats` (Pillow format -> MIME type) is what is accepted:
     anything else is refused as `UnsupportedFormat` from its header, before any pixel is decoded
-    (and before a plugin such as EPS could call an external program)."""
+    (only those formats' plugins even look at the bytes)."""
     if not data:
         raise InvalidImage("Empty image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im: Image.Image = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data), formats=_plugins(formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         if max_pixels is not None:
             raise ImageTooLarge(TOO_LARGE_MESSAGE) from None
         raise InvalidImage("Invalid image file: dimensions exceed the decoder's safety limit") from None
     except UnidentifiedImageError:
+        kind = _named(data)
+        if kind is not None:  # a real image, of a format not accepted here
+            raise UnsupportedFormat(
+                f"Invalid image format. Supported: {', '.join(sorted(set(formats.values())))}",
+                {"field": "image", "received": f"image/{kind.lower()}"}) from None
         raise InvalidImage("Invalid image file: not a recognised image format") from None
     except Exception as exc:  # PIL raises many types for malformed headers
         raise InvalidImage(f"Invalid image file: {exc}") from None
 
-    if formats is not None and im.format not in formats:
+    if im.format not in formats:
         received = f"image/{(im.format or 'unknown').lower()}"
         raise UnsupportedFormat(
             f"Invalid image format. Supported: {', '.join(sorted(set(formats.values())))}",
@@ -129,7 +160,6 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 # Shotgun API (spec 003): accepted input formats and their MIME types.
-# (MPO is how Pillow names the JPEGs phone cameras write with a multi-picture marker.)
 SHOTGUN_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
                          "WEBP": "image/webp"}
 

@@ -21,13 +21,12 @@ import numpy as np
 from pipelines import effects, output, rvm, video
 from pipelines.compose import Background, Composition, compose
 from pipelines.errors import ImageTooLarge
-from pipelines.images import DecodedImage, decode_image
+from pipelines.images import INPUT_FORMATS, DecodedImage, decode_image
 from pipelines.output import OutputOptions
 
 T = TypeVar("T")
-# What async jobs accept; anything else is refused from its header, before decoding (no EPS).
-JOB_INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
-                     "WEBP": "image/webp", "TIFF": "image/tiff", "BMP": "image/bmp"}
+# What async jobs accept: the one allow-list of every image route.
+JOB_INPUT_FORMATS = INPUT_FORMATS
 
 
 def decode_job_image(data: bytes, max_pixels: int) -> DecodedImage:

@@ -146,11 +146,11 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             log.warning("model %s NOT served: %s", model_id, refusal)
             continue
         if path is None:
-            missing[model_id] = (
-                f"weights file {spec.weights.file} not found in "
-                f"{', '.join(str(d) for d in search_dirs)}; run `bgremove models pull {model_id}`"
-            )
-            log.warning("model %s NOT deployed: %s", model_id, missing[model_id])
+            # no folder in what clients see (/health is public); the log names them
+            missing[model_id] = (f"weights file {spec.weights.file} not installed; run "
+                                 f"`bgremove models pull {model_id}`")
+            log.warning("model %s NOT deployed: %s (searched %s)", model_id, missing[model_id],
+                        ", ".join(str(d) for d in search_dirs))
             continue
         pool = config.pool_for(model_id, spec.tier)
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
@@ -243,7 +243,7 @@ def _checkpoint_deployment(cls: type, field: str, options: Any, what: str, marke
         return None, f"not installed (the `ai` extra: torch, {package})"
     if not (folder / marker).is_file():
         log.warning("%s.model_dir %s has no %s; %s off", field, folder, marker, field)
-        return None, f"not installed ({folder} has no {marker})"
+        return None, f"not installed (its model_dir has no {marker})"  # no paths: /health is public
     placement[cls.__name__] = (options.ray_actor_options, options.num_replicas)
     return serve.deployment(
         cls, name=cls.__name__, num_replicas=options.num_replicas,

@@ -370,7 +370,7 @@ def _batch(args: argparse.Namespace) -> int:
 def _serve(args) -> int:
     from serve_app.launcher import run_service  # noqa: PLC0415
 
-    return run_service(args.config, dashboard=args.dashboard)
+    return run_service(args.config, dashboard=args.dashboard, host=args.host)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--dashboard", action="store_true",
                     help="start Ray's dashboard too (web UI on :8265, `serve status`, the Jobs "
                          "API; ~0.5-1 GB more memory)")
+    sv.add_argument("--host", help="address the HTTP proxy binds instead of the config's "
+                    "(configs/local.yaml: 127.0.0.1); 0.0.0.0 serves other machines, so keep "
+                    "API keys on")
     sv.set_defaults(func=_serve)
     b = sub.add_parser("batch", help="cut out a folder (or fsspec URL) of images with Ray Data")
     b.add_argument("input", help="folder, image file or fsspec URL (s3://, gs://, ... with its "

@@ -60,7 +60,7 @@ def dependency_failure(exc: BaseException, prefix: str = "") -> ServiceError | N
     """The 503/507 error for a failed dependency (recorded: logged once per outage, counted),
     or None when `exc` is something else."""
     mapped = as_dependency_error(exc, prefix)
-    if mapped is not None:
+    if mapped is not None and (mapped.details or {}).get("reason") != "busy":
         dependency = (mapped.details or {})["dependency"]
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         OUTAGES.failed(dependency, f"{type(exc).__name__}: {first_line}")

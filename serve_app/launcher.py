@@ -44,11 +44,12 @@ def _kill_session(pgid: int, sig: int) -> None:
         pass
 
 
-def run_service(config: str, grace_s: float = 5.0, dashboard: bool = False) -> int:
+def run_service(config: str, grace_s: float = 5.0, dashboard: bool = False,
+                host: str | None = None) -> int:
     """Run `serve run config` until it exits or a stop signal arrives; returns an exit code
     (0 after a requested stop)."""
     command = [sys.executable, "-m", "serve_app.serve_run", config,
-               *(["--dashboard"] if dashboard else [])]
+               *(["--dashboard"] if dashboard else []), *(["--host", host] if host else [])]
     child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
     stop = threading.Event()

@@ -7,9 +7,13 @@ limit. One pure ASGI middleware (so the headers it adds are on every response, e
 - `X-Api-Key` (when `BGR_AUTH_ENABLED`, the default): a missing, unknown or revoked key is a
   401 in the route family's shape. Public: `/health`, the API docs, and the expiring,
   unguessable result links (`/results/...`), which browsers open without headers.
+- Keys off (`BGR_AUTH_ENABLED=false`) means one user on one machine: only loopback clients are
+  answered, anyone else gets a 401 saying so, unless `BGR_OPEN_WITHOUT_KEYS=true`.
 - Backpressure: at most `BGR_MAX_INFLIGHT_REQUESTS` requests per ingress replica are worked on
   at once; beyond that the answer is an immediate 503 with `Retry-After: 1`, decided before
-  the key is looked up, so shedding load costs no database access. `/health` is exempt.
+  the key is looked up, so shedding load costs no database access. A request takes its slot
+  before the key is looked up, so a burst cannot pass the limit while lookups are awaited.
+  `/health` is exempt.
 - A key store that cannot answer (database locked or down) is a 503 with Retry-After too.
 - Rate limit per key (`serve_app.core.keys`, counted in the database so all ingress replicas agree):
   `X-RateLimit-Limit/Remaining/Reset` on every authenticated response; over the limit 429
@@ -24,6 +28,7 @@ JSON records in the replica's log file, carrying Serve's request id, app and rep
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 
@@ -46,6 +51,15 @@ PUBLIC_PREFIXES = ("/results/", "/studio/")  # the studio's page and assets; its
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def from_this_machine(scope: Scope) -> bool:
+    """Whether the ASGI client address is loopback (no address: no)."""
+    client = scope.get("client")
+    try:
+        return client is not None and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:  # a host name, not an address
+        return False
 
 
 def caller(request: Request | None) -> ApiKey | None:
@@ -96,34 +110,49 @@ class PlatformMiddleware:
                 "shortly.", {"retry_after_s": 1}), extra)
             _log(scope, 503, None, started)
             return
-        if settings.auth_enabled and not is_public(path):
-            try:
-                refusal = await self._check_key(headers, state, extra, settings)
-            except SQLAlchemyError:  # e.g. "database is locked" past the busy timeout
-                log.exception("key store unavailable")
-                refusal = ServiceUnavailable("The key store is unavailable; retry shortly.",
-                                             {"retry_after_s": 1})
+        self._inflight += 1  # the slot is taken before anything is awaited
+        try:
+            refusal = await self._admit(scope, path, headers, state, extra, settings)
             if refusal is not None:
                 await self._refuse(scope, receive, send, refusal, extra)
                 _log(scope, http_status(refusal)[0], state.get("api_key"), started)
                 return
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-        status = [500]
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+            status = [500]
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                names = {k for k, _ in raw}
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
-                message = {**message, "headers": kept + raw}
-            await send(message)
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                    names = {k for k, _ in raw}
+                    kept = [(k, v) for k, v in message.get("headers", [])
+                            if k.lower() not in names]
+                    message = {**message, "headers": kept + raw}
+                await send(message)
 
-        self._inflight += 1
-        try:
-            await self.app(scope, receive, send_with_headers)
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                _log(scope, status[0], state.get("api_key"), started)
         finally:
             self._inflight -= 1
-            _log(scope, status[0], state.get("api_key"), started)
+
+    async def _admit(self, scope: Scope, path: str, headers: dict[str, str], state: dict,
+                     extra: dict[str, str], settings) -> ServiceError | None:
+        """Who may call: the error to answer with, or None."""
+        if is_public(path):
+            return None
+        if not settings.auth_enabled:
+            if settings.open_without_keys or from_this_machine(scope):
+                return None
+            return Unauthorized("API keys are off on this service, so it answers only its own "
+                                "machine. Its operator can create keys (bgremove keys create) "
+                                "or open it (BGR_OPEN_WITHOUT_KEYS=true).")
+        try:
+            return await self._check_key(headers, state, extra, settings)
+        except SQLAlchemyError:  # e.g. "database is locked" past the busy timeout
+            log.exception("key store unavailable")
+            return ServiceUnavailable("The key store is unavailable; retry shortly.",
+                                      {"retry_after_s": 1})
 
     async def _check_key(self, headers: dict[str, str], state: dict, extra: dict[str, str],
                          settings) -> ServiceError | None:

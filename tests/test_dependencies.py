@@ -52,6 +52,39 @@ def test_database_errors_become_503_with_retry_after():
         assert isinstance(as_dependency_error(outer), DependencyUnavailable)
 
 
+def test_sqlite_lock_contention_is_busy_not_an_outage(tmp_path):
+    """A real "database is locked" (another connection holds the write lock past the busy
+    timeout) is a 503 saying busy with Retry-After 1, and is not logged or counted as an
+    outage; a database that cannot be reached still is."""
+    import sqlalchemy as sa
+
+    from serve_app.errors import OUTAGES, dependency_failure
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/db.sqlite",
+                              connect_args={"timeout": 0.1})
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+    holder = engine.connect()
+    holder.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sa_exc.OperationalError) as locked, engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "locked" in str(locked.value)
+    err = dependency_failure(locked.value, "Failed to submit image: ")
+    assert isinstance(err, DependencyUnavailable) and http_status(err)[0] == 503
+    assert err.details == {"dependency": "database", "reason": "busy", "retry_after_s": 1}
+    assert "busy" in err.message and "cannot be reached" not in err.message
+    assert "database" not in OUTAGES.down()
+    try:
+        assert dependency_failure(_operational()) is not None
+        assert "database" in OUTAGES.down()
+    finally:
+        OUTAGES.recovered("database")
+
+
 @pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "full"), (errno.EDQUOT, "full"),
                                           (errno.EROFS, "not_writable"),
                                           (errno.EACCES, "not_writable")])

@@ -92,3 +92,32 @@ def test_encode_png_keeps_alpha():
     rgba = np.dstack([disk_image(), np.arange(64 * 96, dtype=np.uint32).reshape(64, 96).astype(np.uint8)])
     back = np.asarray(Image.open(__import__("io").BytesIO(encode_png(rgba))))
     np.testing.assert_array_equal(back, rgba)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n"
+
+
+def test_only_the_allowed_formats_reach_a_pillow_plugin(monkeypatch):
+    """An EPS upload is refused without the EPS plugin ever looking at it (its load() runs
+    Ghostscript wherever that is installed), on every route: the allow-list is the default."""
+    from PIL import EpsImagePlugin
+
+    from pipelines.errors import UnsupportedFormat
+
+    opened = []
+    real_open = EpsImagePlugin.EpsImageFile._open
+
+    def spy(self):
+        opened.append(True)
+        return real_open(self)
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    with pytest.raises(InvalidImage, match="not a recognised image format"):
+        decode_image(EPS)
+    assert not opened
+    gif = png_bytes(disk_image(), "GIF")
+    with pytest.raises(UnsupportedFormat) as refused:  # named, then refused from its header
+        decode_image(gif)
+    assert refused.value.details["received"] == "image/gif"
+    for fmt in ("PNG", "JPEG", "WEBP", "TIFF", "BMP"):
+        assert decode_image(png_bytes(disk_image(), fmt)).size == (96, 64)

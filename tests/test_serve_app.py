@@ -144,6 +144,10 @@ def test_health_reports_missing_weights(client):
     assert body["status"] == "degraded"  # u2net's weights are not here
     assert body["models"]["u2net"]["status"] == "missing"
     assert "bgremove models pull u2net" in body["models"]["u2net"]["detail"]
+    # /health is public: no folder of this machine in it, anywhere
+    import os
+    assert os.environ["BGR_MODELS_DIR"] not in client.get("/health").text
+    assert "/" not in body["models"]["u2net"]["detail"].replace("bgremove models", "")
     assert "birefnet-portrait" not in body["models"]
     assert body["models"]["tiny"] == {"status": "loaded", "pool": "light", "replicas": 2,
                                       "detail": None}

@@ -3,7 +3,8 @@ the artifact storage.
 
 `as_dependency_error` turns the exception a failed dependency raises (SQLAlchemy's connection
 errors, `OSError` with ENOSPC/EROFS/...) into the service error clients get: 503 with
-Retry-After for a database that cannot be reached, 507 for storage that is full or not
+Retry-After for a database that cannot be reached (1 s and "busy" for SQLite's lock contention,
+which is not an outage and is not logged as one), 507 for storage that is full or not
 writable; None for anything else (a real bug stays a 500). `OutageLog` says so once per outage,
 not once per request. `DependencyProbe` answers /health cheaply (a cached round-trip).
 """
@@ -28,6 +29,7 @@ from serve_app.core.errors import DependencyUnavailable, StorageUnavailable
 log = logging.getLogger("ray.serve.bgremove")
 
 DATABASE_RETRY_AFTER_S = 5
+BUSY_RETRY_AFTER_S = 1
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
 _STORAGE_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -47,9 +49,21 @@ def _database_down(exc: BaseException) -> bool:
                             sa_exc.TimeoutError, sa_exc.DisconnectionError))
 
 
+def database_busy(exc: BaseException) -> bool:
+    """SQLite's lock contention ("database is locked" past the busy timeout): the database is
+    there and answering, another process holds the write lock. Not an outage."""
+    return any(isinstance(e, sa_exc.OperationalError) and "locked" in str(e.orig or "")
+               for e in _chain(exc))
+
+
 def as_dependency_error(exc: BaseException, prefix: str = "") -> ServiceError | None:
     """The client-facing error for a dependency failure anywhere in `exc`'s chain, or None.
     `prefix` starts the message (e.g. spec 000's "Failed to submit image: ")."""
+    if database_busy(exc):
+        return DependencyUnavailable(
+            f"{prefix}the job database is busy (another writer holds its lock); retry in a "
+            "second.", {"dependency": "database", "reason": "busy",
+                        "retry_after_s": BUSY_RETRY_AFTER_S})
     for e in _chain(exc):
         if _database_down(e):
             return DependencyUnavailable(

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # API keys (X-Api-Key) on every route but /health, the docs and result links. Turning
     # auth off is for a single user on one machine: the service warns loudly at start-up.
     auth_enabled: bool = True
+    # With auth off the service answers only clients on its own machine (loopback): anyone
+    # else gets 401. True opens it to every client that reaches the port, unmetered and
+    # unauthenticated: an explicit choice, never a default (docs/operations.md).
+    open_without_keys: bool = False
     auth_cache_s: float = Field(5.0, ge=0)  # a revoked key stops working within this
     # Backpressure: requests one ingress replica works on at once (0: no limit); more are
     # answered at once with 503 and Retry-After instead of queueing (/health is exempt).

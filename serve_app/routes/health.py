@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -18,8 +20,23 @@ from serve_app.services import Services, Svc
 router = APIRouter()
 
 
+REPLICAS_CACHE_S = 1.0  # /health is public and never shed: at most one controller call a second
+_replicas: tuple[float, dict[str, tuple[int, str]]] = (float("-inf"), {})
+_replicas_lock = threading.Lock()
+
+
 def _replica_counts() -> dict[str, tuple[int, str]]:
-    """Running replicas and state per deployment of this application, from the controller."""
+    """Running replicas and state per deployment, from the controller at most once a second
+    per replica (a flood of probes waits for that one answer; the dependency probes are
+    cached likewise)."""
+    global _replicas
+    with _replicas_lock:
+        if time.monotonic() - _replicas[0] > REPLICAS_CACHE_S:
+            _replicas = (time.monotonic(), _ask_controller())
+        return _replicas[1]
+
+
+def _ask_controller() -> dict[str, tuple[int, str]]:
     try:
         app_name = serve.get_replica_context().app_name
         status = serve.status().applications[app_name]
