@@ -5,7 +5,8 @@ Payload (the JSON body of the POST), one per event, `job_completed` or `job_fail
 
     {"event": "job_completed", "job_id": "<uuid4>", "results": [...], "signature": "<hex>"}
 
-`results` is the job's results (a list, or an object; null for `job_failed`). Other top-level
+`results` is the job's results (a list: `[{output_url, media_type}]` for `job_completed`,
+`[{error}]` for `job_failed`). Other top-level
 keys may follow (e.g. `"error": {...}` on `job_failed`); receivers should ignore keys they do not
 know. Without a `webhook_secret` the payload keeps its shape with `"signature": null`, and the
 `X-Webhook-Signature` header is absent: such a delivery is unauthenticated.

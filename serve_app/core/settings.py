@@ -1,7 +1,8 @@
 """Process settings, read once from the environment (prefix `BGR_`).
 
 Settings are per process (paths, limits, logging). What the application deploys (which models,
-pools, resources) is the typed app config in `serve_app.builder`, read from the Serve YAML.
+pools, resources) is the typed app config, `serve_app.config.AppConfig`, read from the Serve
+YAML's `args` by `serve_app.builder.build_app`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Shotgun API (spec 003): one image, several models in parallel, every result back to compare.
 
-`remove_background` puts the decoded image in Ray's object store once and calls every selected
-model deployment's `segment` through its handle at the same time; each model's row is finished
+`remove_background` resizes the decoded image to each selected model's input size and calls
+every model deployment's `segment` through its handle at the same time (each call carries only
+that small copy); each model's row is finished
 (cut-out, optional upscale, encoding) as soon as its own mask arrives. A model that fails or
 exceeds `shotgun.model_timeout_s` gets an error row and does not hold up the others. Costs come
 from each model's catalog `price` and the inference seconds its replica reports.
