@@ -33,7 +33,13 @@ from deployments.model_client import ModelClient
 from pipelines import video, webhooks
 from pipelines.auto import AUTO, ServedModel, categorize_clip
 from pipelines.catalog import ModelSpec
-from pipelines.errors import FetchError, InvalidRequest, ModelUnavailable, ServiceError
+from pipelines.errors import (
+    FetchError,
+    InvalidRequest,
+    ModelUnavailable,
+    PayloadTooLarge,
+    ServiceError,
+)
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import render_image_job, render_video
@@ -41,15 +47,19 @@ from pipelines.sam import prompt_model_missing
 from pipelines.temporal import MaskSmoother
 from serve_app.core.artifacts import artifact_store
 from serve_app.core.db import now
+from serve_app.core.errors import InsufficientCredits, ProcessingError
 from serve_app.core.job_params import JobPrompt
 from serve_app.core.jobs import COMPLETED, Job, JobStore
-from serve_app.core.keys import Charge
+from serve_app.core.keys import Charge, KeyStore
 from serve_app.core.settings import apply_log_level, get_settings
 from serve_app.core.store import Store
 
 log = logging.getLogger("ray.serve.bgremove")
 _MAINTENANCE_EVERY_S = 30.0
 _JOBS_GAUGE_EVERY_S = 5.0  # how often the jobs-by-state gauge is refreshed
+# Failures caused by the client's input (its file, URL or parameters): 4xx on the result
+# routes, with the reason. Anything else that fails a job is ours: 5xx.
+CLIENT_FAULTS = (InvalidRequest, PayloadTooLarge, ProcessingError, InsufficientCredits)
 VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/quicktime"}
 
 
@@ -70,6 +80,7 @@ class JobWorker:
         self.settings = get_settings()
         apply_log_level(self.settings)
         self.store = JobStore.from_settings(self.settings)
+        self.keys = KeyStore.from_settings(self.settings)
         self.selections = Store.from_settings(self.settings)  # shotgun picks, for auto
         # model calls and `model=auto`, the same way as the ingress makes them
         self.client = ModelClient(models, self.specs, detector, auto_models or [], auto_compare,
@@ -164,7 +175,8 @@ class JobWorker:
                 **fields, "state": "completed", "credits": charge.credits,
                 "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
         except ServiceError as exc:
-            self.store.fail(job.job_id, exc.message, worker_id=self.worker_id)
+            self.store.fail(job.job_id, exc.message, worker_id=self.worker_id,
+                            kind="input" if isinstance(exc, CLIENT_FAULTS) else "internal")
             log.info("job %s failed: %s", job.job_id, exc.message, extra={
                 **fields, "state": "failed",
                 "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
@@ -307,6 +319,7 @@ class JobWorker:
                         shutil.copyfileobj(f, out)
                 else:
                     src.write_bytes(self._fetch(job.input_url, settings.upload_max_bytes))
+            self._require_video_credits(job, str(src))
             dst = Path(tmp) / f"output.{fmt}"
             model_id = params.model_id
             if model_id == AUTO:
@@ -333,6 +346,22 @@ class JobWorker:
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)
         return key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2), report or None
+
+    def _require_video_credits(self, job: Job, path: str) -> None:
+        """Before any frame is processed: the owner's balance covers the seconds that will be
+        (the clip's length up to the job's cap; the cap itself when the file states no length)."""
+        if job.owner is None or self.settings.price_video_second <= 0:
+            return
+        info = video.probe(path)
+        cap = job.params.max_duration_s
+        seconds = (video.processed_duration(info.duration_s, cap) if info.duration_known
+                   else cap or 0.0)
+        needed = round(seconds * self.settings.price_video_second, 4)
+        balance = self.keys.balance(job.owner)
+        if balance + 1e-9 < needed:
+            raise InsufficientCredits(
+                f"Not enough credits: this clip needs {needed:g} ({seconds:.2f} s), the balance "
+                f"is {balance:g}.", {"required": needed, "balance": balance})
 
     # ---- webhooks and retention -------------------------------------------------------------
     def _webhook_loop(self) -> None:

@@ -252,7 +252,10 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
             if on_progress is not None:
                 on_progress(count, None if total is None else max(total, count))
     audio_error = file.audio_error
+    # what was processed: the stated length up to the cap, or, when the file states none,
+    # the frames actually written (never 0 for a clip that produced frames)
+    processed = (video.processed_duration(info.duration_s, max_duration_s)
+                 if info.duration_known else float(count / info.fps))
     return VideoResult(frames=count, original_duration_s=info.duration_s,
-                       processed_duration_s=video.processed_duration(info.duration_s,
-                                                                     max_duration_s),
+                       processed_duration_s=processed,
                        width=width, height=height, audio_error=audio_error)

@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 
 from pipelines.errors import InvalidRequest
@@ -328,9 +329,17 @@ def _rgb(frame, rotation: int) -> np.ndarray:
 
 def iter_frames(path: str, max_duration_s: float | None = None) -> Iterator[Frame]:
     """Upright RGB frames one at a time, stopping before `max_duration_s` (seconds of stream
-    time, from the first frame). Decoder errors mid-stream become `InvalidRequest`."""
+    time, from the first frame). Decoder errors mid-stream become `InvalidRequest`. A stream
+    whose resolution changes mid-way (allowed in VP8/VP9/H.264) comes out at its first frame's
+    size throughout, as ffmpeg's own scaler would give it."""
+    size: tuple[int, int] | None = None
     for index, pts_s, frame, rotation in _iter_decoded(path, max_duration_s):
-        yield Frame(index=index, pts_s=pts_s, rgb=_rgb(frame, rotation))
+        rgb = _rgb(frame, rotation)
+        if size is None:
+            size = (rgb.shape[1], rgb.shape[0])
+        elif (rgb.shape[1], rgb.shape[0]) != size:
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        yield Frame(index=index, pts_s=pts_s, rgb=rgb)
 
 
 def sample_frames(path: str, count: int, max_duration_s: float | None = None) -> list[np.ndarray]:

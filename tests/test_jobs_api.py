@@ -103,13 +103,18 @@ def test_hd_errors_have_the_documented_bodies(client):
     assert bad.status_code == 400 and bad.json() == {"detail": "Invalid image file"}
 
 
-def test_hd_job_that_fails_reports_500(client, jobs_db):
+def test_hd_job_failed_by_its_input_is_a_4xx_with_the_reason(client, jobs_db):
+    """A 5xx is only ours: a file that turns out truncated when decoded is the client's
+    (422, spec 000's body with the reason); the job records whose fault it was."""
     truncated = png_bytes(disk_image(300, 200))[:400]  # a valid header, then nothing
     resp = hd_submit(client, truncated)
     assert resp.status_code == 202, resp.text
     failed = hd_wait(client, resp.json()["uuid"])
-    assert failed.status_code == 500 and failed.json() == {"detail": "Image processing failed"}
-    assert "corrupt or truncated" in jobs_db.get(resp.json()["uuid"]).error
+    assert failed.status_code == 422, failed.text
+    assert failed.json()["detail"].startswith("Image processing failed: ")
+    assert "corrupt or truncated" in failed.json()["detail"]
+    job = jobs_db.get(resp.json()["uuid"])
+    assert "corrupt or truncated" in job.error and job.error_kind == "input"
 
 
 # ---- /v1/jobs, uploads, downloads -----------------------------------------------------------

@@ -56,6 +56,11 @@ def test_terminal_states_are_final(jobs):
     jobs.claim("w1", 30)
     assert jobs.fail(job.job_id, "model exploded", worker_id="w1")
     assert jobs.get(job.job_id).error == "model exploded"
+    assert jobs.get(job.job_id).error_kind == "internal"  # ours unless told otherwise
+    theirs = new(jobs, start=True)
+    jobs.claim("w1", 30)
+    assert jobs.fail(theirs.job_id, "Invalid image file", worker_id="w1", kind="input")
+    assert jobs.get(theirs.job_id).error_kind == "input"
     assert not jobs.complete(job.job_id, "w1", "k", "image/png", 60)  # failed is terminal
     with pytest.raises(TransitionError):
         jobs.start(job.job_id)

@@ -291,3 +291,27 @@ def test_idempotent_retry_returns_the_job_whatever_the_balance(base_url, keys):
         assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
         other = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-8"})
         assert other.status_code == 402
+
+
+def test_a_video_job_the_balance_cannot_pay_is_refused_before_any_frame(base_url, keys):
+    """/v1/jobs checks one second at submit (the length is not known yet); the worker then
+    reads the clip's length and refuses, before processing, what the balance cannot pay:
+    the job fails with the reason, nothing is charged."""
+    from test_video_api import make_clip
+    secret = make_key(keys, credits=2)
+    with new_client(base_url, secret) as c:
+        up = c.post("/api/upload", files={"file": ("c.mp4", make_clip(3.0), "video/mp4")})
+        assert up.status_code == 201, up.text
+        created = c.post("/v1/jobs", json={"upload_id": up.json()["upload_id"],
+                                           "output_format": "webm"})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        deadline = time.monotonic() + 90
+        while (final := c.get(f"/v1/jobs/{job_id}").json())["status"] not in ("completed",
+                                                                               "failed"):
+            assert time.monotonic() < deadline, final
+            time.sleep(0.3)
+        assert final["status"] == "failed", final
+        assert "Not enough credits" in str(final), final
+        usage = c.get("/v1/usage").json()
+    assert usage["balance"] == 2 and not usage["operations"]

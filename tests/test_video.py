@@ -391,6 +391,25 @@ def test_progress_of_a_clip_without_a_duration_is_honest(tmp_path):
     assert reports[0] == (1, 40) and reports[-1] == (40, 40)
 
 
+def test_a_clip_whose_length_cannot_be_known_is_charged_for_what_was_processed(tmp_path,
+                                                                               monkeypatch):
+    """Nothing in the file says how long it is: the seconds charged are the frames written
+    over the rate, not 0 (which would make such clips free)."""
+    import dataclasses
+
+    from pipelines.render import render_video
+
+    path = tmp_path / "rec.webm"
+    path.write_bytes(unsized_clip("webm-vp9", seconds=3, fps=10))
+    real_probe = video.probe
+    monkeypatch.setattr(video, "probe", lambda p: dataclasses.replace(
+        real_probe(p), duration_s=0.0, duration_known=False))
+    mask = np.full((64, 96), 255, np.uint8)
+    result = render_video(str(path), str(tmp_path / "out.webm"), lambda rgb: (lambda: mask),
+                          output_format="webm")
+    assert result.frames == 30 and result.processed_duration_s == pytest.approx(3.0)
+
+
 def test_text_file_is_not_a_video_but_a_damaged_video_keeps_the_decoder_reason(tmp_path):
     text = tmp_path / "notes.webm"
     text.write_text("this is not a video at all\n" * 50)
@@ -451,3 +470,18 @@ def test_sample_frames_are_the_frames_iter_frames_gives(tmp_path):
     assert len(picked) == 5
     expected = [every[i] for i in (0, 5, 10, 14, 19)]  # evenly spread, first and last included
     assert all(np.array_equal(a, b) for a, b in zip(picked, expected, strict=True))
+
+
+def test_a_resolution_change_mid_stream_keeps_the_first_size(monkeypatch):
+    """VP8/VP9/H.264 streams may change resolution mid-way; the frames come out at the first
+    frame's size (the writer would otherwise refuse the frame and fail the job with a bare
+    ValueError)."""
+    def frames(w, h, value):
+        return av.VideoFrame.from_ndarray(np.full((h, w, 3), value, np.uint8), format="rgb24")
+
+    decoded = [(0, 0.0, frames(64, 48, 10), 0), (1, 0.1, frames(64, 48, 20), 0),
+               (2, 0.2, frames(96, 64, 30), 0), (3, 0.3, frames(32, 24, 40), 0)]
+    monkeypatch.setattr(video, "_iter_decoded", lambda path, max_duration_s=None: iter(decoded))
+    out = list(video.iter_frames("clip.webm"))
+    assert [f.rgb.shape for f in out] == [(48, 64, 3)] * 4
+    assert [int(f.rgb.mean()) for f in out] == [10, 20, 30, 40]  # the pictures, rescaled

@@ -60,6 +60,8 @@ jobs = Table(
     Column("output_media_type", String(64)),
     Column("result", JSON),  # what the output's maker reports, e.g. which text_prompt terms matched
     Column("error", Text),
+    # whose fault a failure was: "input" (the client's file or URL; a 4xx) or "internal" (ours)
+    Column("error_kind", String(16)),
     Column("idempotency_key", String(200), unique=True),
     Column("webhook_url", Text),
     Column("webhook_secret", Text),
@@ -171,6 +173,7 @@ class Job:
     output_expires_at: datetime | None
     owner: str | None = None
     result: dict[str, Any] | None = None
+    error_kind: str | None = None  # "input" (a 4xx: the client's input) or "internal" (a 5xx)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -377,11 +380,14 @@ class JobStore:
                     apply_charge(conn, owner, charge, job_id=job_id)
             return done
 
-    def fail(self, job_id: str, reason: str, worker_id: str | None = None) -> bool:
-        """Fail a job: by its worker (`worker_id`), or, when not started yet, by anyone."""
+    def fail(self, job_id: str, reason: str, worker_id: str | None = None,
+             kind: str = "internal") -> bool:
+        """Fail a job: by its worker (`worker_id`), or, when not started yet, by anyone.
+        `kind`: "input" when the client's input caused it, "internal" when we did."""
         t = now()
         with self._serial, self.engine.begin() as conn:
-            return self._finish(conn, job_id, FAILED, t, error=reason, expected_owner=worker_id)
+            return self._finish(conn, job_id, FAILED, t, error=reason, expected_owner=worker_id,
+                                error_kind=kind)
 
     def _finish(self, conn, job_id: str, state: str, t: datetime, *, error: str | None = None,
                 expected_owner: str | None = None, check_lease: bool = True, **values) -> bool:

@@ -94,7 +94,9 @@ async def hd_result(svc: Svc, uuid: str, request: Request):
     job = await svc.desk.find(request, uuid, "hd")
     if job is None:
         return detail(404, "Task not found")
-    if job.state == FAILED:
+    if job.state == FAILED:  # the client's input: 422 with the reason; ours: spec 000's 500
+        if job.error_kind == "input":
+            return detail(422, f"Image processing failed: {job.error}")
         return detail(500, "Image processing failed")
     if job.state != COMPLETED:
         return JSONResponse(HdProcessing(uuid=uuid).model_dump(), status_code=202)

@@ -94,7 +94,9 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
     params = JobParams(model=req.model, model_id=_tier_model(svc, req.model), output_format=fmt,
                        background=req.background, composition=req.composition,
                        prompt=_job_prompt(svc, req.prompt, kind) if req.prompt else None,
-                       options=options)
+                       options=options,
+                       max_duration_s=svc.settings.job_video_max_duration_s
+                       if kind == "video" else None)
     try:
         job, created = await asyncio.to_thread(
             svc.jobs.create, api="v1", kind=kind, params=params, input_key=input_key,
@@ -228,7 +230,8 @@ def _tier_model(svc: Services, tier: str) -> str:
 
 async def _require_job_credits(svc: Services, request: Request | None, kind: str) -> None:
     """Before a /v1/jobs job starts: an image's price, or one second of video (its length is
-    known only once the worker reads it; it is charged per processed second)."""
+    known only once the worker reads it: the worker then refuses, before processing, a clip
+    whose processed seconds the balance cannot pay, and charges the seconds processed)."""
     s = svc.settings
     await svc.credits.require(request, s.price_video_second if kind == "video" else s.price_image)
 

@@ -139,7 +139,10 @@ async def video_result(svc: Svc, uuid: str, request: Request):
     if job is None:
         return JSONResponse({"message": "Task not found", "status": "not_found"},
                             status_code=404)
-    if job.state == FAILED:
+    if job.state == FAILED:  # the client's input: 422 with the reason; ours: spec 000's 500
+        if job.error_kind == "input":
+            return JSONResponse({"message": f"Video processing failed: {job.error}",
+                                 "uuid": uuid, "status": "failed"}, status_code=422)
         return JSONResponse({"message": "Video processing failed", "uuid": uuid,
                              "status": "failed"}, status_code=500)
     if job.state != COMPLETED:
