@@ -59,6 +59,10 @@ _MAINTENANCE_EVERY_S = 30.0
 _JOBS_GAUGE_EVERY_S = 5.0  # how often the jobs-by-state gauge is refreshed
 # Failures caused by the client's input (its file, URL or parameters): 4xx on the result
 # routes, with the reason. Anything else that fails a job is ours: 5xx.
+class LeaseLost(Exception):
+    """This worker's lease on a job expired and another worker took the job over."""
+
+
 CLIENT_FAULTS = (InvalidRequest, PayloadTooLarge, ProcessingError, InsufficientCredits)
 VIDEO_MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4", "mov": "video/quicktime"}
 
@@ -81,6 +85,7 @@ class JobWorker:
         apply_log_level(self.settings)
         self.store = JobStore.from_settings(self.settings)
         self.keys = KeyStore.from_settings(self.settings)
+        self._leases_lost: set[str] = set()  # job ids whose lease this worker lost
         self.selections = Store.from_settings(self.settings)  # shotgun picks, for auto
         # model calls and `model=auto`, the same way as the ingress makes them
         self.client = ModelClient(models, self.specs, detector, auto_models or [], auto_compare,
@@ -148,7 +153,8 @@ class JobWorker:
             while not done.wait(lease / 3):
                 try:
                     if not self.store.heartbeat(job.job_id, self.worker_id, lease):
-                        log.warning("job %s: lease lost", job.job_id)
+                        log.warning("job %s: lease lost; stopping it here", job.job_id)
+                        self._leases_lost.add(job.job_id)  # the work stops at its next step
                         return
                 except Exception:  # noqa: BLE001 - a database hiccup: try again next beat
                     log.exception("job %s: heartbeat", job.job_id)
@@ -174,6 +180,9 @@ class JobWorker:
             log.info("job %s completed (%s)", job.job_id, media_type, extra={
                 **fields, "state": "completed", "credits": charge.credits,
                 "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
+        except LeaseLost:  # another worker holds the job now: it is theirs to finish
+            log.info("job %s: stopped after its lease was lost", job.job_id,
+                     extra={**fields, "state": "superseded"})
         except ServiceError as exc:
             self.store.fail(job.job_id, exc.message, worker_id=self.worker_id,
                             kind="input" if isinstance(exc, CLIENT_FAULTS) else "internal")
@@ -186,6 +195,7 @@ class JobWorker:
                             worker_id=self.worker_id)
         finally:
             done.set()
+            self._leases_lost.discard(job.job_id)
             if job.input_key and job.input_key.startswith("inputs/"):
                 try:  # a job's private inputs (HD/video submit) are not needed once it ended
                     if self.store.get(job.job_id).state in ("completed", "failed"):
@@ -302,6 +312,8 @@ class JobWorker:
         last = [0.0]
 
         def progress(done: int, total: int | None) -> None:
+            if job.job_id in self._leases_lost:
+                raise LeaseLost(job.job_id)
             if done == total or time.monotonic() - last[0] > 0.5:
                 last[0] = time.monotonic()
                 self.store.set_progress(job.job_id, done, total)
@@ -366,16 +378,26 @@ class JobWorker:
     # ---- webhooks and retention -------------------------------------------------------------
     def _webhook_loop(self) -> None:
         loop = asyncio.new_event_loop()
-        while not self._stop.is_set():
-            try:
-                self._deliver_webhooks(loop)
-            except Exception:  # noqa: BLE001 - keep delivering
-                log.exception("webhook loop")
-            self._stop.wait(self.settings.job_poll_s)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._deliver_webhooks(loop)
+                except Exception:  # noqa: BLE001 - keep delivering
+                    log.exception("webhook loop")
+                self._stop.wait(self.settings.job_poll_s)
+        finally:
+            loop.close()  # its sockets and selector go with it
 
-    def _deliver_webhooks(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _deliver_webhooks(self, loop: asyncio.AbstractEventLoop, most: int = 20) -> None:
+        """Up to `most` due deliveries, each claimed just before it is sent (its claim holds
+        it for three delivery timeouts: far longer than one attempt takes, so another replica
+        never sends it meanwhile)."""
         timeout = self.fetch_policy.timeout_s
-        for job in self.store.claim_webhooks(hold_s=timeout * 3):
+        for _ in range(most):
+            claimed = self.store.claim_webhooks(hold_s=timeout * 3, limit=1)
+            if not claimed:
+                return
+            job = claimed[0]
             event = "job_completed" if job.state == COMPLETED else "job_failed"
             results: Any = ({"output_url": self.output_url(job.job_id),
                              "media_type": job.output_media_type} if job.state == COMPLETED

@@ -115,6 +115,29 @@ def test_claims_are_exclusive_under_concurrency(jobs):
     assert sorted(claimed) == sorted(ids)  # each job exactly once
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has no row locks
+def test_a_claim_skips_a_row_another_worker_is_claiming(jobs, db_url):
+    """PostgreSQL: while one worker's claim transaction holds the oldest queued row, another
+    worker takes the next one at once (FOR UPDATE SKIP LOCKED) instead of waiting on the lock
+    or racing for the same row."""
+    import sqlalchemy as sa
+
+    first, second = (new(jobs, start=True) for _ in range(2))
+    other = sa.create_engine(db_url)
+    with other.connect() as conn:
+        tx = conn.begin()
+        conn.execute(sa.text("SELECT job_id FROM jobs WHERE job_id = :j FOR UPDATE"),
+                     {"j": first.job_id})
+        with ThreadPoolExecutor(1) as pool:
+            claim = pool.submit(jobs.claim, "w2", 30)
+            try:
+                got = claim.result(timeout=5)  # waiting on the lock would time out here
+            finally:
+                tx.rollback()  # (and lets a waiting claim finish)
+    other.dispose()
+    assert got is not None and got.job_id == second.job_id
+
+
 def test_webhook_bookkeeping(jobs):
     job = new(jobs, start=True, webhook_url="https://hooks.example.com/x", webhook_secret="s")
     jobs.claim("w1", 30)

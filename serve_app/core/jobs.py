@@ -327,8 +327,11 @@ class JobStore:
                          or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < t))
         for _ in range(5):  # another worker may win the race for the same row; try the next
             with self._serial, self.engine.begin() as conn:
+                # PostgreSQL: rows another worker is claiming are skipped, not waited for or
+                # raced (SQLite, one writer at a time, renders no FOR UPDATE)
                 row = conn.execute(select(jobs.c.job_id, jobs.c.attempts, jobs.c.lease_owner)
-                                   .where(claimable).order_by(jobs.c.started_at).limit(1)).first()
+                                   .where(claimable).order_by(jobs.c.started_at).limit(1)
+                                   .with_for_update(skip_locked=True)).first()
                 if row is None:
                     return None
                 if row.attempts >= self.max_attempts:
