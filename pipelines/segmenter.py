@@ -173,7 +173,10 @@ class OnnxSegmenter:
                                  providers=chosen)
             if solo_threads > 0 and solo_threads != intra_op_threads else self.session
         )
-        inp = self.session.get_inputs()[0]
+        # the image input: the one input the catalog does not fill itself (a converted graph
+        # lists its inputs in its own order, e.g. RVM's `downsample_ratio` before `src`)
+        inp = next(i for i in self.session.get_inputs()
+                   if i.name not in spec.preprocess.extra_inputs)
         self._input_name = inp.name
         self._extra = {name: np.full(x.shape, x.value, np.float32)
                        for name, x in spec.preprocess.extra_inputs.items()}

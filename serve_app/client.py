@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,8 +102,8 @@ class Client:
         name, data = _read(clip)
         form = {k: v for k, v in (("bg_color", bg_color), ("bg_image_url", bg_image_url),
                                   ("model", model), ("output_format", output_format)) if v}
-        job = self.request("POST", "/video/submit/v1", data=form,
-                           files={"video": (name, data)}).json()
+        job = self.request("POST", "/video/submit/v1", data=form, files={"video": (name, data)},
+                           headers=_idempotent()).json()
 
         def progress(body: dict) -> None:
             if on_progress is not None and "total_frames" in body:
@@ -120,7 +121,7 @@ class Client:
         form = {k: str(v).lower() if isinstance(v, bool) else str(v)
                 for k, v in {"model": model, **options}.items() if v is not None}
         job = self.request("POST", "/image/hd/submit/v1", data=form,
-                           files={"image": (name, data)}).json()
+                           files={"image": (name, data)}, headers=_idempotent()).json()
         return self._wait(f"/image/hd/result/{job['uuid']}",
                           lambda _body: on_poll() if on_poll else None, poll_s, timeout_s)
 
@@ -140,6 +141,13 @@ class Client:
                 raise TimeoutError(f"{path} still processing after {timeout_s:g} s")
             time.sleep(delay)
             delay = min(delay * 1.5, 10.0)  # poll with backoff
+
+
+def _idempotent() -> dict[str, str]:
+    """A fresh Idempotency-Key for one create: the retries of that one call send the same key,
+    so a retry after a lost answer gets the job the first attempt made (no second job, no
+    second charge)."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
 
 
 def _retry_after(resp: httpx.Response, attempt: int) -> float:

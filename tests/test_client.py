@@ -10,6 +10,7 @@ import threading
 import time
 from typing import ClassVar
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -66,6 +67,29 @@ def test_client_honours_retry_after_and_raises_other_errors():
 
 
 @pytest.mark.serve
+def test_a_retried_submit_sends_the_same_idempotency_key():
+    """The client retries a POST whose answer was lost; each create carries one
+    Idempotency-Key that every retry repeats (so the service answers with the first job)."""
+    keys: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key"))
+        if request.url.path.endswith("/submit/v1") and len(keys) == 1:
+            raise httpx.ReadError("connection reset before the answer", request=request)
+        if request.url.path.startswith("/image/hd/result/"):
+            return httpx.Response(200, content=b"png")
+        return httpx.Response(202, json={"uuid": "00000000-0000-0000-0000-000000000001"})
+
+    with Client("http://svc", retries=2, max_wait_s=0) as client:
+        client.http = httpx.Client(base_url="http://svc", transport=httpx.MockTransport(handler))
+        assert client.hd(png_bytes(disk_image())) == b"png"
+        first = keys[:2]
+        assert first[0] and first[0] == first[1]  # the retry repeats the key
+        keys.clear()
+        client.hd(png_bytes(disk_image()))
+        assert keys[0] and keys[0] != first[0]  # a new call, a new key
+
+
 def test_client_operations_against_the_app(base_url, api_key, tmp_path):
     from test_video_api import make_clip
     with Client(base_url, api_key) as c:

@@ -96,6 +96,30 @@ def test_hd_image_above_the_regular_limit(client, jobs_db):
     assert not list(artifacts.glob(f"*/{body['uuid']}/*"))  # no input or output left behind
 
 
+def test_hd_and_video_submits_take_an_idempotency_key(client, jobs_db):
+    """A retry with the same Idempotency-Key gets the job the first submit made: one job,
+    one charge; another key (or none) makes another job."""
+    from test_video_api import make_clip
+
+    data = png_bytes(disk_image(300, 200))
+    sent = [client.post("/image/hd/submit/v1", files={"image": ("a.png", data, "image/png")},
+                        headers={"Idempotency-Key": "hd-retry-1"}) for _ in range(2)]
+    assert [r.status_code for r in sent] == [202, 202]
+    assert sent[0].json()["uuid"] == sent[1].json()["uuid"]
+    other = client.post("/image/hd/submit/v1", files={"image": ("a.png", data, "image/png")},
+                        headers={"Idempotency-Key": "hd-retry-2"})
+    assert other.json()["uuid"] != sent[0].json()["uuid"]
+    clip = make_clip(1.0)
+    videos = [client.post("/video/submit/v1", files={"video": ("c.mp4", clip, "video/mp4")},
+                          data={"bg_color": "0,0,255"},
+                          headers={"Idempotency-Key": "video-retry-1"}) for _ in range(2)]
+    assert [r.status_code for r in videos] == [202, 202]
+    assert videos[0].json() == videos[1].json()  # same uuid, same body
+    for uuid in (sent[0].json()["uuid"], other.json()["uuid"]):
+        assert hd_wait(client, uuid).status_code == 200
+    assert jobs_db.get(videos[0].json()["uuid"]) is not None
+
+
 def test_hd_errors_have_the_documented_bodies(client):
     assert client.get("/image/hd/result/00000000-0000-0000-0000-000000000000").json() == {
         "detail": "Task not found"}

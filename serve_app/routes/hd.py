@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import IO, Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
 
@@ -50,7 +50,8 @@ def _store_input(svc: Services, src: IO[bytes], key: str) -> str | None:
 @router.post("/image/hd/submit/v1", status_code=202, response_model=HdSubmitted,
              summary="Submit an image of any size for asynchronous background removal")
 async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, File()],
-                    options: Annotated[HdOptions, Form()]):
+                    options: Annotated[HdOptions, Form()],
+                    idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     limit = svc.settings.hd_max_upload_bytes  # the body as a whole: BodyLimitMiddleware
     if image.size is not None and image.size > limit:
         return detail(413, f"Image file is larger than {limit} bytes.")
@@ -59,19 +60,26 @@ async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, Fil
     model_id = options.model or svc.models.default_model
     if model_id not in svc.models.handles and (model_id != AUTO or not svc.models.auto_models):
         return detail(400, f"Model '{model_id}' is not available.")
+    owner, max_active = svc.desk.limit(request)
+    if idempotency_key is not None:  # a retry of a submit that went through: the same job
+        earlier = await asyncio.to_thread(svc.jobs.find_idempotent, owner, idempotency_key)
+        if earlier is not None and earlier.api == "hd":
+            return HdSubmitted(uuid=earlier.job_id)
     await svc.credits.require(request, svc.settings.price_image)  # charged on completion
     job_id = str(uuid.uuid4())
     key = f"inputs/{job_id}/input"
-    owner, max_active = svc.desk.limit(request)
     try:
         problem = await asyncio.to_thread(_store_input, svc, image.file, key)
         if problem is not None:
             return detail(400, problem)
-        await asyncio.to_thread(
+        job, created = await asyncio.to_thread(
             svc.jobs.create, api="hd", kind="image", job_id=job_id, input_key=key, start=True,
             params=JobParams(model_id=model_id, output_format=options.format,
                              options=options.output_only() if options.changed_fields() else None),
-            owner=owner, max_active=max_active)
+            owner=owner, max_active=max_active, idempotency_key=idempotency_key)
+        if not created:  # a concurrent retry with the same key won: its job is the one
+            await asyncio.to_thread(svc.artifacts.delete, key)
+            return HdSubmitted(uuid=job.job_id)
     except TooManyJobs as exc:
         await asyncio.to_thread(svc.artifacts.delete, key)
         raise too_many_jobs(exc) from None

@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from pipelines import video
@@ -39,7 +39,8 @@ async def video_submit(svc: Svc, request: Request,
                        bg_color: Annotated[str | None, Form()] = None,
                        bg_image_url: Annotated[str | None, Form()] = None,
                        model: Annotated[str | None, Form()] = None,
-                       output_format: Annotated[str | None, Form()] = None):
+                       output_format: Annotated[str | None, Form()] = None,
+                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     if svc.desk.worker is None:
         return detail(503, "Asynchronous processing is not enabled in this deployment.")
     settings = svc.settings
@@ -62,6 +63,12 @@ async def video_submit(svc: Svc, request: Request,
     if model_id not in svc.models.handles and (model_id != AUTO or not svc.models.auto_models):
         return detail(400, f"Model '{model_id}' is not available.")
 
+    owner, max_active = svc.desk.limit(request)
+    limit = settings.video_max_duration_s
+    if idempotency_key is not None:  # a retry of a submit that went through: the same job
+        earlier = await asyncio.to_thread(svc.jobs.find_idempotent, owner, idempotency_key)
+        if earlier is not None and earlier.api == "video":
+            return _submitted(earlier.job_id, earlier.params.original_duration_s or 0.0, limit)
     job_id = str(uuid.uuid4())
     key = f"inputs/{job_id}/input"
     try:
@@ -87,7 +94,6 @@ async def video_submit(svc: Svc, request: Request,
             return detail(400, problem)
         bg_key = f"inputs/{job_id}/background"
 
-    limit = settings.video_max_duration_s
     seconds = video.processed_duration(info.duration_s, limit)
     try:  # charged per processed second when the job completes
         await svc.credits.require(request, round(seconds, 2) * settings.price_video_second)
@@ -97,11 +103,11 @@ async def video_submit(svc: Svc, request: Request,
     params = JobParams(model_id=model_id, output_format=fmt, background=background,
                        bg_image_key=bg_key, max_duration_s=limit,
                        original_duration_s=info.duration_s)
-    owner, max_active = svc.desk.limit(request)
     try:
-        await asyncio.to_thread(svc.jobs.create, api="video", kind="video", job_id=job_id,
-                                input_key=key, start=True, params=params, owner=owner,
-                                max_active=max_active)
+        job, created = await asyncio.to_thread(
+            svc.jobs.create, api="video", kind="video", job_id=job_id, input_key=key,
+            start=True, params=params, owner=owner, max_active=max_active,
+            idempotency_key=idempotency_key)
     except TooManyJobs as exc:
         await svc.desk.discard_inputs(job_id)
         raise too_many_jobs(exc) from None
@@ -111,11 +117,18 @@ async def video_submit(svc: Svc, request: Request,
         if mapped is not None:  # the job database is down (503)
             raise mapped from None
         raise
+    if not created:  # a concurrent retry with the same key won: its job is the one
+        await svc.desk.discard_inputs(job_id)
+        return _submitted(job.job_id, job.params.original_duration_s or 0.0, limit)
     svc.desk.wake()
+    return _submitted(job_id, info.duration_s, limit)
+
+
+def _submitted(job_id: str, duration_s: float, limit: float) -> JSONResponse:
     body = {"message": "Video submitted for processing", "uuid": job_id,
-            "status": "processing", "duration": video.format_duration(info.duration_s)}
-    if video.is_trimmed(info.duration_s, limit):
-        body["warning"] = video.submit_trim_warning(info.duration_s, limit)
+            "status": "processing", "duration": video.format_duration(duration_s)}
+    if video.is_trimmed(duration_s, limit):
+        body["warning"] = video.submit_trim_warning(duration_s, limit)
         body["processed_duration"] = video.format_limit(limit)
     return JSONResponse(body, status_code=202)
 
