@@ -7,11 +7,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from test_auto import _SyncHandle, _SyncResponse
 
 from pipelines.auto import ServedModel
 from pipelines.catalog import Tier, load_catalog
-
-from test_auto import _SyncHandle, _SyncResponse
 
 
 class _SlowResponse(_SyncResponse):
@@ -27,11 +26,12 @@ class _SlowHandle(_SyncHandle):
 
 
 def test_a_worker_that_lost_the_lease_stops_the_job(tmp_path, monkeypatch):
+    from test_video_api import make_clip
+
     from deployments.jobs import JobWorker
     from serve_app.core.job_params import JobParams
     from serve_app.core.jobs import COMPLETED
     from serve_app.core.settings import get_settings
-    from test_video_api import make_clip
 
     monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("BGR_JOB_LEASE_S", "0.6")  # a heartbeat every 0.2 s
