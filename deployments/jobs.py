@@ -353,7 +353,7 @@ class JobWorker:
                 decontaminate=settings.video_edge_decontamination, on_progress=progress,
                 submit_chunk=submit_chunk if recurrent else None,
                 chunk_frames=settings.video_chunk_frames,
-                chunk_warmup=settings.video_chunk_warmup)
+                chunk_warmup=settings.video_chunk_warmup, max_pixels=settings.video_max_pixels)
             key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)

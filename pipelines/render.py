@@ -20,7 +20,7 @@ import numpy as np
 
 from pipelines import effects, output, rvm, video
 from pipelines.compose import Background, Composition, compose
-from pipelines.errors import ImageTooLarge
+from pipelines.errors import ImageTooLarge, InvalidRequest
 from pipelines.images import INPUT_FORMATS, DecodedImage, decode_image
 from pipelines.output import OutputOptions
 
@@ -193,6 +193,13 @@ def fit_background(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[y:y + height, x:x + width])
 
 
+def check_video_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    """`InvalidRequest` when a video's frames (or canvas) are larger than `max_pixels`."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise InvalidRequest(f"{what} are {width}x{height}: more than the {max_pixels:,} "
+                             "pixels a video frame may have here.")
+
+
 def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[], np.ndarray]], *,
                  output_format: str, background: Background | None = None,
                  background_image: np.ndarray | None = None,
@@ -202,7 +209,8 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
                  on_progress: Callable[[int, int | None], None] | None = None,
                  submit_chunk: Callable[[list[np.ndarray], int],
                                         Callable[[], list[np.ndarray]]] | None = None,
-                 chunk_frames: int = 24, chunk_warmup: int = 1) -> VideoResult:
+                 chunk_frames: int = 24, chunk_warmup: int = 1,
+                 max_pixels: int | None = None) -> VideoResult:
     """Stream `src` through segmentation into `dst`: frames are decoded one by one, their masks
     computed `window` at a time (`submit`, see `iter_masks`), smoothed over time, composited
     (transparent, colour, image, optional canvas composition) and encoded as they come back.
@@ -212,12 +220,15 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
     (`iter_chunked_masks`); `submit` is not used then.
 
     Background priority: `background_image` over a colour `background` over transparency.
-    Audio is kept (trimmed the same way) where the container allows.
+    Audio is kept (trimmed the same way) where the container allows. Frames and the canvas
+    over `max_pixels` are refused (`InvalidRequest`) before anything is decoded.
     """
     info = video.probe(src)
     width, height = info.display_size
+    check_video_pixels(width, height, max_pixels, "Video frames")
     if composition is not None and composition.canvas is not None:
         width, height = composition.canvas.width, composition.canvas.height
+        check_video_pixels(width, height, max_pixels, "composition.canvas")
     total = None  # unknown: a file with no duration and no packet timestamps
     if info.duration_known:
         total = video.duration_ceiling_frames(

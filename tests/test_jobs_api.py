@@ -237,6 +237,8 @@ def test_hd_odd_ids_and_missing_field(client):
     {"image_url": "file:///etc/passwd"},
     {"image_url": "https://example.com/a.png",
      "composition": {"canvas": {"width": 16384, "height": 16384}}},  # over BGR_HD_MAX_PIXELS
+    {"video_url": "https://example.com/a.mp4",  # a video frame: over BGR_VIDEO_MAX_PIXELS
+     "composition": {"canvas": {"width": 5000, "height": 5000}}},
 ])
 def test_job_inputs_refused_at_create(client, body):
     assert_002(client.post("/v1/jobs", json=body), 400, "invalid_request")

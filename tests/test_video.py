@@ -485,3 +485,27 @@ def test_a_resolution_change_mid_stream_keeps_the_first_size(monkeypatch):
     out = list(video.iter_frames("clip.webm"))
     assert [f.rgb.shape for f in out] == [(48, 64, 3)] * 4
     assert [int(f.rgb.mean()) for f in out] == [10, 20, 30, 40]  # the pictures, rescaled
+
+
+def test_frames_and_canvases_over_the_pixel_cap_are_refused_before_decoding(tmp_path):
+    from pipelines.compose import Composition
+    from pipelines.render import render_video
+
+    path = tmp_path / "rec.webm"
+    path.write_bytes(unsized_clip("webm-vp9", seconds=1, fps=10))  # 96x64 frames
+    calls = []
+
+    def submit(rgb):
+        calls.append(1)
+        return lambda: np.full(rgb.shape[:2], 255, np.uint8)
+
+    with pytest.raises(InvalidRequest, match="Video frames are 96x64"):
+        render_video(str(path), str(tmp_path / "a.webm"), submit, output_format="webm",
+                     max_pixels=96 * 64 - 1)
+    big = Composition.model_validate({"canvas": {"width": 200, "height": 100}})
+    with pytest.raises(InvalidRequest, match="composition.canvas are 200x100"):
+        render_video(str(path), str(tmp_path / "b.webm"), submit, output_format="webm",
+                     composition=big, max_pixels=96 * 64)
+    assert not calls  # nothing was decoded or sent
+    assert render_video(str(path), str(tmp_path / "c.webm"), submit, output_format="webm",
+                        max_pixels=96 * 64).frames == 10

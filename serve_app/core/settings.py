@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # /v1/jobs video jobs: at most this many seconds of a clip are processed (and charged);
     # before processing, the worker refuses a clip whose processed length the balance cannot pay.
     job_video_max_duration_s: float = Field(300.0, gt=0)
+    # Video frames (the clip's, or a composition canvas) of at most this many pixels (4K UHD):
+    # each frame in flight and in the encoder's queue is held whole in memory.
+    video_max_pixels: int = Field(3840 * 2160, gt=0)
     video_window: int = Field(16, ge=1, le=256)  # frames in flight to the model deployments
     video_smoothing: bool = True  # temporal mask smoothing (pipelines/temporal.py)
     # A recurrent model (RVM) takes a clip in chunks of this many frames, each led by

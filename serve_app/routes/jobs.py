@@ -56,7 +56,6 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
         existing = await asyncio.to_thread(svc.jobs.find_idempotent, owner, idempotency_key)
         if existing is not None:
             return view(svc, existing), False
-    _check_canvas(svc, req.composition)
     sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
     if len(sources) != 1:
         raise InvalidRequest("Give exactly one of video_url, image_url or upload_id.")
@@ -78,6 +77,7 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
         input_url = req.image_url
     if input_url is not None and not input_url.lower().startswith(("http://", "https://")):
         raise InvalidRequest("The input URL must be an http(s) URL.")
+    _check_canvas(svc, req.composition, kind)
     fmt = req.output_format or ("webm" if kind == "video" else "png")
     allowed = ("webm", "mp4", "mov") if kind == "video" else ("png", "webp", "jpg")
     if fmt not in allowed:
@@ -120,7 +120,7 @@ async def start_job(svc: Svc, job_id: str, request: Request):
     svc.desk.require_worker()
     await _require_job_credits(svc, request, job.kind)
     req = await _job_json(request, StartJobRequest)
-    _check_canvas(svc, req.composition)
+    _check_canvas(svc, req.composition, job.kind)
     update: dict[str, Any] = {}
     if req.model is not None:
         update |= {"model": req.model, "model_id": _tier_model(svc, req.model)}
@@ -236,9 +236,11 @@ async def _require_job_credits(svc: Services, request: Request | None, kind: str
     await svc.credits.require(request, s.price_video_second if kind == "video" else s.price_image)
 
 
-def _check_canvas(svc: Services, composition: Composition | None) -> None:
+def _check_canvas(svc: Services, composition: Composition | None, kind: str) -> None:
+    """A canvas no larger than an image may be (HD), or a video frame (every frame of a clip
+    is held whole in memory while in flight)."""
     canvas = composition.canvas if composition is not None else None
-    limit = svc.settings.hd_max_pixels
+    limit = svc.settings.video_max_pixels if kind == "video" else svc.settings.hd_max_pixels
     if canvas is not None and canvas.width * canvas.height > limit:
         raise InvalidRequest(f"composition.canvas is larger than {limit:,} pixels.",
                              {"field": "composition.canvas"})

@@ -86,6 +86,11 @@ async def video_submit(svc: Svc, request: Request,
         log.exception("video submit failed")
         return detail(500, f"Failed to submit video: {type(exc).__name__}")
 
+    width, height = info.display_size
+    if width * height > settings.video_max_pixels:
+        await svc.desk.discard_inputs(job_id)
+        return detail(400, f"Video frames are {width}x{height}: more than the "
+                           f"{settings.video_max_pixels:,} pixels a video frame may have here.")
     bg_key = None
     if bg_image_url and not bg_color:
         problem = await _fetch_background(svc, bg_image_url, f"inputs/{job_id}/background")
