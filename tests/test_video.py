@@ -503,7 +503,7 @@ def test_frames_and_canvases_over_the_pixel_cap_are_refused_before_decoding(tmp_
         render_video(str(path), str(tmp_path / "a.webm"), submit, output_format="webm",
                      max_pixels=96 * 64 - 1)
     big = Composition.model_validate({"canvas": {"width": 200, "height": 100}})
-    with pytest.raises(InvalidRequest, match="composition.canvas are 200x100"):
+    with pytest.raises(InvalidRequest, match=r"composition\.canvas are 200x100"):
         render_video(str(path), str(tmp_path / "b.webm"), submit, output_format="webm",
                      composition=big, max_pixels=96 * 64)
     assert not calls  # nothing was decoded or sent
