@@ -105,6 +105,8 @@ async def remove_background(svc: Services, req: RemoveBackgroundRequest, base_ur
     started = time.perf_counter()
     model_ids = _select_models(svc, req.include_models, "include_models")
     image = await _load_image(svc, req)
+    # every row's cut-out is held for the one response, as /process's are
+    _check_upscale(svc, image, 1, len(model_ids), field="include_models")
     job_id = str(uuid.uuid4())
     fmt = req.output_format
 
@@ -358,9 +360,11 @@ async def _load_image(svc: Services, req: RemoveBackgroundRequest | UpscaleReque
                                "received_bytes": len(data)})
     return await svc.cpu.run(_decode_supported, data, svc.settings.shotgun_max_pixels)
 
-def _check_upscale(svc: Services, image: DecodedImage, factor: int, results: int = 1) -> None:
-    """Each output within `upscale_max_output_pixels`; all of a /process request's outputs
-    (held together for the response) within `process_max_output_pixels`."""
+def _check_upscale(svc: Services, image: DecodedImage, factor: int, results: int = 1,
+                   field: str = "bg_models") -> None:
+    """Each output within `upscale_max_output_pixels`; all of a /process or
+    /remove-background request's outputs (held together for the response) within
+    `process_max_output_pixels`."""
     width, height = image.size
     pixels, limit = width * height * factor * factor, svc.settings.upscale_max_output_pixels
     if pixels > limit:
@@ -374,7 +378,7 @@ def _check_upscale(svc: Services, image: DecodedImage, factor: int, results: int
         raise PayloadTooLarge(
             f"{results} results of {pixels:,} pixels each exceed the {budget:,}-pixel budget "
             "of one request; select fewer models or a smaller factor.",
-            {"field": "bg_models", "output_pixels": total, "limit_pixels": budget},
+            {"field": field, "output_pixels": total, "limit_pixels": budget},
         )
 
 def _cost(svc: Services, outcome: _Outcome) -> float:
