@@ -223,6 +223,7 @@ class JobWorker:
             timeout = (self.model_timeout_s if deadline is None
                        else deadline - time.monotonic())
             return call.wait(timeout)[0]
+        wait.cancel = call.response.cancel  # type: ignore[attr-defined]  # job failed: drop it
         return wait
 
     def _auto_video(self, path: str, max_duration_s: float | None) -> tuple[str, str]:
@@ -341,7 +342,11 @@ class JobWorker:
 
             def submit_chunk(rgbs: list[np.ndarray], warmup: int) -> Callable[[], list]:
                 call = self.client.sequence(model_id, rgbs, warmup)
-                return lambda: call.wait(self.model_timeout_s)
+
+                def wait() -> list:
+                    return call.wait(self.model_timeout_s)
+                wait.cancel = call.response.cancel  # type: ignore[attr-defined]
+                return wait
 
             result = render_video(
                 str(src), str(dst), submit, output_format=fmt,

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -93,16 +93,29 @@ def iter_masks(frames: Iterable[T], submit: Callable[[T], Callable[[], np.ndarra
     `submit(frame)` starts the mask computation (e.g. a call to a model deployment, which may
     batch it with other frames and run on any of its replicas) and returns a function that
     blocks until that mask is ready. Only `window` frames are held, whatever the clip's length.
+    When the stream ends early (a failed frame, a failed write, the consumer stopping), the
+    waits still pending are cancelled where they can be (a `cancel` attribute), so the model
+    replicas drop that work instead of finishing it for nobody.
     """
     pending: deque[tuple[T, Callable[[], np.ndarray]]] = deque()
-    for frame in frames:
-        pending.append((frame, submit(frame)))
-        if len(pending) >= window:
+    try:
+        for frame in frames:
+            pending.append((frame, submit(frame)))
+            if len(pending) >= window:
+                head, wait = pending.popleft()
+                yield head, wait()
+        while pending:
             head, wait = pending.popleft()
             yield head, wait()
-    while pending:
-        head, wait = pending.popleft()
-        yield head, wait()
+    finally:
+        _cancel(wait for _, wait in pending)
+
+
+def _cancel(waits: Iterable[Callable[[], Any]]) -> None:
+    for wait in waits:
+        cancel = getattr(wait, "cancel", None)
+        if cancel is not None:
+            cancel()
 
 
 def iter_chunked_masks(frames: Iterable[T],
@@ -122,12 +135,16 @@ def iter_chunked_masks(frames: Iterable[T],
             raise ValueError(f"{len(masks)} masks for a chunk of {len(own)} frames")
         yield from zip(own, masks)
 
-    for chunk in rvm.chunks(frames, size, warmup):
-        pending.append((chunk.frames[chunk.warmup:], submit_chunk(chunk.frames, chunk.warmup)))
-        if len(pending) >= window:
+    try:
+        for chunk in rvm.chunks(frames, size, warmup):
+            pending.append((chunk.frames[chunk.warmup:],
+                            submit_chunk(chunk.frames, chunk.warmup)))
+            if len(pending) >= window:
+                yield from drain_one()
+        while pending:
             yield from drain_one()
-    while pending:
-        yield from drain_one()
+    finally:
+        _cancel(wait for _, wait in pending)
 
 
 @dataclass(frozen=True)

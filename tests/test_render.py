@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from pipelines.render import iter_masks
 
@@ -110,3 +111,24 @@ def test_render_video_colour_background_mp4_with_trim_and_canvas(tmp_path):
     assert (info.width, info.height) == (128, 64)
     frame = next(video.iter_frames(str(tmp_path / "out.mp4"))).rgb
     assert frame[5, 2, 2] > 200 and frame[5, 2, 0] < 60  # blue background outside the subject
+
+
+def test_a_failed_stream_cancels_the_masks_still_in_flight():
+    """A video job that fails mid-way (here the third mask) leaves no model work running for
+    nobody: every mask still in flight is cancelled, none that already came back."""
+    cancelled: list[int] = []
+
+    def submit(i):
+        def wait():
+            if i == 2:
+                raise RuntimeError("replica lost")
+            return np.full((1, 1), i, np.uint8)
+        wait.cancel = lambda: cancelled.append(i)  # type: ignore[attr-defined]
+        return wait
+
+    seen = []
+    with pytest.raises(RuntimeError, match="replica lost"):
+        for i, _ in iter_masks(range(20), submit, window=4):
+            seen.append(i)
+    assert seen == [0, 1]
+    assert sorted(cancelled) == [3, 4, 5]  # in flight when frame 2 failed (window of 4)
