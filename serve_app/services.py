@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -33,17 +34,22 @@ T = TypeVar("T")
 class CpuSlots:
     """Heavy pixel work in worker threads, at most `n` jobs at once (bounds CPU and memory).
 
+    The threads are its own: pixel work never occupies the event loop's default pool, which
+    `asyncio.to_thread` uses for the database (API-key lookups, rate limits, job rows), so
+    heavy compositing cannot starve those.
+
     A slot is freed when the thread finishes, not when the awaiting request goes away: a
     cancelled request's job keeps running (threads cannot be stopped) and keeps its slot.
     """
 
     def __init__(self, n: int) -> None:
         self._slots = asyncio.Semaphore(n)
+        self._threads = ThreadPoolExecutor(n, thread_name_prefix="cpu")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         await self._slots.acquire()
         try:
-            future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            future = asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
         except BaseException:
             self._slots.release()
             raise

@@ -475,6 +475,26 @@ def test_a_cancelled_request_keeps_its_slot_until_the_work_ends():
     asyncio.run(main())
 
 
+def test_compositing_never_starves_the_database_threads():
+    """Pixel work runs on the slots' own threads: with every slot busy, a key lookup through
+    `asyncio.to_thread` (the loop's default pool, here as small as on a 2-core box) answers
+    at once instead of queueing behind the compositing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        slots = CpuSlots(2)
+        busy = [asyncio.create_task(slots.run(time.sleep, 1.0)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        assert await asyncio.to_thread(lambda: "key found") == "key found"
+        waited = time.perf_counter() - started
+        await asyncio.gather(*busy)
+        return waited
+
+    assert asyncio.run(main()) < 0.5
+
+
 def test_phone_camera_jpeg_mpo_is_accepted(client):
     im = Image.fromarray(disk_image(80, 60))
     buf = io.BytesIO()
