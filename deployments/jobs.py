@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import ray
@@ -292,10 +292,11 @@ class JobWorker:
                                  f"{', '.join(terms)}.")
         return selected, matches
 
-    def _fetch(self, url: str, max_bytes: int) -> bytes:
+    def _fetch(self, url: str, max_bytes: int, sink: BinaryIO | None = None) -> bytes:
+        """The URL's body (or, with `sink`, written there as it arrives)."""
         policy = dataclasses.replace(self.fetch_policy, max_bytes=max_bytes)
         try:
-            return _run_async(fetch_url(url, policy))
+            return _run_async(fetch_url(url, policy, sink=sink))
         except FetchError as exc:  # the reason, not what internal names resolve to
             reason = (exc.details or {}).get("reason", "failed")
             raise FetchError(f"The input URL could not be fetched ({reason}).") from None
@@ -330,8 +331,9 @@ class JobWorker:
                 if job.input_key:
                     with self.artifacts.open(job.input_key) as f, open(src, "wb") as out:
                         shutil.copyfileobj(f, out)
-                else:
-                    src.write_bytes(self._fetch(job.input_url, settings.upload_max_bytes))
+                else:  # streamed to disk: a 500 MB clip never sits in memory
+                    with open(src, "wb") as out:
+                        self._fetch(job.input_url, settings.upload_max_bytes, sink=out)
             self._require_video_credits(job, str(src))
             dst = Path(tmp) / f"output.{fmt}"
             model_id = params.model_id

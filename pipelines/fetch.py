@@ -17,6 +17,7 @@ import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import httpx
 
@@ -127,8 +128,10 @@ async def _pin(url: httpx.URL, policy: FetchPolicy,
     return url.copy_with(host=str(addresses[0])), {"Host": host_header}, extensions
 
 
-async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
-    """Rule 6: refuse a declared oversize body at once, else stream and stop past `max_bytes`."""
+async def _read_body(response: httpx.Response, max_bytes: int,
+                     sink: BinaryIO | None = None) -> bytes:
+    """Rule 6: refuse a declared oversize body at once, else stream and stop past `max_bytes`.
+    With `sink`, the body goes there chunk by chunk (never whole in memory) and b"" returns."""
     too_large = PayloadTooLarge(
         f"image_url's response is larger than the {max_bytes}-byte limit.",
         {"field": "image_url", "reason": "too_large", "limit": max_bytes})
@@ -139,11 +142,15 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
     if encoding not in ("", "identity"):  # we ask for identity; decoding could explode in size
         raise _error(f"image_url's response is compressed ({encoding}), which is not accepted.",
                      "content_encoding", encoding=encoding)
-    body = bytearray()
+    body, size = bytearray(), 0
     async for chunk in response.aiter_bytes():  # identity only, so no decompression happens
-        body += chunk
-        if len(body) > max_bytes:
+        size += len(chunk)
+        if size > max_bytes:
             raise too_large
+        if sink is None:
+            body += chunk
+        else:
+            sink.write(chunk)
     return bytes(body)
 
 
@@ -155,7 +162,8 @@ def _tls_context() -> ssl.SSLContext:
 
 
 async def _fetch(url: httpx.URL, policy: FetchPolicy,
-                 transport: httpx.AsyncBaseTransport | None) -> bytes:
+                 transport: httpx.AsyncBaseTransport | None,
+                 sink: BinaryIO | None = None) -> bytes:
     for hop in range(policy.max_redirects + 1):
         target, headers, extensions = await _pin(url, policy)
         # A fresh client (and, without an injected transport, a fresh connection pool) per hop:
@@ -173,7 +181,7 @@ async def _fetch(url: httpx.URL, policy: FetchPolicy,
                 if not 200 <= response.status_code < 300:
                     raise _error(f"image_url answered with HTTP status {response.status_code}.",
                                  "http_status", status=response.status_code, redirects=hop)
-                return await _read_body(response, policy.max_bytes)
+                return await _read_body(response, policy.max_bytes, sink)
         finally:
             if transport is None:
                 await client.aclose()
@@ -182,15 +190,18 @@ async def _fetch(url: httpx.URL, policy: FetchPolicy,
 
 
 async def fetch_url(url: str, policy: FetchPolicy, *,
-                    transport: httpx.AsyncBaseTransport | None = None) -> bytes:
-    """The body of `url` (following up to `policy.max_redirects` redirects, each re-validated).
+                    transport: httpx.AsyncBaseTransport | None = None,
+                    sink: BinaryIO | None = None) -> bytes:
+    """The body of `url` (following up to `policy.max_redirects` redirects, each re-validated);
+    with `sink` (an open binary file), written there as it arrives instead (b"" returns), so a
+    large video never sits whole in memory.
 
     Raises FetchError (400) when the URL or a redirect is refused or the fetch fails, and
     PayloadTooLarge (413) past `policy.max_bytes`. `transport` is for tests and is not closed.
     """
     try:
         async with asyncio.timeout(policy.timeout_s):
-            return await _fetch(_parse(url), policy, transport)
+            return await _fetch(_parse(url), policy, transport, sink)
     except (TimeoutError, httpx.TimeoutException):
         raise _error(f"image_url could not be fetched within {policy.timeout_s:g} s.",
                      "timeout", limit=policy.timeout_s) from None

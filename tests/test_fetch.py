@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import io
 import ipaddress
@@ -467,3 +468,40 @@ def test_allowed_networks_also_cover_ipv4_mapped_addresses(server):
 def test_module_does_not_import_ray():
     source = Path(fetch.__file__).read_text()
     assert "import ray" not in source and "from ray" not in source
+
+
+def test_a_large_input_is_streamed_to_a_file_never_held_whole(monkeypatch, tmp_path):
+    """With a sink, the body goes to the file chunk by chunk (nothing returned, nothing
+    accumulated), and the size limit still stops it."""
+    async def resolve(name: str, port: int):
+        return [ipaddress.ip_address("93.184.216.34")]
+
+    chunk = bytes(range(256)) * 16  # 4 KiB
+    written: list[int] = []
+
+    class Sink:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            written.append(len(data))
+            return self.f.write(data)
+
+    async def stream():
+        for _ in range(20):  # 80 KiB, as a server sends it
+            yield chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=stream())
+
+    monkeypatch.setattr(fetch, "_resolve", resolve)
+    with open(tmp_path / "clip", "wb") as out:
+        body = asyncio.run(fetch_url("https://v.example.com/c.mp4", DEFAULT, sink=Sink(out),
+                                     transport=httpx.MockTransport(handler)))
+    assert body == b"" and (tmp_path / "clip").read_bytes() == chunk * 20
+    assert len(written) > 1 and max(written) <= len(chunk) * 2  # as it arrived
+    small = dataclasses.replace(DEFAULT, max_bytes=10_000)
+    with pytest.raises(PayloadTooLarge), open(tmp_path / "big", "wb") as out:
+        asyncio.run(fetch_url("https://v.example.com/c.mp4", small, sink=out,
+                              transport=httpx.MockTransport(handler)))
+    assert (tmp_path / "big").stat().st_size <= 10_000
