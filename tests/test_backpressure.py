@@ -115,18 +115,12 @@ def test_keys_off_answers_only_this_machine_unless_opened(monkeypatch):
 def test_a_burst_cannot_pass_the_in_flight_limit_while_keys_are_looked_up(monkeypatch):
     """Each request takes its slot before the (awaited) key lookup: with a limit of 2 and a
     slow key store, 6 requests at once give 2 answers and 4 immediate 503s."""
-    monkeypatch.setattr(platform, "get_settings", lambda: Settings(
-        auth_enabled=True, max_inflight_requests=2, auth_cache_s=0))
-
     async def slow_key_lookup(self, headers, state, extra, settings):
         await asyncio.sleep(0.2)  # the key store's round-trip
         return None
 
     monkeypatch.setattr(platform.PlatformMiddleware, "_check_key", slow_key_lookup)
-    api = FastAPI()
-    install_error_handlers(api)
-    api.add_middleware(platform.PlatformMiddleware)
-    api.add_api_route("/v1/jobs/x", lambda: {"ok": True}, methods=["GET"])
+    api = _app(monkeypatch, auth_enabled=True, max_inflight_requests=2, auth_cache_s=0)
 
     async def go():
         transport = httpx.ASGITransport(app=api)

@@ -20,6 +20,7 @@ from pipelines.auto import AUTO
 from pipelines.errors import InvalidImage, InvalidRequest, ServiceError
 from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
+from pipelines.render import check_video_pixels
 from serve_app.core.job_params import JobParams
 from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
 from serve_app.errors import dependency_failure
@@ -86,11 +87,11 @@ async def video_submit(svc: Svc, request: Request,
         log.exception("video submit failed")
         return detail(500, f"Failed to submit video: {type(exc).__name__}")
 
-    width, height = info.display_size
-    if width * height > settings.video_max_pixels:
+    try:
+        check_video_pixels(*info.display_size, settings.video_max_pixels, "Video frames")
+    except InvalidRequest as exc:
         await svc.desk.discard_inputs(job_id)
-        return detail(400, f"Video frames are {width}x{height}: more than the "
-                           f"{settings.video_max_pixels:,} pixels a video frame may have here.")
+        return detail(400, exc.message)
     bg_key = None
     if bg_image_url and not bg_color:
         problem = await _fetch_background(svc, bg_image_url, f"inputs/{job_id}/background")
