@@ -21,7 +21,7 @@ from ray.serve import Application
 
 from deployments.detector import SubjectDetection
 from deployments.generator import BackgroundGenerator
-from deployments.jobs import JobWorker
+from deployments.job_runner import JobWorker
 from deployments.prompter import PromptModel
 from deployments.segmentation import SegmentationModel
 from deployments.textseg import TextSegmentation

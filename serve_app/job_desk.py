@@ -2,7 +2,7 @@
 job, the per-key job limit, poking the worker, copying uploads into the artifact store, and
 streaming a job's output (whole, once; or repeatably with byte ranges).
 
-Routes only write and read the durable job store (`serve_app.core.jobs`) and the artifact
+Routes only write and read the durable job store (`serve_app.core.job_store`) and the artifact
 store; the `JobWorker` deployment does the work.
 """
 
@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 
 from serve_app.core.artifacts import ArtifactStore
 from serve_app.core.errors import RangeNotSatisfiable, RateLimited, ServiceUnavailable
-from serve_app.core.jobs import Job, JobStore, TooManyJobs
+from serve_app.core.job_store import Job, JobStore, TooManyJobs
 from serve_app.core.settings import Settings
 from serve_app.platform import caller, caller_id
 

@@ -19,7 +19,7 @@ from serve_app.billing import Credits
 from serve_app.config import IngressSetup
 from serve_app.core.artifacts import ArtifactStore, artifact_store
 from serve_app.core.dependencies import DependencyProbe, database_check, storage_check
-from serve_app.core.jobs import JobStore
+from serve_app.core.job_store import JobStore
 from serve_app.core.keys import KeyStore
 from serve_app.core.results import ResultLinks
 from serve_app.core.settings import Settings

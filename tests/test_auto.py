@@ -339,7 +339,7 @@ class _SyncHandle(_Handle):
 
 
 def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_path, monkeypatch):
-    from deployments.jobs import JobWorker
+    from deployments.job_runner import JobWorker
     from pipelines.catalog import load_catalog
     from serve_app.core.settings import get_settings
 
@@ -363,11 +363,11 @@ def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_pat
     try:
         choice = workers[0].client.auto_sync(rgb, 5.0)
         assert choice.model_id == "u2netp" and np.array_equal(choice.mask, sharp)
-        assert workers[0].models["isnet-imgly-medium"].calls[0].cancelled  # type: ignore[attr-defined]
+        assert workers[0].client.handles["isnet-imgly-medium"].calls[0].cancelled  # type: ignore[attr-defined]
         # no salient model answered: the person model's blank mask is no answer for a thing
         with pytest.raises(TimeoutError, match="pro timed out"):  # the first error
             workers[1].client.auto_sync(rgb, 5.0)
     finally:
         for w in workers:
-            w._stop.set()
+            w.stop()
         get_settings.cache_clear()

@@ -24,8 +24,8 @@ ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from pipelines.catalog import load_catalog  # noqa: E402
-from serve_app.core.jobs import JobStore  # noqa: E402
-from serve_app.core.jobs import jobs as jobs_table  # noqa: E402
+from serve_app.core.job_schema import jobs as jobs_table  # noqa: E402
+from serve_app.core.job_store import JobStore  # noqa: E402
 from serve_app.core.settings import get_settings  # noqa: E402
 from serve_app.ingress import Ingress  # noqa: E402
 
@@ -305,7 +305,7 @@ def test_image_url_job_with_a_signed_webhook(client, local_server, jobs_db):
     assert webhooks.verify_header_signature(body, headers["x-webhook-timestamp"],
                                             headers["x-webhook-signature"], "s3cret")
     assert not webhooks.verify_body_signature(payload, "other")
-    deliveries = wait_for(lambda: jobs_db.deliveries(job_id))
+    deliveries = wait_for(lambda: jobs_db.webhooks.deliveries(job_id))
     assert deliveries[0]["ok"] and deliveries[0]["status_code"] == 200
     assert jobs_db.get(job_id).webhook_state == "delivered"
 
@@ -316,7 +316,7 @@ def test_failed_webhook_delivery_is_retried_and_recorded(client, local_server, j
                                          "webhook_url": f"{url}/flaky-hook"})
     job_id = resp.json()["job_id"]
     wait_for(lambda: jobs_db.get(job_id).webhook_state == "delivered", timeout=30)
-    attempts = [(d["attempt"], d["ok"], d["status_code"]) for d in jobs_db.deliveries(job_id)]
+    attempts = [(d["attempt"], d["ok"], d["status_code"]) for d in jobs_db.webhooks.deliveries(job_id)]
     assert attempts == [(1, False, 503), (2, True, 200)]
     payload = json.loads(next(b for _, b in hooks if json.loads(b)["job_id"] == job_id))
     assert payload["signature"] is None  # no secret given: unsigned, same shape
@@ -339,7 +339,7 @@ def test_job_survives_the_app_being_killed_mid_job(client, base_url, tmp_path_fa
                 await asyncio.sleep(delay_s)
                 return np.full(image.shape[:2], 255, np.uint8), delay_s
 
-        from deployments.jobs import JobWorker
+        from deployments.job_runner import JobWorker
 
         handles = {"slow-model": SlowModel.bind()}
         worker = serve.deployment(JobWorker, name="JobWorker",

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.core.db import now
 from serve_app.core.job_params import JobParams
-from serve_app.core.jobs import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
+from serve_app.core.job_store import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
 
 P = JobParams(model_id="u2netp")
 
@@ -142,14 +142,14 @@ def test_webhook_bookkeeping(jobs):
     job = new(jobs, start=True, webhook_url="https://hooks.example.com/x", webhook_secret="s")
     jobs.claim("w1", 30)
     jobs.complete(job.job_id, "w1", "k", "image/png", 60)
-    [due] = jobs.claim_webhooks(hold_s=30)
+    [due] = jobs.webhooks.claim(hold_s=30)
     assert due.job_id == job.job_id and due.webhook_state == "pending"
-    jobs.record_delivery(job.job_id, "d1", "job_completed", 1, False, 500, "HTTP 500", 12,
+    jobs.webhooks.record(job.job_id, "d1", "job_completed", 1, False, 500, "HTTP 500", 12,
                          next_at=now() + timedelta(seconds=60))
-    assert jobs.claim_webhooks(hold_s=30) == []  # not before its next attempt
-    jobs.record_delivery(job.job_id, "d1", "job_completed", 2, True, 200, None, 8, next_at=None)
+    assert jobs.webhooks.claim(hold_s=30) == []  # not before its next attempt
+    jobs.webhooks.record(job.job_id, "d1", "job_completed", 2, True, 200, None, 8, next_at=None)
     assert jobs.get(job.job_id).webhook_state == "delivered"
-    assert [(d["attempt"], d["ok"], d["status_code"]) for d in jobs.deliveries(job.job_id)] == [
+    assert [(d["attempt"], d["ok"], d["status_code"]) for d in jobs.webhooks.deliveries(job.job_id)] == [
         (1, False, 500), (2, True, 200)]
 
 
@@ -177,11 +177,11 @@ def test_a_due_webhook_is_claimed_by_one_worker_only(jobs):
     jobs.claim("w1", 30)
     jobs.complete(job.job_id, "w1", "k", "image/png", 60)
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda _: jobs.claim_webhooks(hold_s=30), range(4)))
+        got = list(pool.map(lambda _: jobs.webhooks.claim(hold_s=30), range(4)))
     assert sum(len(g) for g in got) == 1
     # a late duplicate report of attempt 1 cannot reopen a delivered webhook
-    jobs.record_delivery(job.job_id, "d", "job_completed", 1, True, 200, None, 5, None)
-    jobs.record_delivery(job.job_id, "d", "job_completed", 1, False, 500, "x", 5,
+    jobs.webhooks.record(job.job_id, "d", "job_completed", 1, True, 200, None, 5, None)
+    jobs.webhooks.record(job.job_id, "d", "job_completed", 1, False, 500, "x", 5,
                          next_at=now())
     assert jobs.get(job.job_id).webhook_state == "delivered"
 
@@ -191,7 +191,7 @@ def test_rows_of_older_versions_read_through_the_one_converter(jobs):
     background; the worker sees today's typed record."""
     from sqlalchemy import update
 
-    from serve_app.core.jobs import jobs as jobs_table
+    from serve_app.core.job_schema import jobs as jobs_table
     job = new(jobs)
     old = {"model": "light", "model_id": "u2netp", "output_format": "webp", "background": None,
            "text_prompt": "person, handbag ,", "unknown_old_field": 1}
@@ -206,7 +206,7 @@ def test_rows_of_older_versions_read_through_the_one_converter(jobs):
 def test_a_row_no_version_can_read_fails_cleanly_instead_of_breaking_claims(jobs):
     from sqlalchemy import update
 
-    from serve_app.core.jobs import jobs as jobs_table
+    from serve_app.core.job_schema import jobs as jobs_table
     job = new(jobs)
     jobs.start(job.job_id)
     with jobs.engine.begin() as conn:

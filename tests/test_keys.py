@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from serve_app.cli import main as cli
 from serve_app.core.job_params import JobParams
-from serve_app.core.jobs import PROCESSING, JobStore, TooManyJobs
+from serve_app.core.job_store import PROCESSING, JobStore, TooManyJobs
 from serve_app.core.keys import WINDOW_S, KeyStore, hash_secret
 
 P = JobParams(model_id="u2netp")
@@ -124,8 +124,8 @@ def test_older_databases_gain_new_columns(tmp_path):
                           "size INTEGER NOT NULL, created_at DATETIME NOT NULL)"))
     jobs = JobStore(url)
     assert "owner" in {c["name"] for c in inspect(jobs.engine).get_columns("uploads")}
-    jobs.add_upload("u1", "uploads/u1/input", "a.png", "image/png", "image", 3, owner="A")
-    assert jobs.get_upload("u1")["owner"] == "A"
+    jobs.uploads.add("u1", "uploads/u1/input", "a.png", "image/png", "image", 3, owner="A")
+    assert jobs.uploads.get("u1")["owner"] == "A"
 
 
 def test_keys_cli(tmp_path, capsys):

@@ -73,8 +73,8 @@ def test_the_check_sees_an_upward_import(tmp_path):
     probe.write_text("import ray\n\ndef f():\n    from serve_app.builder import build_app\n")
     found = imports(probe)
     assert (1, "ray") in found and (4, "serve_app.builder") in found
-    assert layer("serve_app.builder") > layer("serve_app.core.jobs") > layer("pipelines.video")
-    assert layer("deployments.jobs") == 2
+    assert layer("serve_app.builder") > layer("serve_app.core.job_store") > layer("pipelines.video")
+    assert layer("deployments.job_runner") == 2
 
 
 def test_every_module_says_what_it_is_for():

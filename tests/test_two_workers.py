@@ -56,9 +56,9 @@ def test_two_workers_share_200_jobs_with_no_job_or_webhook_twice(postgres_url, r
                                                                  tmp_path, monkeypatch):
     import psycopg
 
-    from deployments.jobs import JobWorker
+    from deployments.job_runner import JobWorker
     from serve_app.core.job_params import JobParams
-    from serve_app.core.jobs import COMPLETED
+    from serve_app.core.job_store import COMPLETED
     from serve_app.core.settings import get_settings
 
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -104,7 +104,7 @@ def test_two_workers_share_200_jobs_with_no_job_or_webhook_twice(postgres_url, r
         assert len(claims) == JOBS
     finally:
         for w in workers:
-            w._stop.set()
+            w.stop()
             w.store.close()
         get_settings.cache_clear()
         with psycopg.connect(admin, autocommit=True) as conn:

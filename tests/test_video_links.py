@@ -18,7 +18,7 @@ import pytest
 
 from serve_app.core.artifacts import LocalArtifactStore
 from serve_app.core.job_params import JobParams
-from serve_app.core.jobs import JobStore
+from serve_app.core.job_store import JobStore
 from serve_app.core.settings import Settings
 from serve_app.job_desk import JobDesk
 from serve_app.routes.video import video_result

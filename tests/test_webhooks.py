@@ -428,8 +428,8 @@ def test_webhook_refused_at_delivery_is_logged_with_the_job_id(tmp_path, monkeyp
     attempt and logs the job id and the reason."""
     import logging
 
-    from deployments.jobs import JobWorker
-    from serve_app.core.jobs import JobStore
+    from deployments.job_runner import JobWorker
+    from serve_app.core.job_store import JobStore
     from serve_app.core.settings import get_settings
 
     monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
@@ -448,13 +448,13 @@ def test_webhook_refused_at_delivery_is_logged_with_the_job_id(tmp_path, monkeyp
     worker = JobWorker(models={})
     try:
         deadline = time.monotonic() + 20
-        while not store.deliveries(job.job_id) and time.monotonic() < deadline:
+        while not store.webhooks.deliveries(job.job_id) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        worker._stop.set()
+        worker.stop()
         logger.removeHandler(caplog.handler)
         get_settings.cache_clear()
-    (delivery,) = store.deliveries(job.job_id)
+    (delivery,) = store.webhooks.deliveries(job.job_id)
     assert not delivery["ok"] and "non-public address" in delivery["error"]
     line = next(r for r in caplog.records if "not delivered" in r.getMessage())
     assert job.job_id in line.getMessage() and "127.0.0.2" in line.getMessage()

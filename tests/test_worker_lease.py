@@ -28,9 +28,9 @@ class _SlowHandle(_SyncHandle):
 def test_a_worker_that_lost_the_lease_stops_the_job(tmp_path, monkeypatch):
     from test_video_api import make_clip
 
-    from deployments.jobs import JobWorker
+    from deployments.job_runner import JobWorker
     from serve_app.core.job_params import JobParams
-    from serve_app.core.jobs import COMPLETED
+    from serve_app.core.job_store import COMPLETED
     from serve_app.core.settings import get_settings
 
     monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
@@ -70,5 +70,5 @@ def test_a_worker_that_lost_the_lease_stops_the_job(tmp_path, monkeypatch):
         assert worker.store.get(job.job_id).state != COMPLETED
         assert not list(tmp_path.rglob("output.webm"))
     finally:
-        worker._stop.set()
+        worker.stop()
         get_settings.cache_clear()

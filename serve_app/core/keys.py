@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.core.db import as_utc, connect, metadata, now
+from serve_app.core.errors import InsufficientCredits
 
 KEY_PREFIX = "bgr_"
 WINDOW_S = 60
@@ -234,6 +235,16 @@ class KeyStore:
             value = conn.execute(select(api_keys.c.credits)
                                  .where(api_keys.c.key_id == key_id)).scalar()
         return round(float(value or 0.0), 6)
+
+    def require(self, key_id: str, credits: float, what: str = "this request") -> None:
+        """`InsufficientCredits` (a 402) when the key's balance cannot cover `credits`."""
+        if credits <= 0:
+            return
+        balance = self.balance(key_id)
+        if balance + 1e-9 < credits:  # balances are floats: 0.3 - 0.1 - 0.1 covers 0.1
+            raise InsufficientCredits(
+                f"Not enough credits: {what} needs {credits:g}, the balance is {balance:g}.",
+                {"required": credits, "balance": balance})
 
     def add_credits(self, name: str, amount: float) -> float | None:
         """Top up (or, negative, take back) a key's balance; the new balance, None if unknown."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from pipelines.errors import InvalidRequest
 from serve_app.core.errors import NotFound, RangeNotSatisfiable
-from serve_app.core.jobs import COMPLETED
+from serve_app.core.job_store import COMPLETED
 from serve_app.errors import render as render_error
 from serve_app.platform import caller_id
 from serve_app.schemas import UploadView
@@ -25,7 +25,7 @@ router = APIRouter()
 async def upload(svc: Svc, request: Request) -> UploadView:
     info = await receive_upload(request, svc.artifacts, svc.settings.upload_max_bytes)
     try:
-        await asyncio.to_thread(svc.jobs.add_upload, info.upload_id, info.key, info.filename,
+        await asyncio.to_thread(svc.jobs.uploads.add, info.upload_id, info.key, info.filename,
                                 info.media_type, info.kind, info.size, caller_id(request))
     except Exception:
         await asyncio.to_thread(svc.artifacts.delete, info.key)  # no unrecorded upload

@@ -19,7 +19,7 @@ from PIL import Image
 from pipelines.auto import AUTO
 from pipelines.render import JOB_INPUT_FORMATS as HD_FORMATS
 from serve_app.core.job_params import JobParams
-from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
+from serve_app.core.job_store import COMPLETED, FAILED, TooManyJobs
 from serve_app.errors import dependency_failure
 from serve_app.job_desk import detail, too_many_jobs
 from serve_app.schemas import HdOptions, HdProcessing, HdSubmitted

@@ -23,7 +23,7 @@ from pipelines.textseg import split_terms
 from serve_app.app import json_body, read_json
 from serve_app.core.errors import NotFound, StateConflict
 from serve_app.core.job_params import JobParams, JobPrompt
-from serve_app.core.jobs import COMPLETED, Job, TooManyJobs, TransitionError
+from serve_app.core.job_store import COMPLETED, Job, TooManyJobs, TransitionError
 from serve_app.job_desk import is_id, too_many_jobs
 from serve_app.schemas import CreateJobRequest, JobView, StartJobRequest
 from serve_app.services import Services, Svc
@@ -62,7 +62,7 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
     input_key = input_url = None
     kind = "image"
     if req.upload_id:
-        upload = (await asyncio.to_thread(svc.jobs.get_upload, req.upload_id)
+        upload = (await asyncio.to_thread(svc.jobs.uploads.get, req.upload_id)
                   if is_id(req.upload_id) else None)
         if (upload is None or upload["owner"] != owner
                 or not await asyncio.to_thread(svc.artifacts.exists, upload["key"])):

@@ -22,7 +22,7 @@ from pipelines.fetch import fetch_url
 from pipelines.images import decode_image
 from pipelines.render import check_video_pixels
 from serve_app.core.job_params import JobParams
-from serve_app.core.jobs import COMPLETED, FAILED, TooManyJobs
+from serve_app.core.job_store import COMPLETED, FAILED, TooManyJobs
 from serve_app.errors import dependency_failure
 from serve_app.job_desk import detail, too_many_jobs
 from serve_app.services import Services, Svc

@@ -1,4 +1,4 @@
-"""Durable async jobs: the state machine, its audit trail, worker leases and webhook bookkeeping.
+"""Durable async jobs: the state machine, its audit trail and worker leases.
 
 States (spec 001): `created` -> `processing` -> `completed` | `failed`, and `created` ->
 `failed`. A started job is `processing` from the moment it is queued; a worker *claims* it by
@@ -6,11 +6,13 @@ taking a lease (`lease_owner`, `lease_expires_at`) and renews the lease while it
 that dies stops renewing: once the lease has expired another worker (or the same app after a
 restart) claims the job again and runs it from the start, up to `max_attempts`; after that the
 job fails with the reason. So no job stays `processing` forever. Every transition is a row in
-`job_events` (from, to, reason, time).
+`job_events` (from, to, reason, time). A job that ends with a webhook URL is queued in the same
+transaction for `serve_app.core.webhook_outbox`; uploads are `serve_app.core.upload_records`.
 
-Claims are optimistic (`UPDATE ... WHERE job_id = ? AND <still claimable>`, then check the row
-count), which is safe on SQLite and PostgreSQL alike. All methods are synchronous and
-thread-safe; the async callers run them in worker threads.
+A claim picks the oldest claimable row (`FOR UPDATE SKIP LOCKED` on PostgreSQL: a row another
+worker is claiming is skipped) and takes it with a guarded `UPDATE`, checking the row count, so
+it is safe on SQLite and PostgreSQL alike. All methods are synchronous and thread-safe; the
+async callers run them in worker threads.
 """
 
 from __future__ import annotations
@@ -22,106 +24,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Table,
-    Text,
-    and_,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.core.db import as_utc, connect, metadata, now
+from serve_app.core.db import as_utc, connect, now
 from serve_app.core.job_params import JobParams
+from serve_app.core.job_schema import (
+    COMPLETED,
+    CREATED,
+    FAILED,
+    PROCESSING,
+    TERMINAL,
+    job_events,
+    job_progress,
+    jobs,
+)
 from serve_app.core.keys import Charge, api_keys, apply_charge
+from serve_app.core.upload_records import UploadRecords
+from serve_app.core.webhook_outbox import WebhookOutbox
 
-CREATED, PROCESSING, COMPLETED, FAILED = "created", "processing", "completed", "failed"
-TERMINAL = (COMPLETED, FAILED)
-
-jobs = Table(
-    "jobs", metadata,
-    Column("job_id", String(36), primary_key=True),
-    Column("api", String(8), nullable=False),  # "hd" (spec 000) | "v1" (spec 001)
-    Column("kind", String(8), nullable=False),  # "image" | "video"
-    Column("state", String(16), nullable=False, index=True),
-    Column("params", JSON, nullable=False),  # model, output_format, background, composition...
-    Column("input_key", String(256)),  # artifact key of the input, or
-    Column("input_url", Text),  # a URL the worker fetches
-    Column("output_key", String(256)),
-    Column("output_media_type", String(64)),
-    Column("result", JSON),  # what the output's maker reports, e.g. which text_prompt terms matched
-    Column("error", Text),
-    # whose fault a failure was: "input" (the client's file or URL; a 4xx) or "internal" (ours)
-    Column("error_kind", String(16)),
-    Column("idempotency_key", String(200), unique=True),
-    Column("webhook_url", Text),
-    Column("webhook_secret", Text),
-    Column("webhook_state", String(16)),  # None | "pending" | "delivered" | "failed"
-    Column("webhook_attempts", Integer, nullable=False, default=0),
-    Column("webhook_next_at", DateTime(timezone=True)),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("lease_owner", String(64)),
-    Column("lease_expires_at", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("completed_at", DateTime(timezone=True)),
-    Column("output_expires_at", DateTime(timezone=True)),
-    Column("owner", String(36), index=True),  # api_keys.key_id of the creator (None: no auth)
-)
-
-job_events = Table(
-    "job_events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
-    Column("from_state", String(16)),
-    Column("to_state", String(16), nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-)
-
-webhook_deliveries = Table(
-    "webhook_deliveries", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
-    Column("delivery_id", String(36), nullable=False),
-    Column("event", String(32), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("ok", Boolean, nullable=False),
-    Column("status_code", Integer),
-    Column("error", Text),
-    Column("duration_ms", Integer, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-)
-
-job_progress = Table(  # frames done / total of a running video job (updated every few frames)
-    "job_progress", metadata,
-    Column("job_id", String(36), ForeignKey("jobs.job_id"), primary_key=True),
-    Column("current", Integer, nullable=False),
-    Column("total", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-uploads = Table(
-    "uploads", metadata,
-    Column("upload_id", String(36), primary_key=True),
-    Column("key", String(256), nullable=False),
-    Column("filename", String(255), nullable=False),
-    Column("media_type", String(64), nullable=False),
-    Column("kind", String(8), nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("owner", String(36)),
-)
+__all__ = ["COMPLETED", "CREATED", "FAILED", "PROCESSING", "TERMINAL", "Event", "Job",
+           "JobStore", "TooManyJobs", "TransitionError", "scoped_idempotency_key"]
 
 
 class TooManyJobs(Exception):
@@ -207,6 +130,8 @@ class JobStore:
     def __init__(self, url: str, max_attempts: int = 3) -> None:
         self.engine, self._serial = connect(url)
         self.max_attempts = max_attempts
+        self.webhooks = WebhookOutbox(self.engine, self._serial, self.get)  # due deliveries
+        self.uploads = UploadRecords(self.engine, self._serial)  # /v1 uploads and their owners
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
@@ -441,51 +366,6 @@ class JobStore:
                 jobs.c.output_key.is_not(None), jobs.c.output_expires_at < now()))
                 .limit(limit)).scalars())
 
-    # ---- webhooks ---------------------------------------------------------------------------
-    def claim_webhooks(self, hold_s: float, limit: int = 20) -> list[Job]:
-        """Due webhook deliveries, each taken by this caller alone: its next attempt time moves
-        `hold_s` ahead, so another worker replica does not send it at the same time."""
-        t = now()
-        with self._serial, self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.job_id, jobs.c.webhook_attempts).where(and_(
-                jobs.c.webhook_state == "pending", jobs.c.webhook_next_at <= t))
-                .order_by(jobs.c.webhook_next_at).limit(limit)).all()
-        claimed = []
-        for row in rows:
-            with self._serial, self.engine.begin() as conn:
-                done = conn.execute(update(jobs).where(and_(
-                    jobs.c.job_id == row.job_id, jobs.c.webhook_state == "pending",
-                    jobs.c.webhook_attempts == row.webhook_attempts,
-                    jobs.c.webhook_next_at <= t)).values(
-                        webhook_next_at=t + timedelta(seconds=hold_s)))
-            if done.rowcount == 1:
-                claimed.append(row.job_id)
-        return [job for job in map(self.get, claimed) if job is not None]
-
-    def record_delivery(self, job_id: str, delivery_id: str, event: str, attempt: int, ok: bool,
-                        status_code: int | None, error: str | None, duration_ms: int,
-                        next_at: datetime | None) -> None:
-        """Store one delivery attempt; the job's webhook is `delivered`, `failed` (no next
-        attempt) or stays `pending` until `next_at`."""
-        t = now()
-        state = "delivered" if ok else ("pending" if next_at is not None else "failed")
-        with self._serial, self.engine.begin() as conn:
-            conn.execute(webhook_deliveries.insert().values(
-                job_id=job_id, delivery_id=delivery_id, event=event, attempt=attempt, ok=ok,
-                status_code=status_code, error=error, duration_ms=duration_ms, at=t))
-            # only the attempt that follows the last recorded one moves the state on
-            conn.execute(update(jobs).where(and_(
-                jobs.c.job_id == job_id, jobs.c.webhook_attempts == attempt - 1)).values(
-                webhook_state=state, webhook_attempts=attempt, webhook_next_at=next_at,
-                updated_at=t))
-
-    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
-        with self._serial, self.engine.connect() as conn:
-            rows = conn.execute(select(webhook_deliveries)
-                                .where(webhook_deliveries.c.job_id == job_id)
-                                .order_by(webhook_deliveries.c.id)).all()
-        return [dict(r._mapping) for r in rows]
-
     # ---- progress -----------------------------------------------------------------------------
     def set_progress(self, job_id: str, current: int, total: int | None) -> None:
         """Frames done of `total`; None: the total is not known (stored as 0)."""
@@ -504,16 +384,3 @@ class JobStore:
             row = conn.execute(select(job_progress.c.current, job_progress.c.total)
                                .where(job_progress.c.job_id == job_id)).first()
         return (row.current, row.total or None) if row else None
-
-    # ---- uploads ----------------------------------------------------------------------------
-    def add_upload(self, upload_id: str, key: str, filename: str, media_type: str, kind: str,
-                   size: int, owner: str | None = None) -> None:
-        with self._serial, self.engine.begin() as conn:
-            conn.execute(uploads.insert().values(
-                upload_id=upload_id, key=key, filename=filename, media_type=media_type,
-                kind=kind, size=size, created_at=now(), owner=owner))
-
-    def get_upload(self, upload_id: str) -> dict[str, Any] | None:
-        with self._serial, self.engine.connect() as conn:
-            row = conn.execute(select(uploads).where(uploads.c.upload_id == upload_id)).first()
-        return dict(row._mapping) if row else None
