@@ -61,10 +61,8 @@ async def hd_submit(svc: Svc, request: Request, image: Annotated[UploadFile, Fil
     if model_id not in svc.models.handles and (model_id != AUTO or not svc.models.auto_models):
         return detail(400, f"Model '{model_id}' is not available.")
     owner, max_active = svc.desk.limit(request)
-    if idempotency_key is not None:  # a retry of a submit that went through: the same job
-        earlier = await asyncio.to_thread(svc.jobs.find_idempotent, owner, idempotency_key)
-        if earlier is not None and earlier.api == "hd":
-            return HdSubmitted(uuid=earlier.job_id)
+    if (earlier := await svc.desk.earlier(owner, idempotency_key, "hd")) is not None:
+        return HdSubmitted(uuid=earlier.job_id)
     await svc.credits.require(request, svc.settings.price_image)  # charged on completion
     job_id = str(uuid.uuid4())
     key = f"inputs/{job_id}/input"

@@ -52,10 +52,8 @@ async def submit_job(svc: Services, req: CreateJobRequest, idempotency_key: str 
     """Create a job: its view, and False when the idempotency key had already created it.
     `owner` (an API key id) alone can see it afterwards."""
     svc.desk.require_worker()
-    if idempotency_key is not None:  # a retry gets its job back, whatever the limits now
-        existing = await asyncio.to_thread(svc.jobs.find_idempotent, owner, idempotency_key)
-        if existing is not None:
-            return view(svc, existing), False
+    if (existing := await svc.desk.earlier(owner, idempotency_key, "v1")) is not None:
+        return view(svc, existing), False
     sources = [n for n in ("video_url", "image_url", "upload_id") if getattr(req, n)]
     if len(sources) != 1:
         raise InvalidRequest("Give exactly one of video_url, image_url or upload_id.")

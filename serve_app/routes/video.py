@@ -66,10 +66,8 @@ async def video_submit(svc: Svc, request: Request,
 
     owner, max_active = svc.desk.limit(request)
     limit = settings.video_max_duration_s
-    if idempotency_key is not None:  # a retry of a submit that went through: the same job
-        earlier = await asyncio.to_thread(svc.jobs.find_idempotent, owner, idempotency_key)
-        if earlier is not None and earlier.api == "video":
-            return _submitted(earlier.job_id, earlier.params.original_duration_s or 0.0, limit)
+    if (earlier := await svc.desk.earlier(owner, idempotency_key, "video")) is not None:
+        return _submitted(earlier.job_id, earlier.params.original_duration_s or 0.0, limit)
     job_id = str(uuid.uuid4())
     key = f"inputs/{job_id}/input"
     try:
