@@ -34,6 +34,7 @@ from pipelines.catalog import ModelSpec, Tier
 from pipelines.detect import Detection
 from pipelines.errors import ModelUnavailable
 from pipelines.segmenter import for_model, to_size
+from serve_app.core.admission import Admission
 from serve_app.core.errors import ServiceUnavailable
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -60,6 +61,8 @@ class Pending:
     response: DeploymentResponse
     what: str
     finish: Callable[[Any], Any] = lambda out: out
+    # told once how the call ended: the replica's answer, or None when it failed
+    settle: Callable[[Any], None] | None = None
 
     async def get(self) -> Any:
         try:
@@ -67,7 +70,9 @@ class Pending:
                 out = await self.response
         except BaseException:
             self.response.cancel()  # a timeout or a client gone: stop the replica's work too
+            self._settled(None)
             raise
+        self._settled(out)
         return await asyncio.to_thread(self.finish, out)
 
     def wait(self, timeout_s: float) -> Any:
@@ -76,8 +81,15 @@ class Pending:
                 out = self.response.result(timeout_s=max(0.0, timeout_s))
         except BaseException:
             self.response.cancel()
+            self._settled(None)
             raise
+        self._settled(out)
         return self.finish(out)
+
+    def _settled(self, out: Any) -> None:
+        settle, self.settle = self.settle, None
+        if settle is not None:
+            settle(out)
 
 
 @dataclass
@@ -91,6 +103,7 @@ class ModelClient:
     auto_models: list[ServedModel] = field(default_factory=list)
     auto_compare: bool = True
     win_rates: Callable[[], WinRates] | None = None  # category -> model -> (wins, offered)
+    meter: Admission | None = None  # told of every model call (the ingress's admission)
     _rates: tuple[float, WinRates] = field(init=False, default=(0.0, {}))
 
     # ---- one model ---------------------------------------------------------------------------
@@ -112,8 +125,15 @@ class ModelClient:
             if native and spec is not None:
                 mask = to_size(mask, spec, size)
             return mask, seconds
+        settle = None
+        if self.meter is not None:
+            meter = self.meter
+            meter.started(model_id)
+
+            def settle(out: tuple[np.ndarray, float] | None) -> None:
+                meter.finished(model_id, None if out is None else out[1])
         return Pending(self.handles[model_id].segment.remote(sent, native),
-                       f"Model '{model_id}'", finish)
+                       f"Model '{model_id}'", finish, settle)
 
     def segment(self, model_id: str, rgb: np.ndarray) -> Pending:
         return self.send(model_id, self.prepare(model_id, rgb), (rgb.shape[1], rgb.shape[0]))

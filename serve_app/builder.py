@@ -133,6 +133,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     missing: dict[str, str] = {}
     placement: dict[str, tuple[dict[str, Any], int]] = {}
     model_pools: dict[str, Any] = {}
+    model_slots: dict[str, int] = {}
     withheld: dict[str, str] = {}
     for model_id in config.models + config.optional_models:
         spec = catalog.get(model_id)
@@ -155,6 +156,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         pool = config.pool_for(model_id, spec.tier)
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
         model_pools[model_id] = spec.tier
+        model_slots[model_id] = pool.min_replicas() * pool.concurrent_inferences
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
             spec.model_dump(mode="json"), str(path), **pool.backend_options())
         log.info("model %s: %s pool, weights %s", model_id, spec.tier.value, path)
@@ -196,7 +198,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                                                             "detector": detector_reason,
                                                             "text_prompt": text_reason,
                                                             "generate": generate_reason},
-                         withheld=withheld, auto_models=auto_models, auto=config.auto)
+                         withheld=withheld, auto_models=auto_models, auto=config.auto,
+                         model_slots=model_slots)
     worker = None
     if config.jobs.num_replicas > 0:
         worker = serve.deployment(

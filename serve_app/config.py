@@ -247,3 +247,5 @@ class IngressSetup(_Options):
     # The served models in the config's order, what `model=auto` chooses from.
     auto_models: list[ServedModel] = Field(default_factory=list)
     auto: AutoOptions = AutoOptions()
+    # calls each served model runs at once (replicas x concurrent_inferences): admission
+    model_slots: dict[str, int] = Field(default_factory=dict)

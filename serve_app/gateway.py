@@ -16,12 +16,13 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from deployments.model_client import ModelClient, calling
-from pipelines.auto import AUTO, ServedModel
+from pipelines.auto import AUTO, AutoPolicy, ServedModel
 from pipelines.catalog import ModelSpec, Price
 from pipelines.detect import Kind
 from pipelines.errors import ModelUnavailable, UnknownModel
 from pipelines.images import DecodedImage
 from pipelines.sam import Prompt, prompt_model_missing
+from serve_app.core.admission import Admission
 from serve_app.schemas import MatteOptions
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -53,6 +54,7 @@ class ModelGateway:
     auto_models: list[ServedModel] = field(default_factory=list)  # what `auto` chooses from
     auto_compare: bool = True  # stills: pro and light side by side, the more confident kept
     detector: DeploymentHandle | None = None  # the subject detector behind `auto`
+    admission: Admission | None = None  # refuses a request that would wait too long
     prices: dict[str, Price] = field(init=False)
     specs: dict[str, ModelSpec] = field(init=False)
     client: ModelClient = field(init=False)
@@ -62,7 +64,7 @@ class ModelGateway:
                        for m, e in self.catalog.items()}
         self.specs = {m: ModelSpec.model_validate(self.catalog[m]) for m in self.handles}
         self.client = ModelClient(self.handles, self.specs, self.detector, self.auto_models,
-                                  self.auto_compare)
+                                  self.auto_compare, meter=self.admission)
 
     @property
     def win_rates(self) -> Callable[[], Mapping[str, Mapping[str, tuple[int, int]]]] | None:
@@ -83,6 +85,17 @@ class ModelGateway:
         elif not self.auto_models:
             raise ModelUnavailable("model 'auto' has no served model to choose from.")
         return model_id
+
+    def admit(self, model_ids: str | list[str] | None) -> None:
+        """Before any decoding: 503 + Retry-After when the models a request needs (`auto`: its
+        candidates) have more work queued than `max_queue_wait_s` (`core.admission`)."""
+        if self.admission is None:
+            return
+        ids = [model_ids or self.default_model] if not isinstance(model_ids, list) else model_ids
+        if AUTO in ids:
+            policy = AutoPolicy(tuple(self.auto_models), {}, compare=self.auto_compare)
+            ids = [m for m in ids if m != AUTO] + list(policy.candidates())
+        self.admission.admit([m for m in ids if m in self.handles])
 
     async def resolve(self, requested: str | None, image: DecodedImage) -> Resolved:
         """The model that ran on `image` and its full-size mask; for `model=auto`, what the

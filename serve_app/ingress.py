@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.app import app
 from serve_app.config import IngressSetup
+from serve_app.core.admission import Admission
 from serve_app.core.settings import apply_log_level, get_settings
 from serve_app.gateway import ModelGateway
 from serve_app.routes import ROUTERS, images, jobs, shotgun
@@ -69,7 +70,9 @@ class Ingress:
                                ingress_setup.default_model, prompter, generator,
                                withheld=ingress_setup.withheld,
                                auto_models=ingress_setup.auto_models,
-                               auto_compare=ingress_setup.auto.compare, detector=detector)
+                               auto_compare=ingress_setup.auto.compare, detector=detector,
+                               admission=Admission(ingress_setup.model_slots,
+                                                   settings.max_queue_wait_s))
         self.services = Services.build(settings, ingress_setup, gateway, worker)
         register(self.services)
 

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # Backpressure: requests one ingress replica works on at once (0: no limit); more are
     # answered at once with 503 and Retry-After instead of queueing (/health is exempt).
     max_inflight_requests: int = Field(64, ge=0)
+    # Admission: a synchronous image request whose models have more than this many seconds of
+    # work queued is answered 503 with Retry-After at once, before decoding (0: no limit;
+    # serve_app/core/admission.py). The async APIs queue by design.
+    max_queue_wait_s: float = Field(30.0, ge=0)
     # Per-key defaults (a key may carry its own): requests per minute, jobs in progress at once.
     rate_limit_per_min: int = Field(60, ge=1)
     max_concurrent_jobs: int = Field(4, ge=1)

@@ -107,6 +107,7 @@ async def process(svc: Services, job: ImageJob) -> ImageResult:
     started = time.perf_counter()
     check_opaque(job.effect, job.options)
     svc.models.check(job.options.model)  # unknown or missing: before decoding
+    svc.models.admit(job.options.model)  # too much work queued: 503 + Retry-After, at once
     check_upload_size(svc, len(job.image))
     image = await asyncio.to_thread(decode_image, job.image, svc.settings.regular_max_pixels)
     t_decoded = time.perf_counter()

@@ -1,0 +1,74 @@
+"""Admission by expected wait: a synchronous request that would wait too long is refused at once.
+
+The ingress counts its calls in flight to each model and keeps a moving average of how long a
+call keeps a replica busy (the seconds the replica reports for it: inference alone, queueing
+not included). A model's expected wait is then
+
+    calls in flight x seconds per call / slots
+
+where `slots` is how many calls the model's replicas run at once (replicas x
+`concurrent_inferences`; a batching pool reports each call's share of its batch, so its slots
+are its replicas). A request whose models would make it wait longer than `max_queue_wait_s` is
+answered 503 with `Retry-After` (that wait, rounded up) before its image is decoded; the async
+APIs (HD, video, `/v1/jobs`) queue by design and are not admitted here.
+
+Each ingress replica sees only its own calls: with several ingress replicas in front of one
+model pool, each refuses later than one would (their shares add up). Ray-free and HTTP-free.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Mapping
+
+from serve_app.core.errors import ServiceUnavailable
+
+
+class Admission:
+    def __init__(self, slots: Mapping[str, int], max_wait_s: float,
+                 smoothing: float = 0.2) -> None:
+        """`slots`: calls each model runs at once; `max_wait_s` 0 admits everything;
+        `smoothing`: the weight of the newest call in the moving average."""
+        self.slots = {m: max(1, int(n)) for m, n in slots.items()}
+        self.max_wait_s = max_wait_s
+        self.smoothing = smoothing
+        self._in_flight: dict[str, int] = {}
+        self._seconds: dict[str, float] = {}  # moving average of a call's busy time
+        self._lock = threading.Lock()  # the job worker's threads report too
+
+    def started(self, model_id: str) -> None:
+        with self._lock:
+            self._in_flight[model_id] = self._in_flight.get(model_id, 0) + 1
+
+    def finished(self, model_id: str, seconds: float | None) -> None:
+        """A call ended; `seconds` the replica was busy with it (None: it failed, no sample)."""
+        with self._lock:
+            self._in_flight[model_id] = max(0, self._in_flight.get(model_id, 0) - 1)
+            if seconds is not None and seconds > 0:
+                old = self._seconds.get(model_id)
+                self._seconds[model_id] = (seconds if old is None
+                                           else old + self.smoothing * (seconds - old))
+
+    def in_flight(self, model_id: str) -> int:
+        return self._in_flight.get(model_id, 0)
+
+    def expected_wait_s(self, model_ids: Iterable[str]) -> float:
+        """How long a new call to these models (side by side) would wait for a free slot."""
+        with self._lock:
+            return max((self._in_flight.get(m, 0) * self._seconds.get(m, 0.0)
+                        / self.slots.get(m, 1) for m in model_ids), default=0.0)
+
+    def admit(self, model_ids: Iterable[str]) -> None:
+        """ServiceUnavailable (503, Retry-After) when the expected wait is over the limit."""
+        if self.max_wait_s <= 0:
+            return
+        ids = list(model_ids)
+        wait = self.expected_wait_s(ids)
+        if wait > self.max_wait_s:
+            busiest = max(ids, key=lambda m: self.expected_wait_s([m]))
+            raise ServiceUnavailable(
+                f"Server busy: model '{busiest}' has about {wait:.0f} s of work queued (the "
+                f"limit is {self.max_wait_s:g} s); retry in {math.ceil(wait)} s.",
+                {"retry_after_s": math.ceil(wait), "expected_wait_s": round(wait, 1),
+                 "model": busiest})
