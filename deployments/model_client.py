@@ -103,7 +103,7 @@ class ModelClient:
     auto_models: list[ServedModel] = field(default_factory=list)
     auto_compare: bool = True
     win_rates: Callable[[], WinRates] | None = None  # category -> model -> (wins, offered)
-    meter: Admission | None = None  # told of every model call (the ingress's admission)
+    meter: Admission | None = None  # told each call's replica time (the ingress's admission)
     _rates: tuple[float, WinRates] = field(init=False, default=(0.0, {}))
 
     # ---- one model ---------------------------------------------------------------------------
@@ -128,10 +128,10 @@ class ModelClient:
         settle = None
         if self.meter is not None:
             meter = self.meter
-            meter.started(model_id)
 
             def settle(out: tuple[np.ndarray, float] | None) -> None:
-                meter.finished(model_id, None if out is None else out[1])
+                if out is not None:
+                    meter.observe(model_id, out[1])
         return Pending(self.handles[model_id].segment.remote(sent, native),
                        f"Model '{model_id}'", finish, settle)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -86,16 +87,18 @@ class ModelGateway:
             raise ModelUnavailable("model 'auto' has no served model to choose from.")
         return model_id
 
-    def admit(self, model_ids: str | list[str] | None) -> None:
-        """Before any decoding: 503 + Retry-After when the models a request needs (`auto`: its
-        candidates) have more work queued than `max_queue_wait_s` (`core.admission`)."""
+    def admitted(self, model_ids: str | list[str] | None) -> AbstractContextManager:
+        """Around a synchronous request, before any decoding: 503 + Retry-After when the
+        models it needs (`auto`: its candidates) have more than `max_queue_wait_s` of work
+        queued; else the request counts on their queues until it is answered
+        (`core.admission`)."""
         if self.admission is None:
-            return
+            return nullcontext()
         ids = [model_ids or self.default_model] if not isinstance(model_ids, list) else model_ids
         if AUTO in ids:
             policy = AutoPolicy(tuple(self.auto_models), {}, compare=self.auto_compare)
             ids = [m for m in ids if m != AUTO] + list(policy.candidates())
-        self.admission.admit([m for m in ids if m in self.handles])
+        return self.admission.admitted([m for m in ids if m in self.handles])
 
     async def resolve(self, requested: str | None, image: DecodedImage) -> Resolved:
         """The model that ran on `image` and its full-size mask; for `model=auto`, what the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 
 import numpy as np
@@ -17,47 +18,48 @@ from serve_app.core.errors import ServiceUnavailable
 from conftest import disk_image, png_bytes, tiny_catalog
 
 
-def test_expected_wait_is_calls_in_flight_times_service_time_over_slots():
+def test_expected_wait_is_requests_in_flight_times_service_time_over_slots():
     a = Admission({"pro": 1, "light": 2}, max_wait_s=5.0)
-    assert a.expected_wait_s(["pro"]) == 0.0  # nothing measured yet: nothing refused
-    a.started("pro")
-    a.finished("pro", 2.0)  # one call measured: 2 s of replica time
-    for _ in range(3):
-        a.started("pro")
-    assert a.expected_wait_s(["pro"]) == pytest.approx(6.0)
-    for _ in range(3):
-        a.started("light")
-    a.finished("light", 1.0)
-    assert a.in_flight("light") == 2
-    assert a.expected_wait_s(["light"]) == pytest.approx(1.0)  # 2 calls x 1 s / 2 slots
-    assert a.expected_wait_s(["light", "pro"]) == pytest.approx(6.0)  # side by side: the max
-    with pytest.raises(ServiceUnavailable) as refused:
-        a.admit(["light", "pro"])
-    assert refused.value.details["retry_after_s"] == 6
-    assert refused.value.details["model"] == "pro"
-    a.admit(["light"])  # another model's queue does not refuse this one
+    with contextlib.ExitStack() as held:
+        for _ in range(3):  # nothing measured yet: nothing refused, however many
+            held.enter_context(a.admitted(["pro"]))
+        assert a.in_flight("pro") == 3 and a.expected_wait_s(["pro"]) == 0.0
+        a.observe("pro", 2.0)  # one call measured: 2 s of replica time
+        assert a.expected_wait_s(["pro"]) == pytest.approx(6.0)
+        for _ in range(2):
+            held.enter_context(a.admitted(["light"]))
+        a.observe("light", 1.0)
+        assert a.expected_wait_s(["light"]) == pytest.approx(1.0)  # 2 x 1 s / 2 slots
+        assert a.expected_wait_s(["light", "pro"]) == pytest.approx(6.0)  # side by side: max
+        with pytest.raises(ServiceUnavailable) as refused:
+            with a.admitted(["light", "pro"]):
+                pass
+        assert refused.value.details["retry_after_s"] == 6
+        assert refused.value.details["model"] == "pro"
+        assert a.in_flight("light") == 2  # a refused request is not counted
+        with a.admitted(["light"]):  # another model's queue does not refuse this one
+            assert a.in_flight("light") == 3
+    assert a.in_flight("pro") == 0 and a.in_flight("light") == 0  # answered: off the queue
 
 
-def test_failed_calls_leave_the_count_and_add_no_sample():
+def test_a_request_that_fails_leaves_the_queue_and_samples_are_smoothed():
     a = Admission({"m": 1}, max_wait_s=1.0, smoothing=0.5)
-    a.started("m")
-    a.finished("m", 4.0)
-    a.started("m")
-    a.finished("m", None)  # failed or cancelled
+    with pytest.raises(RuntimeError), a.admitted(["m"]):
+        raise RuntimeError("the model failed")
     assert a.in_flight("m") == 0
-    a.started("m")
-    a.finished("m", 2.0)
-    a.started("m")
-    assert a.expected_wait_s(["m"]) == pytest.approx(3.0)  # 4 then 2, halfway
+    a.observe("m", 4.0)
+    a.observe("m", 0.0)  # a failed call reports nothing: no sample
+    a.observe("m", 2.0)
+    with a.admitted(["m"]):
+        assert a.expected_wait_s(["m"]) == pytest.approx(3.0)  # 4 then 2, halfway
 
 
 def test_zero_admits_everything():
     a = Admission({"m": 1}, max_wait_s=0.0)
-    a.started("m")
-    a.finished("m", 100.0)
-    for _ in range(10):
-        a.started("m")
-    a.admit(["m"])
+    a.observe("m", 100.0)
+    with contextlib.ExitStack() as held:
+        for _ in range(10):
+            held.enter_context(a.admitted(["m"]))
 
 
 @pytest.mark.serve

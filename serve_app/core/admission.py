@@ -1,10 +1,11 @@
 """Admission by expected wait: a synchronous request that would wait too long is refused at once.
 
-The ingress counts its calls in flight to each model and keeps a moving average of how long a
-call keeps a replica busy (the seconds the replica reports for it: inference alone, queueing
-not included). A model's expected wait is then
+The ingress counts the requests it has admitted to each model and not answered yet (counted
+from admission, so a burst that arrives at once is counted before any of it reaches a model),
+and keeps a moving average of how long a call keeps a replica busy (the seconds the replica
+reports for it: inference alone, queueing not included). A model's expected wait is then
 
-    calls in flight x seconds per call / slots
+    requests in flight x seconds per call / slots
 
 where `slots` is how many calls the model's replicas run at once (replicas x
 `concurrent_inferences`; a batching pool reports each call's share of its batch, so its slots
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from serve_app.core.errors import ServiceUnavailable
 
@@ -37,18 +39,29 @@ class Admission:
         self._seconds: dict[str, float] = {}  # moving average of a call's busy time
         self._lock = threading.Lock()  # the job worker's threads report too
 
-    def started(self, model_id: str) -> None:
+    def observe(self, model_id: str, seconds: float) -> None:
+        """A call to `model_id` kept its replica busy `seconds` (a failed call: no sample)."""
+        if seconds <= 0:
+            return
         with self._lock:
-            self._in_flight[model_id] = self._in_flight.get(model_id, 0) + 1
+            old = self._seconds.get(model_id)
+            self._seconds[model_id] = (seconds if old is None
+                                       else old + self.smoothing * (seconds - old))
 
-    def finished(self, model_id: str, seconds: float | None) -> None:
-        """A call ended; `seconds` the replica was busy with it (None: it failed, no sample)."""
+    @contextmanager
+    def admitted(self, model_ids: Iterable[str]) -> Iterator[None]:
+        """`admit`, then count the request in flight on its models until it is answered."""
+        ids = list(dict.fromkeys(model_ids))
         with self._lock:
-            self._in_flight[model_id] = max(0, self._in_flight.get(model_id, 0) - 1)
-            if seconds is not None and seconds > 0:
-                old = self._seconds.get(model_id)
-                self._seconds[model_id] = (seconds if old is None
-                                           else old + self.smoothing * (seconds - old))
+            self._check(ids)
+            for m in ids:
+                self._in_flight[m] = self._in_flight.get(m, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for m in ids:
+                    self._in_flight[m] -= 1
 
     def in_flight(self, model_id: str) -> int:
         return self._in_flight.get(model_id, 0)
@@ -56,17 +69,19 @@ class Admission:
     def expected_wait_s(self, model_ids: Iterable[str]) -> float:
         """How long a new call to these models (side by side) would wait for a free slot."""
         with self._lock:
-            return max((self._in_flight.get(m, 0) * self._seconds.get(m, 0.0)
-                        / self.slots.get(m, 1) for m in model_ids), default=0.0)
+            return self._wait(list(model_ids))
 
-    def admit(self, model_ids: Iterable[str]) -> None:
+    def _wait(self, model_ids: list[str]) -> float:
+        return max((self._in_flight.get(m, 0) * self._seconds.get(m, 0.0)
+                    / self.slots.get(m, 1) for m in model_ids), default=0.0)
+
+    def _check(self, ids: list[str]) -> None:
         """ServiceUnavailable (503, Retry-After) when the expected wait is over the limit."""
         if self.max_wait_s <= 0:
             return
-        ids = list(model_ids)
-        wait = self.expected_wait_s(ids)
+        wait = self._wait(ids)
         if wait > self.max_wait_s:
-            busiest = max(ids, key=lambda m: self.expected_wait_s([m]))
+            busiest = max(ids, key=lambda m: self._wait([m]))
             raise ServiceUnavailable(
                 f"Server busy: model '{busiest}' has about {wait:.0f} s of work queued (the "
                 f"limit is {self.max_wait_s:g} s); retry in {math.ceil(wait)} s.",

@@ -45,8 +45,8 @@ async def backdrop(svc: Svc, request: Request, image: Annotated[UploadFile, File
         if prompt:
             alpha = await svc.models.prompted_mask(decoded.rgb, prompt, alpha, options.prompt_mode)
     else:
-        svc.models.admit(options.model)
-        alpha = (await svc.models.mask_for(decoded, options))[1]
+        with svc.models.admitted(options.model):
+            alpha = (await svc.models.mask_for(decoded, options))[1]
     w, h = decoded.size
 
     def place(mask: np.ndarray) -> np.ndarray:

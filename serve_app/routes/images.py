@@ -107,7 +107,11 @@ async def process(svc: Services, job: ImageJob) -> ImageResult:
     started = time.perf_counter()
     check_opaque(job.effect, job.options)
     svc.models.check(job.options.model)  # unknown or missing: before decoding
-    svc.models.admit(job.options.model)  # too much work queued: 503 + Retry-After, at once
+    with svc.models.admitted(job.options.model):  # too much work queued: 503 + Retry-After
+        return await _processed(svc, job, started)
+
+
+async def _processed(svc: Services, job: ImageJob, started: float) -> ImageResult:
     check_upload_size(svc, len(job.image))
     image = await asyncio.to_thread(decode_image, job.image, svc.settings.regular_max_pixels)
     t_decoded = time.perf_counter()

@@ -104,7 +104,13 @@ async def remove_background(svc: Services, req: RemoveBackgroundRequest, base_ur
     """Run the selected models in parallel; every model's cut-out, time and cost."""
     started = time.perf_counter()
     model_ids = _select_models(svc, req.include_models, "include_models")
-    svc.models.admit(model_ids)  # too much work queued: 503 + Retry-After, before decoding
+    with svc.models.admitted(model_ids):  # too much work queued: 503 + Retry-After, at once
+        return await _removed(svc, req, model_ids, started, base_url, owner)
+
+
+async def _removed(svc: Services, req: RemoveBackgroundRequest, model_ids: list[str],
+                   started: float, base_url: str | None, owner: str | None
+                   ) -> RemoveBackgroundResponse:
     image = await _load_image(svc, req)
     # every row's cut-out is held for the one response, as /process's are
     _check_upscale(svc, image, 1, len(model_ids), field="include_models")
@@ -169,7 +175,12 @@ async def remove_and_upscale(svc: Services, req: ProcessRequest,
     """`/process`: the shotgun, then every cut-out upscaled (Lanczos, alpha kept)."""
     started = time.perf_counter()
     model_ids = _select_models(svc, req.bg_models, "bg_models")
-    svc.models.admit(model_ids)
+    with svc.models.admitted(model_ids):
+        return await _processed(svc, req, model_ids, started, owner)
+
+
+async def _processed(svc: Services, req: ProcessRequest, model_ids: list[str], started: float,
+                     owner: str | None) -> ProcessResponse:
     image = await _load_image(svc, req)
     factor = req.upscale_factor
     _check_upscale(svc, image, factor, len(model_ids))
