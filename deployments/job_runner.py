@@ -89,13 +89,15 @@ class JobWorker:
         if not (self._thread.is_alive() and self.webhooks.alive()):
             raise RuntimeError("job worker thread died")
 
-    def stop(self) -> None:
+    def _shutdown(self) -> None:
+        """Stop claiming and delivering (Serve calls `__del__` when the replica goes)."""
         self._stop.set()
         self._wake.set()
         self.webhooks.stop()
+        self._pool.shutdown(wait=False)
 
     def __del__(self) -> None:
-        self.stop()
+        self._shutdown()
 
     def output_url(self, job_id: str) -> str:
         base = (self.settings.public_base_url or "").rstrip("/")

@@ -171,6 +171,10 @@ class ModelClient:
             self._rates = (time.monotonic(), rates)
         return AutoPolicy(tuple(self.auto_models), rates, compare=self.auto_compare)
 
+    def cached_policy(self) -> AutoPolicy:
+        """auto's policy with the win rates last read (no database read: for the event loop)."""
+        return AutoPolicy(tuple(self.auto_models), self._rates[1], compare=self.auto_compare)
+
     def _prepare_all(self, rgb: np.ndarray, models: tuple[str, ...]
                      ) -> tuple[dict[str, tuple[np.ndarray, bool]], np.ndarray | None]:
         inputs = {m: self.prepare(m, rgb) for m in models}

@@ -156,7 +156,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         pool = config.pool_for(model_id, spec.tier)
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
         model_pools[model_id] = spec.tier
-        model_slots[model_id] = pool.min_replicas() * pool.concurrent_inferences
+        model_slots[model_id] = pool.slots()
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
             spec.model_dump(mode="json"), str(path), **pool.backend_options())
         log.info("model %s: %s pool, weights %s", model_id, spec.tier.value, path)

@@ -57,6 +57,18 @@ class PoolOptions(_Options):
             return int((self.autoscaling_config or {}).get("min_replicas", 1))
         return int(self.num_replicas)
 
+    def slots(self) -> int:
+        """Calls a model of this pool runs at once, at the most replicas it may have (what
+        admission measures queues against): replicas x `concurrent_inferences`, or the
+        replicas alone when the pool batches (a batched call reports its share of the batch)."""
+        if self.autoscaling_config is not None or self.num_replicas == "auto":
+            replicas = int((self.autoscaling_config or {}).get("max_replicas",
+                                                                self.min_replicas()))
+        else:
+            replicas = int(self.num_replicas)
+        per_replica = 1 if self.batch.max_batch_size > 1 else self.concurrent_inferences
+        return max(1, replicas * per_replica)
+
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments of `SegmentationModel` (how a replica runs its model)."""
         return self.model_dump(include={"providers", "intra_op_threads", "concurrent_inferences",

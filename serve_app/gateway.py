@@ -17,7 +17,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from deployments.model_client import ModelClient, calling
-from pipelines.auto import AUTO, AutoPolicy, ServedModel
+from pipelines.auto import AUTO, ServedModel
 from pipelines.catalog import ModelSpec, Price
 from pipelines.detect import Kind
 from pipelines.errors import ModelUnavailable, UnknownModel
@@ -96,8 +96,7 @@ class ModelGateway:
             return nullcontext()
         ids = [model_ids or self.default_model] if not isinstance(model_ids, list) else model_ids
         if AUTO in ids:
-            policy = AutoPolicy(tuple(self.auto_models), {}, compare=self.auto_compare)
-            ids = [m for m in ids if m != AUTO] + list(policy.candidates())
+            ids = [m for m in ids if m != AUTO] + list(self.client.cached_policy().candidates())
         return self.admission.admitted([m for m in ids if m in self.handles])
 
     async def resolve(self, requested: str | None, image: DecodedImage) -> Resolved:

@@ -94,12 +94,12 @@ class JobDesk:
 
     async def earlier(self, owner: str | None, idempotency_key: str | None,
                       api: str) -> Job | None:
-        """The job this owner's earlier create of `api` made with this Idempotency-Key: a
-        retry of a create that went through gets that job back, whatever the limits now."""
+        """The job this owner's earlier create of `api` made with this Idempotency-Key (keys
+        are per owner and per API): a retry of a create that went through gets that job back,
+        whatever the limits now."""
         if idempotency_key is None:
             return None
-        job = await asyncio.to_thread(self.jobs.find_idempotent, owner, idempotency_key)
-        return job if job is not None and job.api == api else None
+        return await asyncio.to_thread(self.jobs.find_idempotent, owner, idempotency_key, api)
 
     def require_worker(self) -> None:
         if self.worker is None:

@@ -31,9 +31,8 @@ def test_expected_wait_is_requests_in_flight_times_service_time_over_slots():
         a.observe("light", 1.0)
         assert a.expected_wait_s(["light"]) == pytest.approx(1.0)  # 2 x 1 s / 2 slots
         assert a.expected_wait_s(["light", "pro"]) == pytest.approx(6.0)  # side by side: max
-        with pytest.raises(ServiceUnavailable) as refused:
-            with a.admitted(["light", "pro"]):
-                pass
+        with pytest.raises(ServiceUnavailable) as refused, a.admitted(["light", "pro"]):
+            pass
         assert refused.value.details["retry_after_s"] == 6
         assert refused.value.details["model"] == "pro"
         assert a.in_flight("light") == 2  # a refused request is not counted
@@ -116,3 +115,15 @@ def test_a_saturated_model_answers_503_with_retry_after_before_decoding(client,
         assert matte().status_code == 200  # and the model answers again once drained
     finally:
         serve.delete("admit")
+
+
+def test_a_pools_slots_are_its_most_replicas_times_its_concurrent_calls():
+    from serve_app.config import PoolOptions
+
+    assert PoolOptions(num_replicas=2, concurrent_inferences=2).slots() == 4
+    # a batching pool reports each call's share of its batch: its replicas are its slots
+    assert PoolOptions(num_replicas=2, max_ongoing_requests=8,
+                       batch={"max_batch_size": 4}).slots() == 2
+    autoscaled = PoolOptions(autoscaling_config={"min_replicas": 1, "max_replicas": 3},
+                             concurrent_inferences=2)
+    assert autoscaled.slots() == 6

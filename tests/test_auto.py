@@ -369,5 +369,5 @@ def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_pat
             workers[1].client.auto_sync(rgb, 5.0)
     finally:
         for w in workers:
-            w.stop()
+            w._shutdown()
         get_settings.cache_clear()

@@ -108,6 +108,16 @@ def test_idempotency_key_returns_the_same_job(jobs):
         assert len(set(pool.map(make, range(6)))) == 1
 
 
+def test_an_idempotency_key_is_per_api(jobs):
+    """The same key on the HD submit and on /v1/jobs: two jobs, each found by its own API."""
+    hd, _ = jobs.create(api="hd", kind="image", params=P, idempotency_key="k", owner="A")
+    v1, created = jobs.create(api="v1", kind="image", params=P, idempotency_key="k", owner="A")
+    assert created and v1.job_id != hd.job_id
+    assert jobs.find_idempotent("A", "k", "hd").job_id == hd.job_id
+    assert jobs.find_idempotent("A", "k", "v1").job_id == v1.job_id
+    assert jobs.find_idempotent("B", "k", "v1") is None  # and per owner
+
+
 def test_claims_are_exclusive_under_concurrency(jobs):
     ids = {new(jobs, start=True).job_id for _ in range(6)}
     with ThreadPoolExecutor(6) as pool:

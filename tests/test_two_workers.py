@@ -104,7 +104,7 @@ def test_two_workers_share_200_jobs_with_no_job_or_webhook_twice(postgres_url, r
         assert len(claims) == JOBS
     finally:
         for w in workers:
-            w.stop()
+            w._shutdown()
             w.store.close()
         get_settings.cache_clear()
         with psycopg.connect(admin, autocommit=True) as conn:

@@ -451,7 +451,7 @@ def test_webhook_refused_at_delivery_is_logged_with_the_job_id(tmp_path, monkeyp
         while not store.webhooks.deliveries(job.job_id) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        worker.stop()
+        worker._shutdown()
         logger.removeHandler(caplog.handler)
         get_settings.cache_clear()
     (delivery,) = store.webhooks.deliveries(job.job_id)

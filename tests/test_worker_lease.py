@@ -70,5 +70,5 @@ def test_a_worker_that_lost_the_lease_stops_the_job(tmp_path, monkeypatch):
         assert worker.store.get(job.job_id).state != COMPLETED
         assert not list(tmp_path.rglob("output.webm"))
     finally:
-        worker.stop()
+        worker._shutdown()
         get_settings.cache_clear()

@@ -9,9 +9,11 @@ reports for it: inference alone, queueing not included). A model's expected wait
 
 where `slots` is how many calls the model's replicas run at once (replicas x
 `concurrent_inferences`; a batching pool reports each call's share of its batch, so its slots
-are its replicas). A request whose models would make it wait longer than `max_queue_wait_s` is
-answered 503 with `Retry-After` (that wait, rounded up) before its image is decoded; the async
-APIs (HD, video, `/v1/jobs`) queue by design and are not admitted here.
+are its replicas; an autoscaling pool is measured at its `max_replicas`, the capacity the
+autoscaler grows it to under such a queue). A request whose models would make it wait longer
+than `max_queue_wait_s` is answered 503 with `Retry-After` (that wait, rounded up) before its
+image is decoded; the async APIs (HD, video, `/v1/jobs`) queue by design and are not admitted
+here.
 
 Each ingress replica sees only its own calls: with several ingress replicas in front of one
 model pool, each refuses later than one would (their shares add up). Ray-free and HTTP-free.
@@ -37,7 +39,7 @@ class Admission:
         self.smoothing = smoothing
         self._in_flight: dict[str, int] = {}
         self._seconds: dict[str, float] = {}  # moving average of a call's busy time
-        self._lock = threading.Lock()  # the job worker's threads report too
+        self._lock = threading.Lock()  # model answers are reported from worker threads
 
     def observe(self, model_id: str, seconds: float) -> None:
         """A call to `model_id` kept its replica busy `seconds` (a failed call: no sample)."""

@@ -55,11 +55,11 @@ class TooManyJobs(Exception):
         self.active, self.limit = active, limit
 
 
-def scoped_idempotency_key(owner: str | None, key: str) -> str:
-    """Idempotency keys are per API key: two clients may pick the same one."""
-    if owner is None:
-        return key
-    return f"{owner}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+def scoped_idempotency_key(owner: str | None, key: str, api: str) -> str:
+    """Idempotency keys are per API key and per API: two clients may pick the same one, and a
+    key used on the HD submit never answers a `/v1/jobs` create with that HD job."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"{api}:{owner or '-'}:{digest}"
 
 
 class TransitionError(Exception):
@@ -151,7 +151,7 @@ class JobStore:
         `max_active`, raises `TooManyJobs` when starting it would exceed that many of the
         owner's jobs in progress."""
         if idempotency_key is not None:
-            idempotency_key = scoped_idempotency_key(owner, idempotency_key)
+            idempotency_key = scoped_idempotency_key(owner, idempotency_key, api)
             existing = self._by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing, False
@@ -192,9 +192,9 @@ class JobStore:
                                 .order_by(job_events.c.id)).all()
         return [Event(r.from_state, r.to_state, r.reason, as_utc(r.at)) for r in rows]
 
-    def find_idempotent(self, owner: str | None, key: str) -> Job | None:
+    def find_idempotent(self, owner: str | None, key: str, api: str) -> Job | None:
         """The job an earlier request of this owner created with this Idempotency-Key."""
-        return self._by_idempotency_key(scoped_idempotency_key(owner, key))
+        return self._by_idempotency_key(scoped_idempotency_key(owner, key, api))
 
     def _by_idempotency_key(self, key: str) -> Job | None:
         with self._serial, self.engine.connect() as conn:

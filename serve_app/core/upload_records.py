@@ -17,7 +17,7 @@ class UploadRecords:
         self.engine, self._serial = engine, serial
 
     def add(self, upload_id: str, key: str, filename: str, media_type: str, kind: str,
-                   size: int, owner: str | None = None) -> None:
+            size: int, owner: str | None = None) -> None:
         with self._serial, self.engine.begin() as conn:
             conn.execute(uploads.insert().values(
                 upload_id=upload_id, key=key, filename=filename, media_type=media_type,

@@ -49,8 +49,8 @@ class WebhookOutbox:
         return [job for job in map(self._get_job, claimed) if job is not None]
 
     def record(self, job_id: str, delivery_id: str, event: str, attempt: int, ok: bool,
-                        status_code: int | None, error: str | None, duration_ms: int,
-                        next_at: datetime | None) -> None:
+               status_code: int | None, error: str | None, duration_ms: int,
+               next_at: datetime | None) -> None:
         """Store one delivery attempt; the job's webhook is `delivered`, `failed` (no next
         attempt) or stays `pending` until `next_at`."""
         t = now()
