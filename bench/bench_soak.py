@@ -46,7 +46,8 @@ def process_name(p: psutil.Process) -> str:
         cmd = " ".join(p.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "?"
-    m = re.search(r"ray::(ServeReplica:[^ ]+|[A-Za-z_]+)", cmd)
+    # a replica's title is `ray::ServeReplica:<app>:<deployment>` (+ `.<method>` while busy)
+    m = re.search(r"ray::(ServeReplica:[^ .]+|[A-Za-z_]+)", cmd)
     if m:
         return m.group(1)
     for key in ("gcs_server", "raylet", "serve_app.serve_run", "dashboard", "log_monitor",
@@ -112,7 +113,7 @@ async def traffic(base: str, minutes: float, clients: int, on_minute) -> dict:
                 counts[f"hd result {status}"] += 1
         else:
             r = await client.post(f"{base}/video/submit/v1",
-                                  files={"video_file": ("a.mp4", video, "video/mp4")})
+                                  files={"video": ("a.mp4", video, "video/mp4")})
             counts[f"video submit {r.status_code}"] += 1
             if r.status_code == 202:
                 job = r.json()["uuid"]

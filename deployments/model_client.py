@@ -6,10 +6,13 @@ replica) to a 503 the caller can retry, and cancels the replica's request when t
 times out or is cancelled. A call is started once and then awaited (the ingress's event loop,
 `Pending.get`) or waited for (a worker thread, `Pending.wait`).
 
-`model=auto` runs here too, the same way for both callers: the candidates of
-`pipelines.auto.AutoPolicy` and the subject detector side by side, then `pipelines.auto.decide`
-on what they answered (a failed candidate leaves the choice to the others). The logged
-selections' win rates are read at most once a minute.
+`model=auto` runs here too, the same way for both callers, in two stages when a detector is
+served: the detector and the person models first; the salient models (the costly pro model)
+only when the detector does not see a person (score < `PERSON_SCORE`) or no person model
+answered. Where it sees one, `pipelines.auto.decide` keeps a person model's mask either way, so
+the choice is the one running every candidate would give, for a fraction of the CPU. Then
+`decide` on what they answered (a failed candidate leaves the choice to the others). The
+logged selections' win rates are read at most once a minute.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from pipelines import detect, rvm
-from pipelines.auto import AutoPolicy, Choice, ServedModel, decide
+from pipelines.auto import PERSON_SCORE, AutoPolicy, Choice, ServedModel, decide, person_score
 from pipelines.catalog import ModelSpec, Tier
 from pipelines.detect import Detection
 from pipelines.errors import ModelUnavailable
@@ -208,15 +211,62 @@ class ModelClient:
                 detections = found
         return outcomes, detections
 
+    @staticmethod
+    def _stages(policy: AutoPolicy, candidates: tuple[str, ...]
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(what runs beside the detector, what runs only if it sees no person): the person
+        models and the person category's most picked model first, the rest after."""
+        winner = policy.winner("person")
+        first = {*policy.person_models, *([winner] if winner else [])}
+        return (tuple(m for m in candidates if m in first),
+                tuple(m for m in candidates if m not in first))
+
+    @staticmethod
+    def _sees_person(found: Any) -> bool:
+        """The detector answered (not an error) and saw a person it is sure of."""
+        return (found is not None and not isinstance(found, BaseException)
+                and person_score(found) >= PERSON_SCORE)
+
+    @classmethod
+    def _settled_person(cls, found: Any, first: dict[str, Any]) -> bool:
+        """The salient models can be skipped: a person detected and a person model answered."""
+        return cls._sees_person(found) and any(not isinstance(r, BaseException)
+                                               for r in first.values())
+
     async def auto(self, rgb: np.ndarray, models: tuple[str, ...] | None = None) -> Choice:
         """auto's choice for a still (the ingress's way: awaited)."""
         policy = await asyncio.to_thread(self.policy)
-        inputs, det_input = await asyncio.to_thread(
-            self._prepare_all, rgb, models or policy.candidates())
+        candidates = models or policy.candidates()
+        first, rest = (self._stages(policy, candidates) if self.detector is not None
+                       and models is None else (candidates, ()))
+        size = (rgb.shape[1], rgb.shape[0])
+        inputs, det_input = await asyncio.to_thread(self._prepare_all, rgb, first)
         calls, det = self._start(rgb, inputs, det_input)
-        waits = [c.get() for c in calls.values()] + ([det.get()] if det is not None else [])
-        results = await asyncio.gather(*waits, return_exceptions=True)
-        outcomes, detections = self._outcomes(calls, list(results))
+        try:
+            results: dict[str, Any] = {}
+            found: Any = None
+            if det is not None:
+                found = (await asyncio.gather(det.get(), return_exceptions=True))[0]
+            if rest and self._sees_person(found):
+                answers = await asyncio.gather(*(c.get() for c in calls.values()),
+                                               return_exceptions=True)
+                results = dict(zip(calls, answers))
+                if self._settled_person(found, results):
+                    rest = ()
+            if rest:
+                more = await asyncio.to_thread(lambda: {m: self.prepare(m, rgb) for m in rest})
+                calls |= {m: self.send(m, x, size) for m, x in more.items()}
+            waiting = [m for m in calls if m not in results]
+            answers = await asyncio.gather(*(calls[m].get() for m in waiting),
+                                           return_exceptions=True)
+            results |= dict(zip(waiting, answers))
+        except BaseException:
+            for call in calls.values():  # cancelled or failed midway: no replica keeps working
+                call.response.cancel()
+            raise
+        ordered = {m: calls[m] for m in candidates if m in calls}
+        outcomes, detections = self._outcomes(
+            ordered, [results[m] for m in ordered] + ([found] if det is not None else []))
         return await asyncio.to_thread(decide, policy, outcomes, detections, rgb)
 
     def auto_sync(self, rgb: np.ndarray, timeout_s: float,
@@ -224,14 +274,28 @@ class ModelClient:
         """auto's choice for a still (a worker thread's way: one `timeout_s` for them all)."""
         policy = self.policy()
         deadline = time.monotonic() + timeout_s
-        calls, det = self._start(rgb, *self._prepare_all(rgb, models or policy.candidates()))
-        results: list[Any] = []
-        for call in [*calls.values(), *([det] if det is not None else [])]:
+        candidates = models or policy.candidates()
+        first, rest = (self._stages(policy, candidates) if self.detector is not None
+                       and models is None else (candidates, ()))
+        calls, det = self._start(rgb, *self._prepare_all(rgb, first))
+
+        def wait(call: Pending) -> Any:
             try:
-                results.append(call.wait(deadline - time.monotonic()))
+                return call.wait(deadline - time.monotonic())
             except Exception as exc:  # noqa: BLE001 - the other candidates may still answer
-                results.append(exc)
-        outcomes, detections = self._outcomes(calls, results)
+                return exc
+        found = wait(det) if det is not None else None
+        results: dict[str, Any] = {}
+        if rest and self._sees_person(found):
+            results = {m: wait(c) for m, c in calls.items()}
+            if self._settled_person(found, results):
+                rest = ()
+        for m in rest:
+            calls[m] = self.segment(m, rgb)
+        results |= {m: wait(c) for m, c in calls.items() if m not in results}
+        ordered = {m: calls[m] for m in candidates if m in calls}
+        outcomes, detections = self._outcomes(
+            ordered, [results[m] for m in ordered] + ([found] if det is not None else []))
         return decide(policy, outcomes, detections, rgb)
 
     def look(self, rgb: np.ndarray, timeout_s: float) -> tuple[bool, str]:

@@ -371,3 +371,63 @@ def test_the_worker_keeps_the_other_candidate_and_cancels_the_failed_one(tmp_pat
         for w in workers:
             w._shutdown()
         get_settings.cache_clear()
+
+
+def test_a_person_the_detector_is_sure_of_never_runs_the_salient_models():
+    """Stage one is the detector and the person models; the pro and light models run only
+    when the detector sees no person (or no person model answered). Where it sees one, the
+    answer is the one all candidates would give: a person model's mask."""
+    from pipelines.images import DecodedImage
+
+    image = DecodedImage(np.full((200, 200, 3), 90, np.uint8), None, "png")
+    shelf, person = _disc(30, cx=150), _disc(40, 4, cx=60)
+    seen = [Detection("person", 0.7, (20, 60, 100, 140))]
+    gateway, handles = _gateway(shelf, shelf, person, rvm=person, detections=seen)
+    found = asyncio.run(gateway.resolve(AUTO, image))
+    assert found.subject == "person" and np.array_equal(found.mask, person)
+    assert not handles["isnet-imgly-medium"].calls and not handles["u2netp"].calls
+    assert len(handles["rvm"].calls) == 1 and len(handles["mediapipe-selfie"].calls) == 1
+
+    unsure = [Detection("person", 0.2, (20, 60, 100, 140))]  # below PERSON_SCORE
+    gateway, handles = _gateway(shelf, shelf, person, rvm=person, detections=unsure)
+    asyncio.run(gateway.resolve(AUTO, image))
+    assert all(len(h.calls) == 1 for h in handles.values())  # every candidate ran
+
+    # a person seen, but both person models failed: the salient models answer after all
+    gateway, handles = _gateway(shelf, shelf, RuntimeError("lost"), rvm=RuntimeError("lost"),
+                                detections=seen)
+    found = asyncio.run(gateway.resolve(AUTO, image))
+    assert found.model_id in ("isnet-imgly-medium", "u2netp")
+    assert len(handles["isnet-imgly-medium"].calls) == 1
+
+
+def test_the_worker_skips_the_salient_models_for_a_sure_person(tmp_path, monkeypatch):
+    from deployments.job_runner import JobWorker
+    from pipelines.catalog import load_catalog
+    from serve_app.core.settings import get_settings
+
+    monkeypatch.setenv("BGR_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("BGR_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    catalog = {m.id: m.model_dump(mode="json") for m in load_catalog().models}
+    shelf, person = _disc(30, cx=150), _disc(40, 4, cx=60)
+    handles = {"isnet-imgly-medium": _SyncHandle(shelf), "u2netp": _SyncHandle(shelf),
+               "mediapipe-selfie": _SyncHandle(person)}
+
+    class _SyncDetectorResponse(_SyncResponse):
+        def result(self, timeout_s=None):
+            return self.answer
+
+    detector = _Detector([Detection("person", 0.8, (20, 60, 100, 140))],
+                         _SyncDetectorResponse)
+    worker = JobWorker(models=handles, detector=detector,  # type: ignore[arg-type]
+                       auto_models=[ServedModel(m, Tier(catalog[m]["tier"]), 1.0)
+                                    for m in handles],
+                       specs={m: catalog[m] for m in handles})
+    try:
+        choice = worker.client.auto_sync(np.full((200, 200, 3), 90, np.uint8), 5.0)
+        assert choice.model_id == "mediapipe-selfie" and choice.subject == "person"
+        assert not handles["isnet-imgly-medium"].calls and not handles["u2netp"].calls
+    finally:
+        worker._shutdown()
+        get_settings.cache_clear()
