@@ -10,10 +10,12 @@ either enough (`decide`; thresholds chosen on the benchmark's tuning half, docs/
   while neither salient model agrees with them (IoU < 0.5): a person the detector missed (a
   back, a cropped body, low light), with something else behind that the salient models chose.
 
-Stills run their candidates side by side (`AutoPolicy.candidates`: the pro and the light model,
-the person models; the detector beside them) and keep, for a person, the more confident of the
-person models' masks, else the more confident of the salient models' (`most_confident`: the
-smaller share of undecided alpha, among masks that found a subject and agree on where it is).
+Stills run their candidates (`AutoPolicy.candidates`: the pro and the light model, the person
+models; the detector beside them; `deployments.model_client` skips the salient ones when the
+detector is sure of a person, which changes no choice) and keep, for a person, the more
+confident of the person models' masks, else the more confident of the salient models'
+(`most_confident`: the smaller share of undecided alpha, among masks that found a subject and
+agree on where it is).
 Without a detector the face cue stands in (a frontal face inside the person model's mask).
 Clips decide once from a few frames (`categorize_clip`), and a person's clip goes to the
 recurrent person model (RVM) when it is served.
