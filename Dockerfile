@@ -12,7 +12,9 @@ FROM ${BASE}
 
 ARG VARIANT=cpu
 ARG EXTRAS=""
+# MALLOC_ARENA_MAX=2: two malloc arenas per process, not 8 per core (docs/benchmarks.md, soak)
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MALLOC_ARENA_MAX=2 \
     VIRTUAL_ENV=/opt/bgremove PATH=/opt/bgremove/bin:$PATH \
     NUMBA_CACHE_DIR=/opt/bgremove/numba-cache NUMBA_CPU_NAME=generic \
     BGR_MODELS_DIR=/models BGR_DATA_DIR=/data BGR_CATALOG_PATH=/app/configs/models.yaml

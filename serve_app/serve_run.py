@@ -42,6 +42,10 @@ def main(argv: list[str]) -> None:
         at = args.index("--host")
         host, args = args[at + 1], args[:at] + args[at + 2:]
     port = os.environ.get("BGR_METRICS_PORT")  # Prometheus text from the node's agent
+    # glibc gives every thread that allocates its own arena (up to 8 per core); replicas with
+    # many threads and large frames then keep growing for a while (docs/benchmarks.md, soak).
+    # Ray's processes inherit this from here; an operator's own value wins.
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     ray.init(namespace=SERVE_NAMESPACE, include_dashboard=dashboard,
              _metrics_export_port=int(port) if port else None)
     with tempfile.TemporaryDirectory(prefix="bgr-serve-") as folder:
