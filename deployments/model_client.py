@@ -211,15 +211,26 @@ class ModelClient:
                 detections = found
         return outcomes, detections
 
-    @staticmethod
-    def _stages(policy: AutoPolicy, candidates: tuple[str, ...]
-                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(what runs beside the detector, what runs only if it sees no person): the person
-        models and the person category's most picked model first, the rest after."""
+    def _stages(self, policy: AutoPolicy, models: tuple[str, ...] | None
+                ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(the candidates, what runs beside the detector, what runs only if it sees no
+        person): with a detector and the policy's own candidates, the person models and the
+        person category's most picked model first and the rest after; else all at once."""
+        candidates = models or policy.candidates()
+        if self.detector is None or models is not None:
+            return candidates, candidates, ()
         winner = policy.winner("person")
         first = {*policy.person_models, *([winner] if winner else [])}
-        return (tuple(m for m in candidates if m in first),
+        return (candidates, tuple(m for m in candidates if m in first),
                 tuple(m for m in candidates if m not in first))
+
+    def _outcomes_of(self, candidates: tuple[str, ...], calls: dict[str, Pending],
+                     results: dict[str, Any], det: Pending | None, found: Any
+                     ) -> tuple[dict[str, np.ndarray | BaseException], list[Detection] | None]:
+        """`_outcomes` of the candidates that ran, in the candidates' order."""
+        ordered = {m: calls[m] for m in candidates if m in calls}
+        return self._outcomes(ordered, [results[m] for m in ordered]
+                              + ([found] if det is not None else []))
 
     @staticmethod
     def _sees_person(found: Any) -> bool:
@@ -236,9 +247,7 @@ class ModelClient:
     async def auto(self, rgb: np.ndarray, models: tuple[str, ...] | None = None) -> Choice:
         """auto's choice for a still (the ingress's way: awaited)."""
         policy = await asyncio.to_thread(self.policy)
-        candidates = models or policy.candidates()
-        first, rest = (self._stages(policy, candidates) if self.detector is not None
-                       and models is None else (candidates, ()))
+        candidates, first, rest = self._stages(policy, models)
         size = (rgb.shape[1], rgb.shape[0])
         inputs, det_input = await asyncio.to_thread(self._prepare_all, rgb, first)
         calls, det = self._start(rgb, inputs, det_input)
@@ -264,9 +273,7 @@ class ModelClient:
             for call in calls.values():  # cancelled or failed midway: no replica keeps working
                 call.response.cancel()
             raise
-        ordered = {m: calls[m] for m in candidates if m in calls}
-        outcomes, detections = self._outcomes(
-            ordered, [results[m] for m in ordered] + ([found] if det is not None else []))
+        outcomes, detections = self._outcomes_of(candidates, calls, results, det, found)
         return await asyncio.to_thread(decide, policy, outcomes, detections, rgb)
 
     def auto_sync(self, rgb: np.ndarray, timeout_s: float,
@@ -274,9 +281,7 @@ class ModelClient:
         """auto's choice for a still (a worker thread's way: one `timeout_s` for them all)."""
         policy = self.policy()
         deadline = time.monotonic() + timeout_s
-        candidates = models or policy.candidates()
-        first, rest = (self._stages(policy, candidates) if self.detector is not None
-                       and models is None else (candidates, ()))
+        candidates, first, rest = self._stages(policy, models)
         calls, det = self._start(rgb, *self._prepare_all(rgb, first))
 
         def wait(call: Pending) -> Any:
@@ -293,9 +298,7 @@ class ModelClient:
         for m in rest:
             calls[m] = self.segment(m, rgb)
         results |= {m: wait(c) for m, c in calls.items() if m not in results}
-        ordered = {m: calls[m] for m in candidates if m in calls}
-        outcomes, detections = self._outcomes(
-            ordered, [results[m] for m in ordered] + ([found] if det is not None else []))
+        outcomes, detections = self._outcomes_of(candidates, calls, results, det, found)
         return decide(policy, outcomes, detections, rgb)
 
     def look(self, rgb: np.ndarray, timeout_s: float) -> tuple[bool, str]:
