@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_matte import REPO, OursServer, wait_for_quiet  # noqa: E402
+from bench_matte import OursServer, add_service_args, local_service, wait_for_quiet  # noqa: E402
 from media import photo  # noqa: E402
 
 PHOTOS = {"astronaut.png": "a person (face in frame)", "coffee.png": "an object",
@@ -49,13 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeat", type=int, default=8)
     p.add_argument("--json", type=Path)
-    p.add_argument("--serve-config", type=Path, default=REPO / "configs" / "local.yaml")
-    p.add_argument("--models-dir", type=Path,
-                   default=Path(os.environ.get("BGR_MODELS_DIR",
-                                               "~/.cache/bgremove/models")).expanduser())
-    p.add_argument("--startup-timeout", type=float, default=300.0)
-    p.add_argument("--allow-running-ray", action="store_true")
-    p.add_argument("--wait-quiet", type=float, default=60.0)
+    add_service_args(p)
     args = p.parse_args()
     if not wait_for_quiet(args):
         sys.exit(2)
@@ -65,32 +57,25 @@ def main() -> None:
         Image.open(photo(name)).convert("RGB").resize((1024, 1024), Image.LANCZOS).save(buf, "PNG")
         images[name] = buf.getvalue()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bgr-autocost-") as tmp:
-        os.environ["BGR_DATA_DIR"] = tmp
-        server = OursServer(args, Path(tmp))
-        try:
-            server.start()
-            with httpx.Client(timeout=300) as client:
-                def matte(data: bytes) -> httpx.Response:
-                    r = client.post(server.url, files={"image": ("a.png", data, "image/png")})
-                    r.raise_for_status()
-                    return r
-                for data in images.values():
-                    matte(data)
-                    matte(data)
-                time.sleep(3)
-                for name, data in images.items():
-                    cpu0, times, kept = cpu_seconds(server), [], set()
-                    for _ in range(args.repeat):
-                        t = time.perf_counter()
-                        r = matte(data)
-                        times.append(time.perf_counter() - t)
-                        kept.add((r.headers.get("x-model"), r.headers.get("x-type")))
-                    cpu = (cpu_seconds(server) - cpu0) / args.repeat
-                    rows.append({"photo": name, "what": PHOTOS[name], "kept": sorted(kept),
-                                 "p50_s": statistics.median(times), "cpu_s": cpu})
-        finally:
-            server.stop()
+    with local_service(args, "bgr-autocost-") as server, httpx.Client(timeout=300) as client:
+        def matte(data: bytes) -> httpx.Response:
+            r = client.post(server.url, files={"image": ("a.png", data, "image/png")})
+            r.raise_for_status()
+            return r
+        for data in images.values():
+            matte(data)
+            matte(data)
+        time.sleep(3)
+        for name, data in images.items():
+            cpu0, times, kept = cpu_seconds(server), [], set()
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                r = matte(data)
+                times.append(time.perf_counter() - t)
+                kept.add((r.headers.get("x-model"), r.headers.get("x-type")))
+            cpu = (cpu_seconds(server) - cpu0) / args.repeat
+            rows.append({"photo": name, "what": PHOTOS[name], "kept": sorted(kept),
+                         "p50_s": statistics.median(times), "cpu_s": cpu})
     print("| photo | kept (model, subject) | p50 latency (s) | CPU s per request |")
     print("|---|---|---|---|")
     for r in rows:

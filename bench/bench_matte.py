@@ -37,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -429,6 +431,32 @@ class OursServer(Server):
             return
         subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], cwd=REPO,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+def add_service_args(p: argparse.ArgumentParser) -> None:
+    """The options of a bench that starts the service itself on its default config (its
+    config, models folder, start-up limit, and whether another Ray cluster may run beside)."""
+    p.add_argument("--serve-config", type=Path, default=REPO / "configs" / "local.yaml")
+    p.add_argument("--models-dir", type=Path,
+                   default=Path(os.environ.get("BGR_MODELS_DIR",
+                                               "~/.cache/bgremove/models")).expanduser())
+    p.add_argument("--startup-timeout", type=float, default=300.0)
+    p.add_argument("--allow-running-ray", action="store_true")
+    p.add_argument("--wait-quiet", type=float, default=60.0)
+
+
+@contextmanager
+def local_service(args: argparse.Namespace, prefix: str) -> Iterator[OursServer]:
+    """`OursServer` started on a throw-away data folder of its own (database, artifacts),
+    stopped and its folder removed on the way out."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.environ["BGR_DATA_DIR"] = tmp
+        server = OursServer(args, Path(tmp))
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
 
 
 class RembgServer(Server):

@@ -20,7 +20,6 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_matte import REPO, OursServer, wait_for_quiet  # noqa: E402
+from bench_matte import add_service_args, local_service, wait_for_quiet  # noqa: E402
 from docs_section import write_section  # noqa: E402
 from media import photo  # noqa: E402
 
@@ -60,20 +59,14 @@ async def burst(url: str, data: bytes, clients: int, timeout: float) -> list[dic
 
 def run_mode(args: argparse.Namespace, wait_s: str, data: bytes) -> dict:
     os.environ["BGR_MAX_QUEUE_WAIT_S"] = wait_s
-    with tempfile.TemporaryDirectory(prefix="bgr-overload-") as tmp:
-        os.environ["BGR_DATA_DIR"] = tmp
-        server = OursServer(args, Path(tmp))
-        try:
-            server.start()
-            with httpx.Client(timeout=args.timeout) as c:
-                for _ in range(3):
-                    r = c.post(server.url, files={"image": ("a.png", data, "image/png")})
-                    r.raise_for_status()
-            t0 = time.perf_counter()
-            answers = asyncio.run(burst(server.url, data, args.clients, args.timeout))
-            wall = time.perf_counter() - t0
-        finally:
-            server.stop()
+    with local_service(args, "bgr-overload-") as server:
+        with httpx.Client(timeout=args.timeout) as c:
+            for _ in range(3):
+                r = c.post(server.url, files={"image": ("a.png", data, "image/png")})
+                r.raise_for_status()
+        t0 = time.perf_counter()
+        answers = asyncio.run(burst(server.url, data, args.clients, args.timeout))
+        wall = time.perf_counter() - t0
     by_status: dict[str, int] = {}
     for a in answers:
         by_status[str(a["status"])] = by_status.get(str(a["status"]), 0) + 1
@@ -94,13 +87,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--modes", default="0,30", help="BGR_MAX_QUEUE_WAIT_S values (0: off)")
     p.add_argument("--out", type=Path)
-    p.add_argument("--serve-config", type=Path, default=REPO / "configs" / "local.yaml")
-    p.add_argument("--models-dir", type=Path,
-                   default=Path(os.environ.get("BGR_MODELS_DIR",
-                                               "~/.cache/bgremove/models")).expanduser())
-    p.add_argument("--startup-timeout", type=float, default=300.0)
-    p.add_argument("--allow-running-ray", action="store_true")
-    p.add_argument("--wait-quiet", type=float, default=60.0)
+    add_service_args(p)
     args = p.parse_args()
     if not wait_for_quiet(args):
         sys.exit(2)

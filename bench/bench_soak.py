@@ -21,11 +21,9 @@ import base64
 import collections
 import datetime as dt
 import io
-import os
 import random
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_matte import REPO, OursServer, wait_for_quiet  # noqa: E402
+from bench_matte import OursServer, add_service_args, local_service, wait_for_quiet  # noqa: E402
 from docs_section import write_section  # noqa: E402
 from media import PHOTOS, clip, photo  # noqa: E402
 
@@ -147,31 +145,19 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20)
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--out", type=Path)
-    p.add_argument("--serve-config", type=Path, default=REPO / "configs" / "local.yaml")
-    p.add_argument("--models-dir", type=Path,
-                   default=Path(os.environ.get("BGR_MODELS_DIR",
-                                               "~/.cache/bgremove/models")).expanduser())
-    p.add_argument("--startup-timeout", type=float, default=300.0)
-    p.add_argument("--allow-running-ray", action="store_true")
-    p.add_argument("--wait-quiet", type=float, default=60.0)
+    add_service_args(p)
     args = p.parse_args()
     if not wait_for_quiet(args):
         sys.exit(2)
     samples: dict[int, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="bgr-soak-") as tmp:
-        os.environ["BGR_DATA_DIR"] = tmp
-        server = OursServer(args, Path(tmp))
-        try:
-            server.start()
+    with local_service(args, "bgr-soak-") as server:
 
-            def on_minute(m: int) -> None:
-                samples[m] = sample(server)
-                total = sum(samples[m].values())
-                print(f"minute {m}: {total:.0f} MiB over {len(samples[m])} names", flush=True)
+        def on_minute(m: int) -> None:
+            samples[m] = sample(server)
+            total = sum(samples[m].values())
+            print(f"minute {m}: {total:.0f} MiB over {len(samples[m])} names", flush=True)
 
-            counts = asyncio.run(traffic(server.base, args.minutes, args.clients, on_minute))
-        finally:
-            server.stop()
+        counts = asyncio.run(traffic(server.base, args.minutes, args.clients, on_minute))
     first, last = min(k for k in samples if k >= 2), max(samples)
     mid = sorted(samples)[len(samples) // 2]
     names = sorted(samples[last], key=lambda n: -samples[last][n])
