@@ -41,6 +41,7 @@ class SegmentationModel:
         solo_intra_op_threads: int = 0,
         precision: str = "auto",
         cpu_memory_arena: bool = True,
+        int8_path: str | None = None,
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         self.segmenter = OnnxSegmenter(
@@ -51,6 +52,7 @@ class SegmentationModel:
             solo_threads=solo_intra_op_threads,
             precision=precision,
             memory_arena=cpu_memory_arena,
+            int8_path=int8_path,
         )
         # A session's first runs allocate its memory arena (u2netp: 463 vs 306 ms for the first
         # and second call here): pay that at start-up, not on a user's first request.

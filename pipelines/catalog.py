@@ -159,6 +159,35 @@ def license_terms(license: str) -> LicenseTerms:
     return "copyleft" if _COPYLEFT.search(license) else "permissive"
 
 
+# The int8 quality gate, against the float model on the quality benchmark's test half.
+INT8_MAX_SAD_INCREASE_PCT = 3.0
+INT8_MAX_IOU_DROP = 0.01
+
+
+class Int8Gate(_Strict):
+    """What the int8 build scored against the float model (bench/bench_int8.py)."""
+
+    sad_change_pct: float  # mean SAD, int8 vs float, in per cent (negative: better)
+    iou_change: float  # mean IoU, int8 minus float
+    measured: str  # the date of the run, e.g. 2026-12-07
+
+    @property
+    def passed(self) -> bool:
+        return (self.sad_change_pct <= INT8_MAX_SAD_INCREASE_PCT
+                and self.iou_change >= -INT8_MAX_IOU_DROP)
+
+
+class Int8Build(_Strict):
+    """An int8 copy of the weights, built on the serving machine by `bgremove models quantize`
+    from the float file and the committed calibration set (pipelines/quantize.py). It is served
+    (precision `auto` on CPU, or `int8`) only when its gate passed and the built file's sha256
+    is this one: the bytes that were measured."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    gate: Int8Gate
+    imbalance_limit: float = Field(12.0, gt=1)  # pipelines.quantize.imbalanced
+
+
 class Weights(_Strict):
     file: str
     sha256: str | None = None  # of the stored file; verified on pull
@@ -167,6 +196,7 @@ class Weights(_Strict):
     license: str = Field(min_length=1, description="The weights' licence, SPDX id first.")
     source: Source
     mirrors: tuple[Source, ...] = ()
+    int8: Int8Build | None = None
 
     @field_validator("file")
     @classmethod
@@ -178,6 +208,11 @@ class Weights(_Strict):
     @property
     def license_terms(self) -> LicenseTerms:
         return license_terms(self.license)
+
+    @property
+    def int8_file(self) -> str:
+        """Where `bgremove models quantize` writes the int8 build, beside the float file."""
+        return f"{self.file.removesuffix('.onnx')}.int8.onnx"
 
 
 class Price(_Strict):

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipelines.catalog import ModelSpec, Postprocess, Preprocess
 from pipelines.errors import InferenceError, ModelFileMissing
-from pipelines.precision import half_precision, resolve_precision
+from pipelines.precision import full_precision, half_precision, resolve_precision
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -145,13 +145,16 @@ class OnnxSegmenter:
         solo_threads: int = 0,
         precision: str = "auto",
         memory_arena: bool = True,
+        int8_path: str | Path | None = None,
     ) -> None:
         """`solo_threads` > 0 opens a second session with that many threads, used for a call
         that runs alone (`predict_batch(..., solo=True)`): one request gets every core, while
         concurrent requests each run single-threaded side by side.
 
         `precision`: `fp16` runs a half-precision copy of the graph (made in memory, float32
-        in and out), `fp32` the file as it is, `auto` fp16 on a GPU provider and fp32 on CPU.
+        in and out), `fp32` the file in float32 (a float16 graph widened in memory), `int8` the
+        verified int8 build at `int8_path` (`weights.find_int8`), `auto` fp16 on a GPU provider
+        and on CPU int8 where `int8_path` is given, else fp32.
         `memory_arena`: see `session_options`.
         """
         path = Path(weights_path)
@@ -163,8 +166,14 @@ class OnnxSegmenter:
         self.spec = spec
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        self.precision = resolve_precision(precision, chosen[0])
-        graph: str | bytes = half_precision(path) if self.precision == "fp16" else str(path)
+        self.precision = resolve_precision(precision, chosen[0], int8_path is not None)
+        graph: str | bytes
+        if self.precision == "fp16":
+            graph = half_precision(path)
+        elif self.precision == "int8":
+            graph = str(int8_path)
+        else:
+            graph = full_precision(path) or str(path)
         self.session = ort.InferenceSession(
             graph, sess_options=session_options(intra_op_threads, memory_arena), providers=chosen
         )

@@ -39,6 +39,20 @@ def find_weights(spec: ModelSpec, search_dirs: Iterable[Path]) -> Path | None:
     return None
 
 
+def find_int8(spec: ModelSpec, search_dirs: Iterable[Path]) -> Path | None:
+    """The model's int8 build when the catalog declares one that passed its quality gate and the
+    file found is byte for byte the verified build (its pinned sha256); else None (the float
+    weights serve)."""
+    build = spec.weights.int8
+    if build is None or not build.gate.passed:
+        return None
+    for folder in search_dirs:
+        path = Path(folder) / spec.weights.int8_file
+        if path.is_file() and file_digest(path) == build.sha256:
+            return path
+    return None
+
+
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:

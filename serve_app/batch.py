@@ -28,7 +28,7 @@ from pipelines.catalog import load_catalog
 from pipelines.compose import Background
 from pipelines.errors import ModelFileMissing, UnknownModel
 from pipelines.segmenter import OnnxSegmenter
-from pipelines.weights import find_weights
+from pipelines.weights import find_int8, find_weights
 
 GPU_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -46,7 +46,8 @@ class CutoutWorker:
                                    f"(searched {', '.join(search_dirs)}); "
                                    f"run `bgremove models pull {model}`")
         self.segmenter = OnnxSegmenter(spec, path, intra_op_threads=threads,
-                                       providers=GPU_PROVIDERS if gpu else ["CPUExecutionProvider"])
+                                       providers=GPU_PROVIDERS if gpu else ["CPUExecutionProvider"],
+                                       int8_path=find_int8(spec, [Path(d) for d in search_dirs]))
         background = Background(type="color", color=bg_color) if bg_color else None
         self._kwargs = dict(in_url=in_url, out_url=out_url, model=model, max_pixels=max_pixels,
                             output_format=output_format, background=background)

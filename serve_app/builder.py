@@ -27,7 +27,7 @@ from deployments.segmentation import SegmentationModel
 from deployments.textseg import TextSegmentation
 from pipelines.auto import ServedModel
 from pipelines.catalog import Catalog, ModelSpec, load_catalog
-from pipelines.weights import find_weights
+from pipelines.weights import find_int8, find_weights
 from serve_app.config import (  # noqa: F401 - re-exported: the config types live in serve_app.config
     DEFAULT_POOLS,
     AppConfig,
@@ -157,9 +157,12 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
         model_pools[model_id] = spec.tier
         model_slots[model_id] = pool.slots()
+        int8 = find_int8(spec, search_dirs)
         handles[model_id] = serve.deployment(SegmentationModel, name=model_id, **pool.serve_options()).bind(
-            spec.model_dump(mode="json"), str(path), **pool.backend_options())
-        log.info("model %s: %s pool, weights %s", model_id, spec.tier.value, path)
+            spec.model_dump(mode="json"), str(path), **pool.backend_options(),
+            int8_path=str(int8) if int8 else None)
+        log.info("model %s: %s pool, weights %s%s", model_id, spec.tier.value, path,
+                 f", verified int8 build {int8}" if int8 else "")
         if spec.weights.license_terms != "permissive":
             log.warning("model %s is served under %s (%s), accepted in the Serve config "
                         "(accept_licenses): %s", model_id, spec.weights.license,

@@ -3,6 +3,7 @@
     bgremove models list              # every catalog model, its tier and whether its file is here
     bgremove models pull u2netp ...   # fetch weights (source, then mirrors; checksums verified)
     bgremove models verify [ids]      # re-check files on disk against the catalog checksums
+    bgremove models quantize u2netp --calibration DIR   # int8 build (served if verified+gated)
     bgremove selections stats         # win rate of each model per image category (shotgun picks)
     bgremove keys create NAME [--credits N] [--rate-limit N] [--max-jobs N]   # prints the key once
     bgremove keys list | keys revoke NAME | keys limits NAME [--rate-limit N] [--max-jobs N]
@@ -33,7 +34,7 @@ from pathlib import Path
 from pipelines.catalog import load_catalog
 from pipelines.download import pull
 from pipelines.errors import DownloadError, ServiceError
-from pipelines.weights import find_weights, verify
+from pipelines.weights import file_digest, find_weights, verify
 from serve_app.core.settings import get_settings
 
 
@@ -112,6 +113,49 @@ def _models_verify(args: argparse.Namespace) -> int:
         bad += problem is not None
         print(f"{spec.id}: {'OK' if problem is None else 'BAD: ' + problem} ({path})")
     return 1 if bad else 0
+
+
+def _models_quantize(args: argparse.Namespace) -> int:
+    from pipelines.quantize import build_int8, calibration_images  # onnxruntime's quantiser
+
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_path)
+    unknown = [i for i in args.ids if i not in catalog.ids]
+    if unknown:
+        print(f"not a catalog model: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    images = calibration_images(args.calibration)
+    if not images:
+        print(f"no PNG/JPEG/WebP images in {args.calibration}", file=sys.stderr)
+        return 2
+    failed = 0
+    for spec in map(catalog.get, args.ids):
+        source = find_weights(spec, settings.model_search_dirs())
+        if source is None:
+            print(f"{spec.id}: float weights missing; run `bgremove models pull {spec.id}`",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        target = settings.models_dir.expanduser() / spec.weights.int8_file
+        partial = target.with_name(target.name + ".partial")
+        report = build_int8(spec, source, partial, images)
+        partial.replace(target)
+        digest = file_digest(target)
+        build = spec.weights.int8
+        if build is None:
+            verdict = "no quality gate measured for it in the catalog: not served"
+        elif digest != build.sha256:
+            verdict = (f"not the verified build (catalog: {build.sha256[:12]}...): not served "
+                       "(other calibration images, or another onnxruntime)")
+        elif not build.gate.passed:
+            verdict = (f"failed its quality gate (SAD {build.gate.sad_change_pct:+.1f} %, IoU "
+                       f"{build.gate.iou_change:+.4f}): not served")
+        else:
+            verdict = "the verified build, inside its quality gate: served on CPU"
+        print(f"{spec.id}: {target} sha256 {digest} ({report.calibration_inputs} calibration "
+              f"images, {len(report.kept_float)} of {report.nodes} nodes kept in float); "
+              f"{verdict}")
+    return 1 if failed else 0
 
 
 def _selections_stats(args: argparse.Namespace) -> int:
@@ -388,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     v = msub.add_parser("verify")
     v.add_argument("ids", nargs="*")
     v.set_defaults(func=_models_verify)
+    q = msub.add_parser("quantize", help="build int8 copies of models (docs/models.md)")
+    q.add_argument("ids", nargs="+")
+    q.add_argument("--calibration", type=Path, required=True,
+                   help="folder of calibration photos (bench/calibration_set.py writes the "
+                        "committed set)")
+    q.set_defaults(func=_models_quantize)
     selections = sub.add_parser("selections", help="which models users pick in shotgun results")
     ssub = selections.add_subparsers(dest="command", required=True)
     st = ssub.add_parser("stats", help="win rate per model and image category")

@@ -40,8 +40,10 @@ class PoolOptions(_Options):
     concurrent_inferences: int = Field(1, ge=1, le=64)
     # Threads for a request that has the replica to itself (0: same session as the others).
     solo_intra_op_threads: int = Field(0, ge=0)
-    # fp16 runs a half-precision copy of the graph; auto = fp16 on a GPU provider, fp32 on CPU.
-    precision: Literal["auto", "fp32", "fp16"] = "auto"
+    # fp16 runs a half-precision copy of the graph; int8 the verified int8 build (CPU); auto =
+    # fp16 on a GPU provider, on CPU int8 where the model has a build that passed its quality
+    # gate (`bgremove models quantize`), else fp32.
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     # false: no CPU memory arena kept between runs (idle memory of a 1024² model ~2 GB ->
     # ~0.4 GB, each run ~35 % slower on CPU; docs/configuration.md).
     cpu_memory_arena: bool = True
