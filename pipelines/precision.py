@@ -1,6 +1,6 @@
-"""The precision a replica runs its graph in: fp16 copies for GPUs, fp32 copies of float16
-graphs for CPUs (both made in memory when a replica starts), and int8 builds on CPUs where one
-passed the quality gate (`pipelines.quantize`, `Weights.int8`).
+"""The precision a replica runs its graph in: fp16 copies for GPUs (made in memory when a
+replica starts), and int8 builds on CPUs where one passed the quality gate
+(`pipelines.quantize`, `Weights.int8`, whose builder widens float16 graphs: `float32_graph`).
 
 On a GPU, fp16 halves the memory traffic of every convolution and runs on tensor cores; the
 graph keeps float32 inputs and outputs (`keep_io_types`), so preprocessing and postprocessing
@@ -130,23 +130,6 @@ def float32_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     if opset < MIN_OPSET:
         model = version_converter.convert_version(model, MIN_OPSET)
     return model
-
-
-def has_float16(model: onnx.ModelProto) -> bool:
-    """Whether any weight, constant or cast of `model` is float16."""
-    graph = model.graph
-    return (any(i.data_type == TensorProto.FLOAT16 for i in graph.initializer)
-            or any((a.name == "to" and a.i == TensorProto.FLOAT16)
-                   or (a.HasField("t") and a.t.data_type == TensorProto.FLOAT16)
-                   for n in graph.node for a in n.attribute))
-
-
-def full_precision(path: str | Path) -> bytes | None:
-    """The serialized float32 version of a graph that computes in float16 (IMG.LY's IS-Net:
-    1.65 s instead of 2.03 s per image on this CPU, masks within 1/255), or None when the graph
-    at `path` has no float16 in it (it is used as it is)."""
-    model = onnx.load(str(path))
-    return float32_graph(model).SerializeToString() if has_float16(model) else None
 
 
 def _drop_float_casts(model: onnx.ModelProto) -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipelines.catalog import ModelSpec, Postprocess, Preprocess
 from pipelines.errors import InferenceError, ModelFileMissing
-from pipelines.precision import full_precision, half_precision, resolve_precision
+from pipelines.precision import half_precision, resolve_precision
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -152,9 +152,9 @@ class OnnxSegmenter:
         concurrent requests each run single-threaded side by side.
 
         `precision`: `fp16` runs a half-precision copy of the graph (made in memory, float32
-        in and out), `fp32` the file in float32 (a float16 graph widened in memory), `int8` the
-        verified int8 build at `int8_path` (`weights.find_int8`), `auto` fp16 on a GPU provider
-        and on CPU int8 where `int8_path` is given, else fp32.
+        in and out), `fp32` the file as it is, `int8` the verified int8 build at `int8_path`
+        (`weights.find_int8`), `auto` fp16 on a GPU provider and on CPU int8 where `int8_path`
+        is given, else fp32.
         `memory_arena`: see `session_options`.
         """
         path = Path(weights_path)
@@ -173,7 +173,7 @@ class OnnxSegmenter:
         elif self.precision == "int8":
             graph = str(int8_path)
         else:
-            graph = full_precision(path) or str(path)
+            graph = str(path)
         self.session = ort.InferenceSession(
             graph, sess_options=session_options(intra_op_threads, memory_arena), providers=chosen
         )

@@ -1,0 +1,77 @@
+"""Input size as a knob: each model at its trained size and smaller ones, on the test half.
+
+A model's input size is its catalog entry's `preprocess.height`/`width` (a family preset an
+entry may override). Fully convolutional models (U2-Net, IS-Net, MediaPipe's selfie model)
+accept other sizes; this measures what that trades: mean SAD and IoU on the quality
+benchmark's exact-alpha **test half**, and the median milliseconds per image at 2 threads.
+
+    .venv/bin/python bench/bench_input_size.py                    # writes docs/benchmarks.md
+    .venv/bin/python bench/bench_input_size.py --models u2netp --no-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+from bench_int8 import measure, test_half  # noqa: E402
+
+from pipelines.catalog import load_catalog  # noqa: E402
+from pipelines.segmenter import OnnxSegmenter  # noqa: E402
+from pipelines.weights import find_weights  # noqa: E402
+from serve_app.core.settings import get_settings  # noqa: E402
+
+from bench_shotgun import machine  # noqa: E402
+from docs_section import write_section  # noqa: E402
+
+BEGIN, END = "<!-- BEGIN bench_input_size -->", "<!-- END bench_input_size -->"
+SIZES = {"isnet-imgly-medium": (1024, 768, 640, 512), "u2netp": (320, 256, 192)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(SIZES))
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    catalog = load_catalog()
+    dirs = get_settings().model_search_dirs()
+    samples = test_half()
+    rows = []
+    for model_id in args.models.split(","):
+        spec = catalog.get(model_id)
+        path = find_weights(spec, dirs)
+        if path is None:
+            print(f"{model_id}: not installed, skipped", file=sys.stderr)
+            continue
+        for size in SIZES[model_id]:
+            resized = spec.model_copy(update={"preprocess": spec.preprocess.model_copy(
+                update={"height": size, "width": size})})
+            sad, iou, ms = measure(OnnxSegmenter(resized, path, intra_op_threads=2,
+                                                 precision="fp32"), samples)
+            rows.append(f"| {model_id} | {size}² | {ms:.0f} | {sad:.2f} | {iou:.4f} |")
+            print(rows[-1], flush=True)
+    section = "\n".join([
+        BEGIN,
+        f"Measured {datetime.date.today().isoformat()} on {machine()}; "
+        f"`bench/bench_input_size.py`. {len(samples)} images of the exact-alpha test half; "
+        "ms: median per image at 2 threads (float32), pre- and postprocessing included.",
+        "",
+        "| model | input | ms | SAD | IoU |",
+        "|---|---|---|---|---|",
+        *rows,
+        END,
+    ])
+    if not args.no_docs:
+        write_section(REPO / "docs" / "benchmarks.md", BEGIN, END,
+                      "## Input size against quality\n\n", section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
