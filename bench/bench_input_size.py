@@ -52,8 +52,8 @@ def main() -> int:
         for size in SIZES[model_id]:
             resized = spec.model_copy(update={"preprocess": spec.preprocess.model_copy(
                 update={"height": size, "width": size})})
-            sad, iou, ms = measure(OnnxSegmenter(resized, path, intra_op_threads=2,
-                                                 precision="fp32"), samples)
+            ((sad, iou, ms),) = measure([OnnxSegmenter(resized, path, intra_op_threads=2,
+                                                       precision="fp32")], samples)
             rows.append(f"| {model_id} | {size}² | {ms:.0f} | {sad:.2f} | {iou:.4f} |")
             print(rows[-1], flush=True)
     section = "\n".join([

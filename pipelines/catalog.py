@@ -10,6 +10,7 @@ family is one entry that names the family and its weights.
 
 from __future__ import annotations
 
+import datetime
 import re
 from enum import Enum
 from pathlib import Path
@@ -169,7 +170,7 @@ class Int8Gate(_Strict):
 
     sad_change_pct: float  # mean SAD, int8 vs float, in per cent (negative: better)
     iou_change: float  # mean IoU, int8 minus float
-    measured: str  # the date of the run, e.g. 2026-12-07
+    measured: datetime.date  # the day of the run
 
     @property
     def passed(self) -> bool:

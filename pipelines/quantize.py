@@ -91,10 +91,13 @@ def nodes_touching(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every node a name (exclusions are by name; some exporters leave them empty)."""
+    """Give every node a unique name (exclusions are by name; some exporters leave names empty
+    or repeat them, which onnxruntime refuses once the graph is rewritten)."""
+    seen: set[str] = set()
     for i, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{i}"
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}_{i}"
+        seen.add(node.name)
     return model
 
 

@@ -3,6 +3,7 @@ that decides whether an int8 build is served (catalog `weights.int8`, `weights.f
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import shutil
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_precision_auto_on_cpu_is_int8_only_where_a_build_is_given():
 def _spec_with_build(sha256: str, sad: float, iou: float):
     spec = load_catalog().get("u2netp")
     build = Int8Build(sha256=sha256, gate=Int8Gate(sad_change_pct=sad, iou_change=iou,
-                                                   measured="2026-12-07"))
+                                                   measured=datetime.date(2026, 12, 7)))
     return spec.model_copy(update={"weights": spec.weights.model_copy(update={"int8": build})})
 
 
