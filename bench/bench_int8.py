@@ -72,6 +72,26 @@ def measure(segs: Sequence[OnnxSegmenter], samples: list[qd.Sample]
             for sad, iou, ms in runs]
 
 
+def kept_rows(rows: list[str]) -> list[str]:
+    """`rows`, after the rows of docs/benchmarks.md's table for models this run did not measure
+    (so `--models u2netp` re-measures u2netp and keeps IS-Net's row, marked with its date)."""
+    text = (REPO / "docs" / "benchmarks.md").read_text()
+    if BEGIN not in text:
+        return rows
+    ran = {r.split("|")[1].strip() for r in rows}
+    old = [line for line in text[text.index(BEGIN):text.index(END)].splitlines()
+           if line.startswith("| ") and not line.startswith("| model ")
+           and line.split("|")[1].strip().split(" ")[0] not in ran]
+    return [line if " (measured " in line.split("|")[1] else
+            line.replace(" |", f" (measured {measured_on(text)}) |", 1) for line in old] + rows
+
+
+def measured_on(text: str) -> str:
+    """The date the section in `text` says it was measured on."""
+    head = text[text.index(BEGIN):].split("Measured ", 1)[1]
+    return head.split(" ", 1)[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -124,7 +144,7 @@ def main() -> int:
         "| model | float ms | int8 ms | speed-up | float SAD | int8 SAD | float IoU | int8 IoU "
         "| gate | float kept | int8 sha256 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        *kept_rows(rows),
         END,
     ])
     if not args.no_docs:
