@@ -698,6 +698,16 @@ def reading(runs: dict[str, ServerRun], levels: list[int]) -> list[str]:
     return out
 
 
+def u2netp_precision(models_dir: Path) -> str:
+    """What `precision: auto` gives u2netp on this CPU with the weights in `models_dir`."""
+    from pipelines.catalog import load_catalog
+    from pipelines.weights import find_int8
+
+    if find_int8(load_catalog().get("u2netp"), [models_dir.expanduser()]) is not None:
+        return "int8 (its verified build, `make int8`, docs/models.md)"
+    return "float32 (no verified int8 build in the models folder)"
+
+
 def render_section(runs: dict[str, ServerRun], args: argparse.Namespace, command: str) -> str:
     info = machine()
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -716,6 +726,7 @@ def render_section(runs: dict[str, ServerRun], args: argparse.Namespace, command
         "client (httpx) on the same machine, 127.0.0.1 only.",
         f"- Ours: `serve run {_shown(args.serve_config)}`; "
         "rembg: `bench/rembg_server.py` (uvicorn, 1 process).",
+        f"- Ours runs u2netp in {u2netp_precision(args.models_dir)}; rembg the float file.",
         "- Start-up to healthy: "
         + "; ".join(f"{r.name} {r.startup_s:.1f} s" for r in runs.values()),
         "",
