@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+from onnx import helper
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -40,21 +41,41 @@ SIZES = {"isnet-imgly-medium": (1024, 768, 640, 512), "u2netp": (320, 256, 192)}
 
 
 def any_size(path: Path, folder: Path) -> Path:
-    """A copy of the graph at `path` whose image input takes any height and width (exports
-    often pin the trained size on the input while every layer would take another)."""
+    """A copy of the graph at `path` whose image input takes any height and width. Exports
+    often pin the trained size: on the input, and (IMG.LY's IS-Net, traced from PyTorch's
+    `interpolate(src, size=tar.shape[2:])`) as a constant target size of each decoder Resize;
+    such a constant becomes the spatial shape of the tensor the result is concatenated with, or
+    of the image input where it is concatenated with nothing (the side outputs)."""
     model = onnx.load(str(path))
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) == 4:
-            for i, name in ((2, "height"), (3, "width")):
-                dims[i].Clear()
-                dims[i].dim_param = name
-    del model.graph.value_info[:]  # shapes inferred for the trained size
-    for value in model.graph.output:
+    graph = model.graph
+    image = next(v for v in graph.input if len(v.type.tensor_type.shape.dim) == 4)
+    for i, name in ((2, "height"), (3, "width")):
+        image.type.tensor_type.shape.dim[i].Clear()
+        image.type.tensor_type.shape.dim[i].dim_param = name
+    del graph.value_info[:]  # shapes inferred for the trained size
+    for value in graph.output:
         value.type.tensor_type.ClearField("shape")
-    out = folder / path.name
-    onnx.save(model, str(out))
-    return out
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    added = []
+    for k, resize in enumerate(n for n in list(graph.node) if n.op_type == "Resize"):
+        sizes = producer.get(resize.input[3]) if len(resize.input) > 3 else None
+        if sizes is None or sizes.op_type != "Concat":
+            continue
+        out = resize.output[0]
+        while len(readers.get(out, [])) == 1 and readers[out][0].op_type == "Cast":
+            out = readers[out][0].output[0]
+        joins = [r for r in readers.get(out, []) if r.op_type == "Concat"]
+        target = (next(i for i in joins[0].input if i != out) if joins else image.name)
+        added += [helper.make_node("Shape", [target], [f"_tar{k}"], start=2, end=4)]
+        sizes.input[1] = f"_tar{k}"
+    graph.node.extend(added)  # onnxruntime orders the nodes itself
+    out_path = folder / path.name
+    onnx.save(model, str(out_path))
+    return out_path
 
 
 def main() -> int:
