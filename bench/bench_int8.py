@@ -48,9 +48,11 @@ BEGIN, END = "<!-- BEGIN bench_int8 -->", "<!-- END bench_int8 -->"
 MODELS = ("u2netp", "isnet-imgly-medium", "mediapipe-selfie", "mediapipe-selfie-landscape")
 
 
-def test_half() -> list[qd.Sample]:
+def test_half(half: str = "test") -> list[qd.Sample]:
+    """The quality benchmark's images of one half (`test`: where gates and choices are
+    reported; `tune`: where choices are made)."""
     return [s for s in (*qd.samples(), *qd.real_samples(), *qd.hard_samples())
-            if qd.half_of(s) == "test"]
+            if qd.half_of(s) == half]
 
 
 def measure(segs: Sequence[OnnxSegmenter], samples: list[qd.Sample]
