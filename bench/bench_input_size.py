@@ -25,13 +25,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from bench_int8 import measure, test_half  # noqa: E402
+from bench_int8 import installed, measure, test_half  # noqa: E402
 
-from pipelines.catalog import load_catalog  # noqa: E402
 from pipelines.errors import InferenceError  # noqa: E402
 from pipelines.segmenter import OnnxSegmenter  # noqa: E402
-from pipelines.weights import find_weights  # noqa: E402
-from serve_app.core.settings import get_settings  # noqa: E402
 
 from bench_shotgun import machine  # noqa: E402
 from docs_section import write_section  # noqa: E402
@@ -86,17 +83,11 @@ def main() -> int:
     parser.add_argument("--half", choices=("test", "tune"), default="test",
                         help="tune: the half a size is chosen on (printed, never written)")
     args = parser.parse_args()
-    catalog = load_catalog()
-    dirs = get_settings().model_search_dirs()
     samples = test_half(args.half)
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-size-"))
-    for model_id in args.models.split(","):
-        spec = catalog.get(model_id)
-        found = find_weights(spec, dirs)
-        if found is None:
-            print(f"{model_id}: not installed, skipped", file=sys.stderr)
-            continue
+    for spec, found in installed(args.models):
+        model_id = spec.id
         path = any_size(found, tmp)
         for size in SIZES[model_id]:
             resized = spec.model_copy(update={"preprocess": spec.preprocess.model_copy(

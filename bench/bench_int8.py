@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ import quality_data as qd  # noqa: E402
 from calibration_set import write_set  # noqa: E402
 
 from pipelines import quality  # noqa: E402
-from pipelines.catalog import Int8Gate, load_catalog  # noqa: E402
+from pipelines.catalog import Int8Gate, ModelSpec, load_catalog  # noqa: E402
 from pipelines.quantize import build_int8  # noqa: E402
 from pipelines.segmenter import OnnxSegmenter  # noqa: E402
 from pipelines.weights import find_weights  # noqa: E402
@@ -53,6 +53,20 @@ def test_half(half: str = "test") -> list[qd.Sample]:
     reported; `tune`: where choices are made)."""
     return [s for s in (*qd.samples(), *qd.real_samples(), *qd.hard_samples())
             if qd.half_of(s) == half]
+
+
+def installed(model_ids: str) -> Iterator[tuple[ModelSpec, Path]]:
+    """(spec, float weights) of each comma-separated catalog model installed here; the others
+    are named on stderr and skipped."""
+    catalog = load_catalog()
+    dirs = get_settings().model_search_dirs()
+    for model_id in model_ids.split(","):
+        spec = catalog.get(model_id)
+        path = find_weights(spec, dirs)
+        if path is None:
+            print(f"{model_id}: not installed, skipped", file=sys.stderr)
+        else:
+            yield spec, path
 
 
 def measure(segs: Sequence[OnnxSegmenter], samples: list[qd.Sample]
@@ -99,18 +113,12 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
-    catalog = load_catalog()
-    dirs = get_settings().model_search_dirs()
     samples = test_half()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         images = write_set(Path(tmp) / "calibration")
-        for model_id in args.models.split(","):
-            spec = catalog.get(model_id)
-            source = find_weights(spec, dirs)
-            if source is None:
-                print(f"{model_id}: not installed, skipped", file=sys.stderr)
-                continue
+        for spec, source in installed(args.models):
+            model_id = spec.id
             built = Path(tmp) / spec.weights.int8_file
             started = time.perf_counter()
             report = build_int8(spec, source, built, images)

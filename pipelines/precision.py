@@ -100,12 +100,10 @@ def half_precision(path: str | Path) -> bytes:
     return half.SerializeToString()
 
 
-def _to_float32(tensor: onnx.TensorProto) -> bool:
-    if tensor.data_type != TensorProto.FLOAT16:
-        return False
-    array = numpy_helper.to_array(tensor).astype(np.float32)
-    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
-    return True
+def _to_float32(tensor: onnx.TensorProto) -> None:
+    if tensor.data_type == TensorProto.FLOAT16:
+        array = numpy_helper.to_array(tensor).astype(np.float32)
+        tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
 
 
 def float32_graph(model: onnx.ModelProto) -> onnx.ModelProto:

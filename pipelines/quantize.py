@@ -8,7 +8,7 @@ others (u2netp's last decoder stage: one channel at 228 where the median channel
 loses every quiet channel to rounding. `channel_peaks` runs the float graph over calibration
 inputs and records each 4-D tensor's per-channel absolute peak; every node that reads or writes
 a tensor whose max/median peak ratio exceeds `imbalance_limit` stays in float. On u2netp that
-is 5 nodes of 260, and it is the difference between masks that agree with the float model at
+is 5 nodes of 371, and it is the difference between masks that agree with the float model at
 IoU 0.61 and masks as good as the float model's (docs/benchmarks.md, int8 table).
 
 Graphs stored or computed in float16 (IMG.LY's IS-Net) are first turned into float32 graphs

@@ -39,16 +39,30 @@ def find_weights(spec: ModelSpec, search_dirs: Iterable[Path]) -> Path | None:
     return None
 
 
-def find_int8(spec: ModelSpec, search_dirs: Iterable[Path]) -> Path | None:
-    """The model's int8 build when the catalog declares one that passed its quality gate and the
-    file found is byte for byte the verified build (its pinned sha256); else None (the float
-    weights serve)."""
+def int8_refusal(spec: ModelSpec, path: Path) -> str | None:
+    """None when the int8 build at `path` may serve: the catalog declares one, its quality
+    gate passed and the file is byte for byte the verified build (its pinned sha256); else
+    why not."""
     build = spec.weights.int8
-    if build is None or not build.gate.passed:
-        return None
+    if build is None:
+        return "no quality gate measured for it in the catalog"
+    if not build.gate.passed:
+        return (f"failed its quality gate (SAD {build.gate.sad_change_pct:+.1f} %, IoU "
+                f"{build.gate.iou_change:+.4f})")
+    if file_digest(path) != build.sha256:
+        return (f"not the verified build (catalog: {build.sha256[:12]}...; other calibration "
+                "images, or another onnxruntime)")
+    return None
+
+
+def find_int8(spec: ModelSpec, search_dirs: Iterable[Path]) -> Path | None:
+    """The model's int8 build where one on disk may serve (`int8_refusal`); else None (the
+    float weights serve)."""
+    if spec.weights.int8 is None or not spec.weights.int8.gate.passed:
+        return None  # no file to look at
     for folder in search_dirs:
         path = Path(folder) / spec.weights.int8_file
-        if path.is_file() and file_digest(path) == build.sha256:
+        if path.is_file() and int8_refusal(spec, path) is None:
             return path
     return None
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from pipelines.catalog import load_catalog
 from pipelines.download import pull
 from pipelines.errors import DownloadError, ServiceError
-from pipelines.weights import file_digest, find_weights, verify
+from pipelines.weights import file_digest, find_weights, int8_refusal, verify
 from serve_app.core.settings import get_settings
 
 
@@ -140,19 +140,10 @@ def _models_quantize(args: argparse.Namespace) -> int:
         partial = target.with_name(target.name + ".partial")
         report = build_int8(spec, source, partial, images)
         partial.replace(target)
-        digest = file_digest(target)
-        build = spec.weights.int8
-        if build is None:
-            verdict = "no quality gate measured for it in the catalog: not served"
-        elif digest != build.sha256:
-            verdict = (f"not the verified build (catalog: {build.sha256[:12]}...): not served "
-                       "(other calibration images, or another onnxruntime)")
-        elif not build.gate.passed:
-            verdict = (f"failed its quality gate (SAD {build.gate.sad_change_pct:+.1f} %, IoU "
-                       f"{build.gate.iou_change:+.4f}): not served")
-        else:
-            verdict = "the verified build, inside its quality gate: served on CPU"
-        print(f"{spec.id}: {target} sha256 {digest} ({report.calibration_inputs} calibration "
+        refusal = int8_refusal(spec, target)
+        verdict = (f"{refusal}: not served" if refusal
+                   else "the verified build, inside its quality gate: served on CPU")
+        print(f"{spec.id}: {target} sha256 {file_digest(target)} ({report.calibration_inputs} calibration "
               f"images, {len(report.kept_float)} of {report.nodes} nodes kept in float); "
               f"{verdict}")
     return 1 if failed else 0
