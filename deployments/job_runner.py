@@ -28,9 +28,11 @@ from pipelines.catalog import ModelSpec
 from pipelines.errors import InvalidRequest, PayloadTooLarge, ServiceError
 from serve_app.core import retention
 from serve_app.core.artifacts import artifact_store
-from serve_app.core.errors import InsufficientCredits, ProcessingError
+from serve_app.core.dependencies import as_dependency_error
+from serve_app.core.errors import DependencyUnavailable, InsufficientCredits, ProcessingError
 from serve_app.core.job_store import Job, JobStore
 from serve_app.core.keys import Charge, KeyStore
+from serve_app.core.output_links import output_link
 from serve_app.core.settings import apply_log_level, get_settings
 from serve_app.core.store import Store
 
@@ -99,9 +101,8 @@ class JobWorker:
     def __del__(self) -> None:
         self._shutdown()
 
-    def output_url(self, job_id: str) -> str:
-        base = (self.settings.public_base_url or "").rstrip("/")
-        return f"{base}/api/download/{job_id}"
+    def output_url(self, job: Job) -> str:
+        return output_link(self.settings, self.artifacts, job)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -180,22 +181,43 @@ class JobWorker:
         except LeaseLost:  # another worker holds the job now: it is theirs to finish
             log.info("job %s: stopped after its lease was lost", job.job_id,
                      extra={**fields, "state": "superseded"})
-        except ServiceError as exc:
-            self.store.fail(job.job_id, exc.message, worker_id=self.worker_id,
-                            kind="input" if isinstance(exc, CLIENT_FAULTS) else "internal")
-            log.info("job %s failed: %s", job.job_id, exc.message, extra={
-                **fields, "state": "failed",
-                "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
-        except Exception as exc:  # noqa: BLE001 - recorded as the job's failure reason
-            log.exception("job %s failed", job.job_id, extra={**fields, "state": "failed"})
-            self.store.fail(job.job_id, f"Processing failed ({type(exc).__name__})",
-                            worker_id=self.worker_id)
+        except Exception as exc:
+            if not self._released(job, exc, fields):
+                self._failed(job, exc, fields, started)
         finally:
             done.set()
             self._leases_lost.discard(job.job_id)
             self._drop_inputs(job)
             self._slots.release()
             self._wake.set()
+
+    def _released(self, job: Job, exc: Exception, fields: dict) -> bool:
+        """A storage outage (a bucket that cannot be reached) is not the job's fault: it goes
+        back to the queue, attempt not spent, and resumes when the storage is back."""
+        mapped = as_dependency_error(exc)
+        if not isinstance(mapped, DependencyUnavailable) or \
+                (mapped.details or {}).get("dependency") != "storage":
+            return False
+        retry_in = float((mapped.details or {}).get("retry_after_s", 5))
+        try:
+            if self.store.release(job.job_id, self.worker_id, mapped.message, retry_in):
+                log.warning("job %s: storage unavailable, back in the queue (%s)", job.job_id,
+                            mapped.message, extra={**fields, "state": "queued"})
+        except Exception:  # noqa: BLE001 - the database too: the lease expires, as for a lost worker
+            log.exception("job %s: could not release it", job.job_id)
+        return True  # released, or another worker's now: nothing to record as a failure
+
+    def _failed(self, job: Job, exc: Exception, fields: dict, started: float) -> None:
+        if isinstance(exc, ServiceError):
+            self.store.fail(job.job_id, exc.message, worker_id=self.worker_id,
+                            kind="input" if isinstance(exc, CLIENT_FAULTS) else "internal")
+            log.info("job %s failed: %s", job.job_id, exc.message, extra={
+                **fields, "state": "failed",
+                "duration_ms": round((time.monotonic() - started) * 1e3, 1)})
+            return
+        log.error("job %s failed", job.job_id, exc_info=exc, extra={**fields, "state": "failed"})
+        self.store.fail(job.job_id, f"Processing failed ({type(exc).__name__})",
+                        worker_id=self.worker_id)
 
     def _drop_inputs(self, job: Job) -> None:
         """A job's private inputs (HD/video submit) are not needed once it has ended."""

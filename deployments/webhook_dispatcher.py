@@ -19,6 +19,7 @@ from pipelines import webhooks
 from pipelines.fetch import FetchPolicy
 from serve_app.core.db import now
 from serve_app.core.job_schema import COMPLETED
+from serve_app.core.job_store import Job
 from serve_app.core.webhook_outbox import WebhookOutbox
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -26,7 +27,7 @@ log = logging.getLogger("ray.serve.bgremove")
 
 class WebhookDispatcher:
     def __init__(self, outbox: WebhookOutbox, policy: FetchPolicy,
-                 output_url: Callable[[str], str], poll_s: float) -> None:
+                 output_url: Callable[[Job], str], poll_s: float) -> None:
         self.outbox, self.policy, self.output_url, self.poll_s = (outbox, policy, output_url,
                                                                   poll_s)
         self._stop = threading.Event()
@@ -60,7 +61,7 @@ class WebhookDispatcher:
                 return
             job = claimed[0]
             event = "job_completed" if job.state == COMPLETED else "job_failed"
-            results: Any = ({"output_url": self.output_url(job.job_id),
+            results: Any = ({"output_url": self.output_url(job),
                              "media_type": job.output_media_type} if job.state == COMPLETED
                             else {"error": job.error})
             payload = webhooks.build_payload(event, job.job_id, [results], job.webhook_secret)

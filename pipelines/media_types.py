@@ -3,6 +3,8 @@ submits (pure; no I/O)."""
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 SNIFF_BYTES = 64  # enough for every magic number below
 
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
@@ -77,7 +79,13 @@ def is_video_type(media_type: str | None) -> bool:
     return media_type is not None and media_type.startswith("video/")
 
 
-def sniff_file(path: str) -> str | None:
-    """`sniff_media_type` of a file's first bytes."""
-    with open(path, "rb") as f:
+def sniff_file(source: str | BinaryIO) -> str | None:
+    """`sniff_media_type` of a file's first bytes (a path, or an open seekable binary file,
+    read from its start and left there)."""
+    if not isinstance(source, str):
+        source.seek(0)
+        head = source.read(SNIFF_BYTES)
+        source.seek(0)
+        return sniff_media_type(head)
+    with open(source, "rb") as f:
         return sniff_media_type(f.read(SNIFF_BYTES))

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import cv2
@@ -136,9 +136,12 @@ def _invalid(exc: Exception) -> InvalidRequest:
     return InvalidRequest(f"Invalid video file: {_reason(exc)}")
 
 
-def _open_input(path: str):
+def _open_input(source: str | BinaryIO):
+    """A container for a path or an open seekable binary file (read from its start)."""
+    if not isinstance(source, str):
+        source.seek(0)
     try:
-        return av.open(str(path), mode="r")
+        return av.open(source if not isinstance(source, str) else str(source), mode="r")
     except av.FFmpegError as exc:
         raise _invalid(exc) from exc
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -182,7 +185,7 @@ def _stream_duration(container, stream) -> float:
     return 0.0
 
 
-def _scan_packets(path: str, fps: Fraction) -> tuple[float, int]:
+def _scan_packets(path: str | BinaryIO, fps: Fraction) -> tuple[float, int]:
     """(seconds, frames) of the first video stream from its packets' timestamps, without
     decoding: for files whose header states no duration (a browser's MediaRecorder WebM, live
     streams). Demuxing reads the file once; no frame is decoded. A packet without a duration
@@ -219,8 +222,9 @@ def _start_time(stream) -> Fraction:
     return Fraction(0)
 
 
-def probe(path: str) -> VideoInfo:
-    """Header facts plus one decoded frame; `InvalidRequest` for anything not a usable video:
+def probe(path: str | BinaryIO) -> VideoInfo:
+    """Header facts plus one decoded frame, of a file by path or an open seekable binary file
+    (an upload still in its spool); `InvalidRequest` for anything not a usable video:
     "File must be a video" when the first bytes name no video container (text, images,
     documents), the decoder's reason when a video container is damaged."""
     if not is_video_type(sniff_file(path)):

@@ -429,3 +429,30 @@ def unsized_clip(kind: str, seconds: float, fps: int = 10, size=(96, 64)) -> byt
         if fmt != "mp4":  # FFmpeg sums an mp4's fragments; a live Matroska has nothing
             assert not check.duration and not check.streams.video[0].duration
     return data
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (SeaweedFS) for this test session; tests that stop it start it again."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    """A fresh, empty artifact store: a local folder, or a prefix of the test S3 server's bucket."""
+    if request.param == "local":
+        from serve_app.core.artifacts import LocalArtifactStore
+
+        return LocalArtifactStore(tmp_path / "artifacts")
+    from s3_server import BUCKET
+
+    from serve_app.core.s3_artifacts import S3ArtifactStore
+
+    server = request.getfixturevalue("s3_server")
+    return S3ArtifactStore(BUCKET, f"t-{uuid.uuid4().hex[:12]}", client=server.client())

@@ -2,18 +2,12 @@
 
 An artifact is one immutable blob under a slash-separated key: uploaded inputs
 (`uploads/<uuid>/input`, up to 500 MB of video) and job outputs (`jobs/<uuid>/output.png`, frames,
-encoded videos). The default `LocalArtifactStore` keeps them as files under one folder
-(`<data_dir>/artifacts`, or the folder a `file:///abs/path` `artifacts_url` names); with several
-nodes that folder must be shared storage. The interface is narrow so that an S3-compatible store
-can implement it later without changing callers: `writer` would stream into a multipart upload
-(parts buffered to the 5 MB minimum, `CompleteMultipartUpload` on a clean exit,
-`AbortMultipartUpload` on an exception, so a key likewise appears only whole), `put_bytes` a single
-`PutObject`, `open` a streaming `GetObject` body, `size`/`exists` a `HeadObject`, `delete` a
-`DeleteObject` (missing is fine there too), `delete_prefix` paged `ListObjectsV2` plus batched
-`DeleteObjects`, and `sweep` either a bucket lifecycle rule or a listing filtered on
-`LastModified` (plus `ListMultipartUploads`/abort for abandoned uploads, the counterpart of temp
-files here); `local_path` returns None, and routes then serve a presigned GET URL (redirect) or
-stream `open()` instead of a file response.
+encoded videos). Two stores implement the interface: `LocalArtifactStore` keeps them as files
+under one folder (`<data_dir>/artifacts`, or the folder a `file:///abs/path` `artifacts_url`
+names; with several nodes that folder must be shared storage), and `S3ArtifactStore`
+(`s3_artifacts.py`, `artifacts_url: s3://bucket/prefix`) in an S3-compatible bucket, so nodes
+share nothing but the bucket. Callers never need a filesystem path: work that needs a file
+(video decoding) copies the object to a worker-local temporary file.
 """
 
 from __future__ import annotations
@@ -70,6 +64,16 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+class ArtifactStoreUnavailable(OSError):
+    """The store cannot be used right now (a bucket that cannot be reached, throttles, or
+    refuses the credentials): a dependency outage (503 with `dependency: storage`), and a job
+    meeting it is put back in the queue rather than failed."""
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @runtime_checkable
 class ArtifactStore(Protocol):
     def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
@@ -88,6 +92,11 @@ class ArtifactStore(Protocol):
     def local_path(self, key: str) -> Path | None:
         """A filesystem path for the object when the store has one (for efficient file
         responses), else None. Does not check that the object exists."""
+        ...
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A time-bound link that reads the object without this service (a bucket's presigned
+        GET), or None when the store has none."""
         ...
 
     def size(self, key: str) -> int:
@@ -177,6 +186,9 @@ class LocalArtifactStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        return None
 
     def size(self, key: str) -> int:
         path = self._path(key)
@@ -270,21 +282,32 @@ def _rmdir_if_empty(folder: Path) -> bool:
         return False
 
 
-SUPPORTED_SCHEMES = ("file",)
+SUPPORTED_SCHEMES = ("file", "s3")
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
     """The store `settings.artifacts_url` names: unset -> `<data_dir>/artifacts`;
-    `file:///abs/path` -> that folder. Other schemes raise ValueError."""
+    `file:///abs/path` -> that folder; `s3://bucket/optional/prefix` -> that bucket (endpoint,
+    region and link signing from the `s3_*` settings, credentials from boto3's chain). Other
+    schemes raise ValueError."""
     url = settings.artifacts_url
     if not url:
         return LocalArtifactStore(settings.data_dir.expanduser() / "artifacts")
     parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        from serve_app.core.s3_artifacts import S3ArtifactStore
+
+        if not parsed.netloc or parsed.query or parsed.fragment:
+            raise ValueError(f"artifacts_url {url!r}: expected s3://bucket[/prefix]")
+        return S3ArtifactStore(parsed.netloc, unquote(parsed.path),
+                               endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                               addressing_style=settings.s3_addressing_style,
+                               presign_endpoint_url=settings.s3_presign_endpoint_url)
     if parsed.scheme != "file":
         raise ValueError(
             f"unsupported artifacts_url {url!r}: supported schemes are "
             f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)} (e.g. file:///srv/bgremove/"
-            "artifacts), or leave it unset for <data_dir>/artifacts"
+            "artifacts or s3://bucket/prefix), or leave it unset for <data_dir>/artifacts"
         )
     if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
         raise ValueError(f"artifacts_url {url!r}: expected file:///absolute/path")

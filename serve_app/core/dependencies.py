@@ -4,7 +4,8 @@ the artifact storage.
 `as_dependency_error` turns the exception a failed dependency raises (SQLAlchemy's connection
 errors, `OSError` with ENOSPC/EROFS/...) into the service error clients get: 503 with
 Retry-After for a database that cannot be reached (1 s and "busy" for SQLite's lock contention,
-which is not an outage and is not logged as one), 507 for storage that is full or not
+which is not an outage and is not logged as one) and for a bucket that cannot be reached or
+refuses the credentials (`ArtifactStoreUnavailable`), 507 for storage that is full or not
 writable; None for anything else (a real bug stays a 500). `OutageLog` says so once per outage,
 not once per request. `DependencyProbe` answers /health cheaply (a cached round-trip).
 """
@@ -22,13 +23,14 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from pipelines.errors import ServiceError
-from serve_app.core.artifacts import ArtifactStore
+from serve_app.core.artifacts import ArtifactStore, ArtifactStoreUnavailable
 from serve_app.core.db import ping
 from serve_app.core.errors import DependencyUnavailable, StorageUnavailable
 
 log = logging.getLogger("ray.serve.bgremove")
 
 DATABASE_RETRY_AFTER_S = 5
+STORAGE_RETRY_AFTER_S = 5
 BUSY_RETRY_AFTER_S = 1
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
 _STORAGE_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -69,6 +71,11 @@ def as_dependency_error(exc: BaseException, prefix: str = "") -> ServiceError | 
             return DependencyUnavailable(
                 f"{prefix}the job database cannot be reached right now; retry in a few "
                 "seconds.", {"dependency": "database", "retry_after_s": DATABASE_RETRY_AFTER_S})
+        if isinstance(e, ArtifactStoreUnavailable):
+            return DependencyUnavailable(
+                f"{prefix}the artifact storage cannot be used right now ({e}); retry in a few "
+                "seconds.", {"dependency": "storage", "reason": e.reason,
+                             "retry_after_s": STORAGE_RETRY_AFTER_S})
         if isinstance(e, OSError) and e.errno in _STORAGE_FULL:
             return StorageUnavailable(f"{prefix}storage is full (no space left on device); "
                                       "nothing was stored.",
@@ -133,8 +140,12 @@ def database_check(engine: Engine) -> Check:
 
 
 def storage_check(store: ArtifactStore, min_free_bytes: int) -> Check:
-    """Free space and writability of a store that can tell (the local folder); other stores
-    are not checked here."""
+    """Free space and writability of a store that can tell (the local folder); a bucket: one
+    round-trip (raises ArtifactStoreUnavailable when it cannot be used)."""
+    reachable = getattr(store, "reachable", None)
+    if reachable is not None:
+        reachable()
+        return Check()
     space = getattr(store, "space", None)
     if space is None:
         return Check()
@@ -166,7 +177,9 @@ class DependencyProbe:
             result = self._fn()
         except Exception as exc:  # noqa: BLE001 - a probe reports, never raises
             mapped = as_dependency_error(exc)
-            result = Check(self._failed, mapped.message if mapped
+            # an outage (a database or bucket that cannot be reached) reads "unavailable"
+            status = "unavailable" if isinstance(mapped, DependencyUnavailable) else self._failed
+            result = Check(status, mapped.message if mapped
                            else f"{type(exc).__name__}: {exc}"[:300])
         result = replace(result, latency_ms=round((time.monotonic() - started) * 1e3, 1))
         with self._lock:

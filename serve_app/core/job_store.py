@@ -290,6 +290,23 @@ class JobStore:
                     lease_expires_at=t + timedelta(seconds=lease_s), updated_at=t))
         return done.rowcount == 1
 
+    def release(self, job_id: str, worker_id: str, reason: str, retry_in_s: float) -> bool:
+        """Give a job back to the queue without spending an attempt: a dependency it needs (the
+        artifact storage) is out, which is no fault of the job's. Any worker may claim it again
+        after `retry_in_s`. False if this worker no longer holds it."""
+        t = now()
+        with self._serial, self.engine.begin() as conn:
+            done = conn.execute(update(jobs).where(and_(
+                jobs.c.job_id == job_id, jobs.c.state == PROCESSING,
+                jobs.c.lease_owner == worker_id, jobs.c.attempts > 0)).values(
+                    lease_owner=None, attempts=jobs.c.attempts - 1, updated_at=t,
+                    lease_expires_at=t + timedelta(seconds=retry_in_s)))
+            if done.rowcount != 1:
+                return False
+            self._event(conn, job_id, PROCESSING, PROCESSING,
+                        f"{reason}; back in the queue, retried in {retry_in_s:g} s", t)
+        return True
+
     def complete(self, job_id: str, worker_id: str, output_key: str, media_type: str,
                  output_ttl_s: float, charge: Charge | None = None,
                  result: dict[str, Any] | None = None) -> bool:

@@ -85,8 +85,21 @@ class Settings(BaseSettings):
     # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
     url_allowed_networks: list[str] = Field(default_factory=list)
     # Where job inputs/outputs live (serve_app.core.artifacts): unset -> <data_dir>/artifacts;
-    # file:///abs/path -> that folder (shared storage when several nodes serve).
+    # file:///abs/path -> that folder (shared storage when several nodes serve);
+    # s3://bucket/prefix -> an S3-compatible bucket (nodes then share no folder). Credentials
+    # come from boto3's chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a pod's service account
+    # (IRSA), an instance profile. Never put them in this config.
     artifacts_url: str | None = None
+    s3_endpoint_url: str | None = None  # e.g. http://minio.storage:9000; unset: AWS S3
+    s3_region: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"  # path: MinIO, SeaweedFS
+    # The endpoint download links are signed for, when clients reach the bucket at another
+    # address than the service does (an in-cluster endpoint vs. a public one).
+    s3_presign_endpoint_url: str | None = None
+    # /v1/jobs `output_url`: a presigned bucket link (valid until the output expires, at most
+    # 7 days) so downloads skip the service; false keeps links to /api/download (a bucket that
+    # clients cannot reach).
+    s3_presigned_downloads: bool = True
     # Public base URL at which that store's files can be read (a web server or CDN in front of
     # the folder or bucket). When set, GET /video/result answers with this JSON `upload_link`
     # (spec 000) instead of streaming the file; outputs then live for `job_output_ttl_s`.

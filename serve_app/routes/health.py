@@ -73,10 +73,11 @@ async def live() -> dict[str, str]:
 async def _dependencies(svc: Services) -> dict[str, DependencyHealth]:
     db, storage = await asyncio.gather(asyncio.to_thread(svc.database_probe.check),
                                        asyncio.to_thread(svc.storage_probe.check))
-    if db.ok:
-        OUTAGES.recovered("database")
-    else:
-        OUTAGES.failed("database", db.detail or "unavailable")
+    for name, check in (("database", db), ("storage", storage)):
+        if check.ok:
+            OUTAGES.recovered(name)
+        else:
+            OUTAGES.failed(name, check.detail or check.status)
     return {name: DependencyHealth(status=c.status, detail=c.detail, latency_ms=c.latency_ms,
                                    free_bytes=c.free_bytes)
             for name, c in (("database", db), ("storage", storage))}

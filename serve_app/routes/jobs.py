@@ -24,6 +24,7 @@ from serve_app.app import json_body, read_json
 from serve_app.core.errors import NotFound, StateConflict
 from serve_app.core.job_params import JobParams, JobPrompt
 from serve_app.core.job_store import COMPLETED, Job, TooManyJobs, TransitionError
+from serve_app.core.output_links import output_link
 from serve_app.job_desk import is_id, too_many_jobs
 from serve_app.schemas import CreateJobRequest, JobView, StartJobRequest
 from serve_app.services import Services, Svc
@@ -159,8 +160,7 @@ async def get_job(svc: Svc, job_id: str, request: Request) -> JobView:
 def view(svc: Services, job: Job) -> JobView:
     output_url = None
     if job.state == COMPLETED and job.output_key:
-        base = (svc.settings.public_base_url or "").rstrip("/")
-        output_url = f"{base}/api/download/{job.job_id}"
+        output_url = output_link(svc.settings, svc.artifacts, job)
     return JobView(
         job_id=job.job_id, status=job.state, kind=job.kind, model=job.params.model,
         model_id=job.model_used, output_format=job.params.output_format,

@@ -72,8 +72,8 @@ async def video_submit(svc: Svc, request: Request,
     key = f"inputs/{job_id}/input"
     try:
         await asyncio.to_thread(svc.desk.store_upload, video_file.file, key)
-        path = svc.artifacts.local_path(key)
-        info = await asyncio.to_thread(video.probe, str(path))
+        # probed from the upload's own spool: no store (a bucket) is read back for it
+        info = await asyncio.to_thread(video.probe, video_file.file)
     except InvalidRequest as exc:  # "File must be a video" or the decoder's reason
         await svc.desk.discard_inputs(job_id)
         return detail(400, exc.message)
