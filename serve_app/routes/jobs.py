@@ -7,6 +7,7 @@ The job's parameters are one typed record (`JobParams`) written here and read by
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Request
@@ -159,7 +160,8 @@ async def get_job(svc: Svc, job_id: str, request: Request) -> JobView:
 
 def view(svc: Services, job: Job) -> JobView:
     output_url = None
-    if job.state == COMPLETED and job.output_key:
+    expired = job.output_expires_at is not None and job.output_expires_at <= datetime.now(UTC)
+    if job.state == COMPLETED and job.output_key and not expired:  # "while the output exists"
         output_url = output_link(svc.settings, svc.artifacts, job)
     return JobView(
         job_id=job.job_id, status=job.state, kind=job.kind, model=job.params.model,
