@@ -80,13 +80,12 @@ class Services:
         artifacts = artifact_store(settings)
         store = Store.from_settings(settings)
         models.win_rates = store.rates_by_category
-        data_dir = settings.data_dir.expanduser().resolve()
         return cls(
             settings=settings, setup=setup, models=models,
             credits=Credits(KeyStore.from_settings(settings)),
             desk=JobDesk(settings, jobs, artifacts, worker), jobs=jobs, artifacts=artifacts,
             store=store,
-            links=ResultLinks(data_dir / "results", settings.result_ttl_s),
+            links=ResultLinks(artifacts, settings.result_ttl_s),
             # Compositing and encoding are CPU- and memory-heavy (peak ~90 bytes per pixel:
             # 2.2 GB for a 25 MP cut-out); at most this many run at once, whatever the load.
             cpu=CpuSlots(settings.composite_concurrency or os.cpu_count() or 1),

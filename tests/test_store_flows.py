@@ -189,6 +189,24 @@ def test_v1_video_job_from_an_upload(flow: Flow, tmp_path):
     assert got.status_code == 200 and got.content[:4] == b"\x1a\x45\xdf\xa3"  # EBML: WebM
 
 
+def test_shotgun_result_links(flow: Flow):
+    import base64
+
+    c, base = flow.client, flow.base
+    resp = c.post(f"{base}/remove-background", json={
+        "image": base64.b64encode(png_bytes(disk_image(120, 80))).decode(),
+        "include_models": ["tiny"]})
+    assert resp.status_code == 200, resp.text
+    row = resp.json()["results"][0]
+    link = row["image_url"]
+    assert f"{base}/results/" in link  # served by any ingress replica, from the store
+    job_id, name = link.rsplit("/", 2)[-2:]
+    assert flow.artifacts.exists(f"results/{job_id}/{name}")
+    got = c.get(link)
+    assert got.status_code == 200 and got.content == base64.b64decode(row["image_base64"])
+    assert got.headers["content-type"] == "image/png" and "max-age" in got.headers["cache-control"]
+
+
 def test_s3_outage_mid_job_resumes_and_loses_nothing(s3_app, s3_server, base_url):
     _, jobs = s3_app
     photo = png_bytes(disk_image(90, 60))

@@ -293,3 +293,22 @@ def test_artifact_store_from_settings(tmp_path) -> None:
             artifact_store(Settings(artifacts_url=url))
     with pytest.raises(ValueError):
         S3ArtifactStore("b", "../up")
+
+
+def test_result_links_live_in_the_store(any_store) -> None:
+    from serve_app.core.results import ResultLinks
+
+    links = ResultLinks(any_store, ttl_s=2)
+    job_id = "0f0e0d0c-0b0a-4908-8706-050403020100"
+    path = links.save(job_id, "tiny.png", b"png!")
+    assert path == f"{job_id}/tiny.png" and any_store.exists(f"results/{job_id}/tiny.png")
+    found = links.find(job_id, "tiny.png")
+    assert found is not None and 0 < found[1] <= 2
+    with found[0] as f:
+        assert f.read() == b"png!"
+    assert links.find(job_id, "other.png") is None
+    assert links.find("not-a-uuid", "tiny.png") is None
+    assert links.find(job_id, "../../jobs/x.png") is None
+    time.sleep(2.2)
+    assert links.find(job_id, "tiny.png") is None  # expired: refused before the sweep
+    assert links.sweep() == 1 and keys_of(any_store) == []

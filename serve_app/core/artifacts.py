@@ -105,6 +105,10 @@ class ArtifactStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def modified(self, key: str) -> float:
+        """When the object was last written (epoch seconds); FileNotFoundError if absent."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is fine."""
         ...
@@ -199,6 +203,12 @@ class LocalArtifactStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def modified(self, key: str) -> float:
+        st = self._path(key).stat()
+        if not _is_regular(st):
+            raise FileNotFoundError(f"no artifact {key!r}")
+        return st.st_mtime
 
     # -- deleting --------------------------------------------------------------------------
 

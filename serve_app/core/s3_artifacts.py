@@ -135,6 +135,10 @@ class S3ArtifactStore:
         head = self._call(self.client.head_object, Bucket=self.bucket, Key=self._name(key))
         return int(head["ContentLength"])
 
+    def modified(self, key: str) -> float:
+        head = self._call(self.client.head_object, Bucket=self.bucket, Key=self._name(key))
+        return float(head["LastModified"].timestamp())
+
     def exists(self, key: str) -> bool:
         try:
             self.size(key)

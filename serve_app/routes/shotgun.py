@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -285,14 +285,24 @@ async def http_selection_stats(
 ) -> SelectionStats:
     return await selection_stats(svc, category)
 
-@router.get("/results/{job_id}/{name}", response_class=FileResponse,
+@router.get("/results/{job_id}/{name}", response_class=StreamingResponse,
             summary="A shotgun result, downloadable for a limited time (`image_url` in rows)")
 async def result_file(svc: Svc, job_id: str, name: str):
-    found = svc.links.find(job_id, name) if svc.links.enabled else None
+    found = await asyncio.to_thread(svc.links.find, job_id, name) if svc.links.enabled else None
     if found is None:
         raise HTTPException(404, "No such result, or its link has expired.")
-    path, remaining = found
-    return FileResponse(path, headers={"Cache-Control": f"private, max-age={int(remaining)}"})
+    f, remaining = found
+    size = f.seek(0, 2)
+    f.seek(0)
+
+    def chunks():
+        with f:
+            while chunk := f.read(1024 * 1024):
+                yield chunk
+
+    media_type = "image/webp" if name.endswith(".webp") else "image/png"
+    return StreamingResponse(chunks(), media_type=media_type, headers={
+        "Cache-Control": f"private, max-age={int(remaining)}", "Content-Length": str(size)})
 
 
 # ---- helpers ------------------------------------------------------------------------------
