@@ -28,6 +28,8 @@ from pipelines.catalog import ModelSpec
 from pipelines.errors import InvalidRequest
 from pipelines.rvm import RecurrentMatter
 from pipelines.segmenter import OnnxSegmenter
+from serve_app.core.model_bucket import ensure_local
+from serve_app.core.settings import get_settings
 
 
 class SegmentationModel:
@@ -44,6 +46,10 @@ class SegmentationModel:
         int8_path: str | None = None,
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
+        settings = get_settings()
+        ensure_local(weights_path, settings)  # a node without it: from the models bucket
+        if int8_path:
+            ensure_local(int8_path, settings)
         self.segmenter = OnnxSegmenter(
             self.spec,
             weights_path,

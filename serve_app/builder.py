@@ -34,7 +34,8 @@ from serve_app.config import (  # noqa: F401 - re-exported: the config types liv
     IngressSetup,
     PoolOptions,
 )
-from serve_app.core.settings import get_settings
+from serve_app.core.model_bucket import ModelBucket, fill_cache
+from serve_app.core.settings import Settings, get_settings
 from serve_app.ingress import Ingress
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -129,6 +130,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         raise ValueError(f"models not in the catalog {settings.catalog_path}: {unknown}")
 
     search_dirs = settings.model_search_dirs()
+    _fill_from_bucket(config, catalog, settings)
     handles: dict[str, Application] = {}
     missing: dict[str, str] = {}
     placement: dict[str, tuple[dict[str, Any], int]] = {}
@@ -216,6 +218,22 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         handles, [m.model_dump(mode="json") for m in catalog.models], missing,
         setup.model_dump(mode="json"), worker, prompter, generator, detector,
     )
+
+
+def _fill_from_bucket(config: AppConfig, catalog: Catalog, settings: Settings) -> None:
+    """With `models_url`: fetch into `models_dir` what it lacks of the configured models and
+    assets (checksums checked), so the lookups below find them on this node; replicas on other
+    nodes fetch theirs at start (`model_bucket.ensure_local`)."""
+    bucket = ModelBucket.from_settings(settings)
+    if bucket is None:
+        return
+    specs: list[Any] = [catalog.get(m) for m in config.models + config.optional_models]
+    if config.detector.enabled:
+        specs += catalog.asset_group("detector")
+    if config.prompt.enabled:
+        specs += catalog.asset_group("mobilesam")
+    for model_id, problem in fill_cache(bucket, specs, settings.models_dir.expanduser()).items():
+        log.info("models bucket: %s (%s)", model_id, problem)
 
 
 def _generator(config: AppConfig, placement: dict) -> tuple[Application | None, str | None]:

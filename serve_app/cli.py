@@ -86,13 +86,22 @@ def _models_pull(args: argparse.Namespace) -> int:
     specs = _specs(catalog, args.ids)
     if specs is None:
         return 2
+    from serve_app.core.model_bucket import ModelBucket, ModelBucketError
+
+    bucket = ModelBucket.from_settings(settings, args.to) if args.to else None
     failed = 0
     for spec in specs:
         try:
             path = pull(spec, settings.models_dir.expanduser(), force=args.force)
             print(f"{spec.id}: {path}")
+            if bucket is not None:
+                keys = bucket.publish(spec, path, settings.model_search_dirs())
+                print(f"{spec.id}: published {', '.join(keys)} to {args.to}")
         except DownloadError as exc:
             print(f"{spec.id}: FAILED: {exc.message}", file=sys.stderr)
+            failed += 1
+        except ModelBucketError as exc:
+            print(f"{spec.id}: NOT PUBLISHED: {exc}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -419,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p = msub.add_parser("pull")
     p.add_argument("ids", nargs="+")
     p.add_argument("--force", action="store_true", help="download again even if present")
+    p.add_argument("--to", metavar="URL", help="then publish the verified weights to this "
+                   "bucket (s3://bucket/prefix), which serving nodes name in BGR_MODELS_URL")
     p.set_defaults(func=_models_pull)
     v = msub.add_parser("verify")
     v.add_argument("ids", nargs="*")

@@ -296,32 +296,37 @@ SUPPORTED_SCHEMES = ("file", "s3")
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
-    """The store `settings.artifacts_url` names: unset -> `<data_dir>/artifacts`;
-    `file:///abs/path` -> that folder; `s3://bucket/optional/prefix` -> that bucket (endpoint,
-    region and link signing from the `s3_*` settings, credentials from boto3's chain). Other
-    schemes raise ValueError."""
+    """The store `settings.artifacts_url` names (`store_from_url`); unset ->
+    `<data_dir>/artifacts`."""
     url = settings.artifacts_url
     if not url:
         return LocalArtifactStore(settings.data_dir.expanduser() / "artifacts")
+    return store_from_url(url, settings)
+
+
+def store_from_url(url: str, settings: Settings) -> ArtifactStore:
+    """`file:///abs/path` -> that folder; `s3://bucket/optional/prefix` -> that bucket
+    (endpoint, region and link signing from the `s3_*` settings, credentials from boto3's
+    chain). Other schemes raise ValueError."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         from serve_app.core.s3_artifacts import S3ArtifactStore
 
         if not parsed.netloc or parsed.query or parsed.fragment:
-            raise ValueError(f"artifacts_url {url!r}: expected s3://bucket[/prefix]")
+            raise ValueError(f"{url!r}: expected s3://bucket[/prefix]")
         return S3ArtifactStore(parsed.netloc, unquote(parsed.path),
                                endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
                                addressing_style=settings.s3_addressing_style,
                                presign_endpoint_url=settings.s3_presign_endpoint_url)
     if parsed.scheme != "file":
         raise ValueError(
-            f"unsupported artifacts_url {url!r}: supported schemes are "
+            f"unsupported store URL {url!r}: supported schemes are "
             f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)} (e.g. file:///srv/bgremove/"
-            "artifacts or s3://bucket/prefix), or leave it unset for <data_dir>/artifacts"
+            "artifacts or s3://bucket/prefix)"
         )
     if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
-        raise ValueError(f"artifacts_url {url!r}: expected file:///absolute/path")
+        raise ValueError(f"{url!r}: expected file:///absolute/path")
     path = unquote(parsed.path)
     if not path.startswith("/"):
-        raise ValueError(f"artifacts_url {url!r}: expected file:///absolute/path")
+        raise ValueError(f"{url!r}: expected file:///absolute/path")
     return LocalArtifactStore(Path(path))

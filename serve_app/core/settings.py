@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # directory the app is started from.
     extra_models_dir: Path | None = None
     catalog_path: Path = DEFAULT_CATALOG
+    # A bucket (s3://bucket/prefix, or file:///path) holding verified weights published with
+    # `bgremove models pull IDS --to URL`: each node fills `models_dir` from it (checksums
+    # checked against the catalog), so nodes need no shared models volume.
+    models_url: str | None = None
 
     max_upload_bytes: int = Field(32 * 1024 * 1024, gt=0)
     regular_max_pixels: int = Field(2048 * 2048, gt=0)
