@@ -11,14 +11,14 @@ import numpy as np
 
 from deployments.metrics import MODEL_INFERENCE_SECONDS
 from pipelines.detect import Detection, SubjectDetector
-from serve_app.core.model_bucket import ensure_local
+from serve_app.core.model_bucket import local_weights
 from serve_app.core.settings import get_settings
 
 
 class SubjectDetection:
     def __init__(self, weights_path: str, providers: list[str] | None = None,
                  intra_op_threads: int = 1, min_score: float = 0.1) -> None:
-        ensure_local(weights_path, get_settings())  # a node without it: from the bucket
+        weights_path = local_weights(weights_path, get_settings())  # with a models bucket
         self.detector = SubjectDetector(weights_path, tuple(providers or ["CPUExecutionProvider"]),
                                         intra_op_threads)
         self.min_score = min_score

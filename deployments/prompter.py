@@ -17,15 +17,15 @@ from ray import serve
 
 from deployments.metrics import MODEL_INFERENCE_SECONDS, resolution_bucket
 from pipelines.sam import Prompt, PromptSegmenter
-from serve_app.core.model_bucket import ensure_local
+from serve_app.core.model_bucket import local_weights
 from serve_app.core.settings import get_settings
 
 
 class PromptModel:
     def __init__(self, encoder_path: str, decoder_path: str, providers: list[str] | None = None,
                  intra_op_threads: int = 0, cache_size: int = 32) -> None:
-        for path in (encoder_path, decoder_path):  # a node without them: from the bucket
-            ensure_local(path, get_settings())
+        encoder_path = local_weights(encoder_path, get_settings())  # with a models bucket
+        decoder_path = local_weights(decoder_path, get_settings())
         self.segmenter = PromptSegmenter(
             encoder_path, decoder_path, providers=tuple(providers or ["CPUExecutionProvider"]),
             intra_op_threads=intra_op_threads, cache_size=cache_size)

@@ -28,7 +28,7 @@ from pipelines.catalog import ModelSpec
 from pipelines.errors import InvalidRequest
 from pipelines.rvm import RecurrentMatter
 from pipelines.segmenter import OnnxSegmenter
-from serve_app.core.model_bucket import ensure_local
+from serve_app.core.model_bucket import local_weights
 from serve_app.core.settings import get_settings
 
 
@@ -47,9 +47,9 @@ class SegmentationModel:
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         settings = get_settings()
-        ensure_local(weights_path, settings)  # a node without it: from the models bucket
-        if int8_path:
-            ensure_local(int8_path, settings)
+        weights_path = local_weights(weights_path, settings)  # with a models bucket: this
+        if int8_path:                                         # node's copy, fetched if missing
+            int8_path = local_weights(int8_path, settings)
         self.segmenter = OnnxSegmenter(
             self.spec,
             weights_path,

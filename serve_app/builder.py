@@ -223,7 +223,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
 def _fill_from_bucket(config: AppConfig, catalog: Catalog, settings: Settings) -> None:
     """With `models_url`: fetch into `models_dir` what it lacks of the configured models and
     assets (checksums checked), so the lookups below find them on this node; replicas on other
-    nodes fetch theirs at start (`model_bucket.ensure_local`)."""
+    nodes load their own copy, fetched at start (`model_bucket.local_weights`)."""
     bucket = ModelBucket.from_settings(settings)
     if bucket is None:
         return

@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.catalog import load_catalog
 from pipelines.weights import file_digest
-from serve_app.core.model_bucket import ModelBucket, ModelBucketError, ensure_local, fill_cache
+from serve_app.core.model_bucket import ModelBucket, ModelBucketError, fill_cache, local_weights
 from serve_app.core.s3_artifacts import S3ArtifactStore
 from serve_app.core.settings import Settings, get_settings
 
@@ -100,17 +100,19 @@ def test_the_bucket_is_not_trusted(bucket_url, tmp_path):
         bucket.fetch(u2netp, tmp_path / "n5")                              # decides, not a sidecar
 
 
-def test_a_replica_fetches_its_missing_file(bucket_url, tmp_path):
+def test_a_replica_loads_its_own_nodes_copy(bucket_url, tmp_path):
     catalog, catalog_path, folder = stand_in_catalog(tmp_path, {"u2netp": b"weights"})
-    settings = Settings(catalog_path=catalog_path, models_url=bucket_url)
-    ModelBucket.from_settings(settings).publish(catalog.get("u2netp"), folder / "u2netp.onnx", [])
     node = tmp_path / "node" / "models"
-    ensure_local(node / "u2netp.onnx", settings)
+    settings = Settings(catalog_path=catalog_path, models_url=bucket_url, models_dir=node)
+    ModelBucket.from_settings(settings).publish(catalog.get("u2netp"), folder / "u2netp.onnx", [])
+    builders_path = str(folder / "u2netp.onnx")  # where the builder found it, another node
+    assert local_weights(builders_path, settings) == str(node.resolve() / "u2netp.onnx")
     assert (node / "u2netp.onnx").read_bytes() == b"weights"
+    here = Settings(catalog_path=catalog_path, models_url=bucket_url, models_dir=folder)
+    assert local_weights(builders_path, here) == str(folder.resolve() / "u2netp.onnx")
     with pytest.raises(ModelBucketError, match="no catalog model's file"):
-        ensure_local(node / "unknown.onnx", settings)
-    ensure_local(tmp_path / "elsewhere" / "u2netp.onnx", Settings(catalog_path=catalog_path))
-    assert not (tmp_path / "elsewhere").exists()  # no bucket named: nothing fetched
+        local_weights(str(folder / "unknown.onnx"), settings)
+    assert local_weights(builders_path, Settings(catalog_path=catalog_path)) == builders_path
 
 
 def test_models_pull_to_a_bucket_publishes_the_real_verified_weights(bucket_url, monkeypatch,

@@ -195,3 +195,138 @@ def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
         current = Path("/tmp/ray/ray_current_cluster")
         if current.exists() and f":{gcs_port}" in current.read_text():
             current.unlink()
+
+
+def stand_in_catalog(tmp_path: Path, models: Path) -> Path:
+    """The project catalog with the stand-ins' checksums pinned, so the models bucket accepts
+    them exactly as it accepts the real files."""
+    import hashlib
+
+    data = yaml.safe_load((REPO / "configs" / "models.yaml").read_text())
+    for entry in data["models"]:
+        if entry["id"] in STAND_INS:
+            payload = (models / STAND_INS[entry["id"]]).read_bytes()
+            weights = {k: v for k, v in entry["weights"].items() if k not in ("md5", "int8")}
+            entry["weights"] = {**weights, "sha256": hashlib.sha256(payload).hexdigest(),
+                                "bytes": len(payload)}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_two_nodes_share_nothing_but_a_bucket_and_a_database(tmp_path, s3_server, postgres_url):
+    """No folder in common: each node has its own data and models folders; artifacts and
+    weights live in the bucket, jobs in PostgreSQL. An upload through the head node's ingress,
+    HD and video jobs processed by the job worker on the other node, results downloaded through
+    the head; every model file fetched from the bucket into the node that runs the model."""
+    import uuid
+
+    import psycopg
+    from s3_server import BUCKET
+    from test_video_api import make_clip
+
+    publisher = tmp_path / "publisher-models"
+    publisher.mkdir()
+    for file in STAND_INS.values():
+        any_size_model(publisher / file)
+    catalog = stand_in_catalog(tmp_path, publisher)
+    run = uuid.uuid4().hex[:8]
+    models_url, artifacts_url = f"s3://{BUCKET}/models-{run}", f"s3://{BUCKET}/artifacts-{run}"
+    name = f"t_{run}"
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base_env = {**os.environ, **s3_server.app_env(), "RAY_AUTH_MODE": "disabled",
+                "BGR_AUTH_ENABLED": "false", "BGR_CATALOG_PATH": str(catalog),
+                "BGR_MODELS_URL": models_url, "BGR_ARTIFACTS_URL": artifacts_url,
+                "BGR_DATABASE_URL": postgres_url.rsplit("/", 1)[0] + f"/{name}",
+                "BGR_JOB_POLL_S": "0.2"}
+    for key in ("RAY_ADDRESS", "BGR_EXTRA_MODELS_DIR"):
+        base_env.pop(key, None)
+
+    published = subprocess.run(
+        [str(Path(os.sys.executable).parent / "bgremove"), "models", "pull", *STAND_INS,
+         "--to", models_url], env={**base_env, "BGR_MODELS_DIR": str(publisher)},
+        capture_output=True, text=True, timeout=120)
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.count("published") == 3
+
+    folders = {node: (tmp_path / node / "models", tmp_path / node / "data")
+               for node in ("head", "worker")}
+    envs = {node: {**base_env, "BGR_MODELS_DIR": str(m), "BGR_DATA_DIR": str(d)}
+            for node, (m, d) in folders.items()}
+    gcs_port, dash_port, http_port = _free_port(), _free_port(), _free_port()
+    gcs = f"127.0.0.1:{gcs_port}"
+    head = Node(["--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+                 f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1",
+                 "--include-dashboard=true", "--num-cpus=2", '--resources={"cpu_pool": 4}'],
+                envs["head"], tmp_path / "head.log")
+    worker = None
+    try:
+        wait_for("the head node", lambda: ray_list("nodes", gcs, envs["head"]), 90)
+        worker = Node([f"--address={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                       '--resources={"pro_pool": 2}'], envs["worker"], tmp_path / "worker.log")
+        nodes = wait_for("two nodes",
+                         lambda: len(n := ray_list("nodes", gcs, envs["head"])) == 2 and n, 90)
+        node_of = {("worker" if "pro_pool" in n["resources_total"] else "head"): n["node_id"]
+                   for n in nodes}
+        config = generated_serve_config(http_port)
+        args = config["applications"][0]["args"]
+        args["jobs"]["ray_actor_options"] = {"num_cpus": 0.25, "resources": {"pro_pool": 0.01}}
+        config_path = tmp_path / "serve.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        subprocess.run([SERVE, "deploy", str(config_path), "--address",
+                        f"http://127.0.0.1:{dash_port}"], env=envs["head"], check=True,
+                       timeout=120, capture_output=True)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60)
+        wait_for("a healthy app", lambda: client.get("/health").json()["status"] == "healthy",
+                 240, 2)
+        actors = [a for a in ray_list("actors", gcs, envs["head"]) if a["state"] == "ALIVE"]
+        placed = {a["class_name"].rsplit(":", 1)[-1]: a["node_id"] for a in actors
+                  if a["class_name"].startswith("ServeReplica:bgremove:")}
+        assert placed["Ingress"] == node_of["head"] and placed["JobWorker"] == node_of["worker"]
+        # every model's file is in the models folder of the node running it, from the bucket
+        for model_id, file in STAND_INS.items():
+            node = "worker" if placed[model_id] == node_of["worker"] else "head"
+            assert (folders[node][0] / file).read_bytes() == (publisher / file).read_bytes()
+        assert placed["birefnet-general-lite"] == node_of["worker"]
+
+        # an upload through the head, a /v1 job on the worker node, downloaded through the head
+        photo = png_bytes(disk_image(120, 80))
+        up = client.post("/api/upload", files={"file": ("me.png", photo, "image/png")})
+        assert up.status_code == 201, up.text
+        job = client.post("/v1/jobs", json={"upload_id": up.json()["upload_id"]}).json()
+        final = wait_for("the /v1 job", lambda: (r := client.get(
+            f"/v1/jobs/{job['job_id']}").json())["status"] in ("completed", "failed") and r, 120)
+        assert final["status"] == "completed", final
+        got = client.get(f"/api/download/{job['job_id']}")
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert httpx.get(final["output_url"], timeout=30).content == got.content  # presigned
+        # an HD image and a video, processed on the worker node, results through the head
+        hd = client.post("/image/hd/submit/v1", files={
+            "image": ("big.png", png_bytes(disk_image(2100, 1400)), "image/png")}).json()
+        hd_result = wait_for("the HD job", lambda: (r := client.get(
+            f"/image/hd/result/{hd['uuid']}")).status_code != 202 and r, 120)
+        assert hd_result.status_code == 200 and hd_result.content[:8] == b"\x89PNG\r\n\x1a\n"
+        clip = client.post("/video/submit/v1",
+                           files={"video": ("clip.mp4", make_clip(1.0), "video/mp4")}).json()
+        video_result = wait_for("the video job", lambda: (r := client.get(
+            f"/video/result/{clip['uuid']}")).status_code != 202 and r, 180)
+        assert video_result.status_code == 200, video_result.text
+        assert video_result.content[:4] == b"\x1a\x45\xdf\xa3"  # WebM
+        # nothing was written to either node's data folder: no shared folder was needed
+        for node, (_, data) in folders.items():
+            stored = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
+            assert not [p for p in stored if "artifacts" in p.parts or "results" in p.parts], \
+                (node, stored)
+        events = client.get(f"/v1/jobs/{job['job_id']}").json()
+        assert events["status"] == "completed"
+    finally:
+        if worker is not None:
+            worker.kill()
+        head.kill()
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and f":{gcs_port}" in current.read_text():
+            current.unlink()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

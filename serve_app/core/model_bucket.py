@@ -145,13 +145,16 @@ def fill_cache(bucket: ModelBucket, specs: list[Spec], folder: Path) -> dict[str
     return problems
 
 
-def ensure_local(path: str | Path, settings: Settings, catalog: Catalog | None = None) -> None:
-    """Before a replica loads `path`: when the file is missing on this node and the settings
-    name a models bucket, fetch it (verified) into its folder, the node-local cache. Without a
-    bucket nothing happens and the loader reports the missing file as before."""
-    target = Path(path)
-    if target.is_file() or not settings.models_url:
-        return
+def local_weights(path: str, settings: Settings, catalog: Catalog | None = None) -> str:
+    """The file a replica loads for the weights the builder found at `path` (on the builder's
+    node). Without a models bucket: `path` itself. With one: this node's own copy in its
+    `models_dir`, fetched from the bucket (verified) when missing, so no node relies on a
+    folder another node filled."""
+    if not settings.models_url:
+        return path
+    target = settings.models_dir.expanduser().resolve() / Path(path).name
+    if target.is_file() and str(target) == str(Path(path).resolve()):
+        return str(target)  # the builder's own node: found (and verified) there already
     catalog = catalog or load_catalog(settings.catalog_path)
     specs: list[Spec] = [*catalog.models, *catalog.assets]
     for spec in specs:
@@ -159,7 +162,5 @@ def ensure_local(path: str | Path, settings: Settings, catalog: Catalog | None =
         if target.name == spec.weights.file or int8:
             bucket = ModelBucket.from_settings(settings)
             assert bucket is not None
-            bucket.fetch(spec, target.parent, int8=int8)
-            return
+            return str(bucket.fetch(spec, target.parent, int8=int8))
     raise ModelBucketError(f"{target.name} is no catalog model's file; not fetched")
-
