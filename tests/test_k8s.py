@@ -97,6 +97,47 @@ def test_overlay_renders_with_the_projects_serve_config(overlay):
     assert {e["configMapRef"]["name"] for e in init["envFrom"]} == set(maps)
 
 
+@needs_kubectl
+def test_bucket_overlay_has_no_shared_volume():
+    """k8s/overlays/bucket: artifacts and models in buckets, no PersistentVolumeClaim at all,
+    every pod's /models a writable emptyDir (the node-local cache), the models published once
+    by a Job that runs the same pull command with --to."""
+    docs = rendered("bucket")
+    assert {d["kind"] for d in docs} == {"RayService", "ConfigMap", "Job"}  # no PVC, no Secret
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    settings = maps["bgremove-settings"]
+    assert settings["BGR_ARTIFACTS_URL"].startswith("s3://")
+    assert settings["BGR_MODELS_URL"].startswith("s3://")
+    assert not any("SECRET" in k or "DATABASE_URL" in k for k in settings)
+    from serve_app.core.artifacts import artifact_store
+    from serve_app.core.s3_artifacts import S3ArtifactStore
+    from serve_app.core.settings import Settings
+    parsed = Settings(**{k.removeprefix("BGR_").lower(): v for k, v in settings.items()})
+    assert isinstance(artifact_store(parsed), S3ArtifactStore)  # the settings parse as a bucket
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load(
+        (REPO / "configs/cluster.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        spec = pod["spec"]
+        assert "initContainers" not in spec
+        assert all("emptyDir" in v and "persistentVolumeClaim" not in v for v in spec["volumes"])
+        mounts = {m["mountPath"]: m.get("readOnly", False)
+                  for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts == {"/models": False, "/data": False}
+        env_from = {next(iter(e.values()))["name"] for e in spec["containers"][0]["envFrom"]}
+        assert env_from == {"bgremove-settings", "bgremove-secrets"}
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert 'bgremove models pull $BGR_PULL_MODELS --to "$BGR_MODELS_URL"' in container["command"][-1]
+    assert {next(iter(e.values()))["name"] for e in container["envFrom"]} == {
+        "bgremove-models", "bgremove-settings", "bgremove-secrets"}
+    assert maps["bgremove-models"]["BGR_PULL_MODELS"].split() == models_to_pull(
+        yaml.safe_load(service["spec"]["serveConfigV2"]))
+
+
 def test_dockerfile_builds_both_variants_as_a_non_root_user():
     """What the manifests rely on (no image build here: no registry access)."""
     text = (REPO / "Dockerfile").read_text()
