@@ -10,6 +10,7 @@ restarted app) resumes the job; see `serve_app.core.job_store`. A second thread 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -63,6 +64,7 @@ class JobWorker:
         self.artifacts = artifact_store(s)
         self.worker_id = f"worker-{uuid.uuid4().hex[:10]}"
         self._leases_lost: set[str] = set()  # job ids whose lease this worker lost
+        self._running: set[str] = set()  # job ids being processed here
         selections = Store.from_settings(s)  # shotgun picks, for auto
         specs_ = {m: ModelSpec.model_validate(e) for m, e in (specs or {}).items()}
         # model calls and `model=auto`, the same way as the ingress makes them
@@ -91,12 +93,29 @@ class JobWorker:
         if not (self._thread.is_alive() and self.webhooks.alive()):
             raise RuntimeError("job worker thread died")
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What the queue-depth autoscaling policy scales by (deployments/autoscaling.py):
+        jobs waiting for any worker, jobs running here, and this replica's job slots."""
+        waiting = await asyncio.to_thread(self.store.count_waiting)
+        return {"jobs_waiting": float(waiting), "jobs_running": float(len(self._running)),
+                "job_slots": float(self.settings.job_concurrency)}
+
     def _shutdown(self) -> None:
-        """Stop claiming and delivering (Serve calls `__del__` when the replica goes)."""
+        """Stop claiming and delivering (Serve calls `__del__` when the replica goes, e.g.
+        scaled down): the jobs still running here go back to the queue at once, attempt not
+        spent, rather than waiting for their leases to expire."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
         self.webhooks.stop()
         self._pool.shutdown(wait=False)
+        for job_id in list(self._running):
+            self._leases_lost.add(job_id)  # a video stops at its next frame
+            try:
+                self.store.release(job_id, self.worker_id, "its worker replica stopped", 0)
+            except Exception:  # noqa: BLE001 - its lease expires instead
+                log.exception("job %s: could not hand it back", job_id)
 
     def __del__(self) -> None:
         self._shutdown()
@@ -162,6 +181,7 @@ class JobWorker:
                   "model": job.params.model_id, "attempt": job.attempts}
         done = threading.Event()
         threading.Thread(target=self._heartbeat, args=(job, done), daemon=True).start()
+        self._running.add(job.job_id)
         try:
             out = self.processors.process(job, self._progress(job))
             price = (self.settings.price_video_second if job.kind == "video"
@@ -186,6 +206,7 @@ class JobWorker:
                 self._failed(job, exc, fields, started)
         finally:
             done.set()
+            self._running.discard(job.job_id)
             self._leases_lost.discard(job.job_id)
             self._drop_inputs(job)
             self._slots.release()

@@ -19,6 +19,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from deployments.autoscaling import POLICY as JOB_QUEUE_POLICY
 from deployments.detector import SubjectDetection
 from deployments.generator import BackgroundGenerator
 from deployments.job_runner import JobWorker
@@ -207,8 +208,12 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                          model_slots=model_slots)
     worker = None
     if config.jobs.num_replicas > 0:
+        scaling: dict[str, Any] = {"num_replicas": config.jobs.num_replicas}
+        if config.jobs.autoscaling_config is not None:  # by queue depth, not requests
+            scaling = {"autoscaling_config": {"policy": {"policy_function": JOB_QUEUE_POLICY},
+                                              **config.jobs.autoscaling_config}}
         worker = serve.deployment(
-            JobWorker, name="JobWorker", num_replicas=config.jobs.num_replicas,
+            JobWorker, name="JobWorker", **scaling,
             ray_actor_options=config.jobs.ray_actor_options, max_ongoing_requests=64,
         ).bind(handles, model_timeout_s=config.jobs.model_timeout_s, prompter=prompter,
                text_segmenter=text_model, detector=detector, auto_models=auto_models,

@@ -139,6 +139,10 @@ class WorkerOptions(_Options):
 
     num_replicas: int = Field(1, ge=0)  # 0: no worker, the async APIs are off
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    # Scale the workers by queue depth (deployments/autoscaling.py): Serve's autoscaling_config
+    # (min_replicas, max_replicas, upscale_delay_s, downscale_delay_s, ...) with the queue-depth
+    # policy filled in; replaces num_replicas.
+    autoscaling_config: dict[str, Any] | None = None
     # Model for each /v1/jobs tier; default: `original` = the default model, and for pro,
     # light, human the first served model of that tier.
     tier_models: dict[Literal["original", "pro", "light", "human"], str] = Field(

@@ -357,6 +357,15 @@ class JobStore:
         conn.execute(job_events.insert().values(job_id=job_id, from_state=from_state,
                                                 to_state=to_state, reason=reason[:2000], at=t))
 
+    def count_waiting(self) -> int:
+        """Jobs a worker could claim now (started, no live lease): the queue the job workers
+        scale by."""
+        t = now()
+        with self._serial, self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(and_(
+                jobs.c.state == PROCESSING,
+                or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < t)))).scalar() or 0)
+
     def count_by_state(self) -> dict[tuple[str, str], int]:
         """Jobs per (state, kind), every combination present (0 where there are none)."""
         with self._serial, self.engine.connect() as conn:
