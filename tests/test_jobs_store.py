@@ -225,3 +225,24 @@ def test_a_row_no_version_can_read_fails_cleanly_instead_of_breaking_claims(jobs
     claimed = jobs.claim("w1", lease_s=30)  # still claimable: the worker fails it with a reason
     assert claimed.job_id == job.job_id
     assert claimed.params.model_id == "(unreadable job parameters)"
+
+
+def test_a_released_job_waits_then_is_claimed_without_spending_an_attempt(jobs):
+    job = new(jobs, start=True)
+    other = new(jobs, start=True)
+    assert jobs.count_waiting() == 2
+    assert jobs.claim("w1", lease_s=30).job_id == job.job_id
+    assert jobs.count_waiting() == 1  # a live lease is not waiting
+    assert not jobs.release(job.job_id, "w2", "storage down", 0.3)  # not w2's to release
+    assert jobs.release(job.job_id, "w1", "the artifact storage cannot be used", 0.3)
+    assert not jobs.release(job.job_id, "w1", "again", 0.3)  # no longer w1's
+    released = jobs.get(job.job_id)
+    assert released.state == PROCESSING and released.attempts == 0 and released.lease_owner is None
+    assert jobs.count_waiting() == 1  # held back for retry_in_s: not claimable yet
+    assert jobs.claim("w2", lease_s=30).job_id == other.job_id
+    assert jobs.claim("w2", lease_s=30) is None
+    time.sleep(0.4)
+    assert jobs.count_waiting() == 1
+    again = jobs.claim("w2", lease_s=30)
+    assert again.job_id == job.job_id and again.attempts == 1  # the outage spent no attempt
+    assert any("back in the queue, retried in 0.3 s" in e.reason for e in jobs.events(job.job_id))
