@@ -32,6 +32,9 @@ def job_queue_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
         return ctx.current_num_replicas, {}
     # every replica sees the same queue (one database): take the freshest, largest figure
     queue = max(waiting.values())
-    running = sum((metrics.get("jobs_running") or {}).values())
+    busy = metrics.get("jobs_running") or {}
+    running = sum(busy.values())
     slots = max((metrics.get("job_slots") or {1: 1.0}).values())
-    return desired_workers(queue, running, slots), {"waiting": queue, "running": running}
+    # never fewer replicas than are running jobs: a scale-down would restart their work
+    wanted = max(desired_workers(queue, running, slots), sum(1 for n in busy.values() if n > 0))
+    return wanted, {"waiting": queue, "running": running}

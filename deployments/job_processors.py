@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,6 +50,12 @@ class Output:
     media_type: str
     units: float
     report: dict[str, Any] | None
+
+
+def output_key(job: Job, fmt: str) -> str:
+    """Where one run of a job stores its output: unique per run (attempt number plus a random
+    tag), since a job handed back to the queue keeps its attempt number."""
+    return f"jobs/{job.job_id}/attempt-{job.attempts}-{uuid.uuid4().hex[:8]}/output.{fmt}"
 
 
 class JobProcessors:
@@ -136,8 +143,9 @@ class JobProcessors:
             background=params.background, composition=params.composition,
             options=params.options,
         )
-        # One key per attempt: a worker that lost its lease never touches the new owner's file.
-        key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
+        # One key per run: a worker that lost its lease (or handed the job back) never
+        # touches the new owner's file.
+        key = output_key(job, fmt)
         self.artifacts.put_bytes(key, output)
         return Output(key, media_type, 1.0, report or None)
 
@@ -199,7 +207,7 @@ class JobProcessors:
                 submit_chunk=submit_chunk if recurrent else None,
                 chunk_frames=settings.video_chunk_frames,
                 chunk_warmup=settings.video_chunk_warmup, max_pixels=settings.video_max_pixels)
-            key = f"jobs/{job.job_id}/attempt-{job.attempts}/output.{fmt}"
+            key = output_key(job, fmt)
             with open(dst, "rb") as f, self.artifacts.writer(key) as out:
                 shutil.copyfileobj(f, out)
         return Output(key, VIDEO_MEDIA_TYPES[fmt], round(result.processed_duration_s, 2),

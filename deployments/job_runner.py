@@ -50,6 +50,8 @@ class LeaseLost(Exception):
     """This worker's lease on a job expired and another worker took the job over."""
 
 
+_MAX_RETRY_S = 300.0  # the longest wait before a job met a storage outage is retried
+
 class JobWorker:
     def __init__(self, models: dict[str, DeploymentHandle], model_timeout_s: float = 600.0,
                  prompter: DeploymentHandle | None = None,
@@ -219,7 +221,11 @@ class JobWorker:
         if not isinstance(mapped, DependencyUnavailable) or \
                 (mapped.details or {}).get("dependency") != "storage":
             return False
-        retry_in = float((mapped.details or {}).get("retry_after_s", 5))
+        # 5 s, doubling with each earlier hand-back of this job, at most 5 minutes: a long
+        # outage costs a retry now and then, not a model run every few seconds
+        earlier = sum("back in the queue" in e.reason for e in self.store.events(job.job_id))
+        retry_in = min(_MAX_RETRY_S, float((mapped.details or {}).get("retry_after_s", 5))
+                       * 2 ** min(earlier, 16))
         try:
             if self.store.release(job.job_id, self.worker_id, mapped.message, retry_in):
                 log.warning("job %s: storage unavailable, back in the queue (%s)", job.job_id,

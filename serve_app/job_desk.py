@@ -118,9 +118,17 @@ class JobDesk:
     async def discard_inputs(self, job_id: str) -> None:
         await asyncio.to_thread(self.artifacts.delete_prefix, f"inputs/{job_id}/")
 
-    def output_response(self, job: Job, missing: Callable[[], Response],
-                        download_name: str | None, extra_headers: dict[str, str] | None = None,
-                        one_shot: bool = True, range_header: str | None = None) -> Response:
+    async def output_response(self, job: Job, missing: Callable[[], Response],
+                              download_name: str | None,
+                              extra_headers: dict[str, str] | None = None,
+                              one_shot: bool = True, range_header: str | None = None) -> Response:
+        """`_output_response` off the event loop (opening the output is a GET on a bucket)."""
+        return await asyncio.to_thread(self._output_response, job, missing, download_name,
+                                       extra_headers, one_shot, range_header)
+
+    def _output_response(self, job: Job, missing: Callable[[], Response],
+                         download_name: str | None, extra_headers: dict[str, str] | None,
+                         one_shot: bool, range_header: str | None) -> Response:
         """Stream the output. `one_shot` (the v1 image/video results): delete it once the whole
         file was sent (spec 000: "cleaned up after download"); the file is opened first, so a
         concurrent cleanup cannot turn this response into an error. Otherwise (/api/download)

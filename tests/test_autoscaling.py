@@ -39,6 +39,10 @@ def test_queue_depth_policy_arithmetic():
         "job_slots": {"r1": 2.0, "r2": 2.0}})
     assert job_queue_policy(ctx) == (5, {"waiting": 7.0, "running": 2.0})
     assert job_queue_policy(SimpleNamespace(current_num_replicas=2, aggregated_metrics={}))[0] == 2
+    busy = SimpleNamespace(current_num_replicas=3, aggregated_metrics={  # 3 jobs on 3 replicas
+        "jobs_waiting": {"r1": 0.0}, "jobs_running": {"r1": 1.0, "r2": 1.0, "r3": 1.0},
+        "job_slots": {"r1": 2.0, "r2": 2.0, "r3": 2.0}})
+    assert job_queue_policy(busy)[0] == 3  # not ceil(3/2) = 2: no running job is interrupted
 
 
 class Timeline:

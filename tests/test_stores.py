@@ -184,6 +184,42 @@ def test_large_objects_stream_as_multipart_uploads(s3) -> None:
         assert f.read(10) == (chunk * 20)[PART_SIZE - 5:PART_SIZE + 5]  # across a part border
 
 
+def test_empty_and_exactly_one_part_objects(s3) -> None:
+    with s3.writer("jobs/e/empty.bin"):
+        pass
+    assert s3.size("jobs/e/empty.bin") == 0 and s3.open("jobs/e/empty.bin").read() == b""
+    data = bytes(range(256)) * (PART_SIZE // 256)  # exactly one part: no empty trailing part
+    with s3.writer("jobs/e/one-part.bin") as f:
+        f.write(data)
+    assert s3.size("jobs/e/one-part.bin") == PART_SIZE
+    with s3.open("jobs/e/one-part.bin") as f:
+        f.seek(PART_SIZE - 3)
+        assert f.read(10) == data[-3:]  # a read past the end is clamped
+        with pytest.raises(ValueError):
+            f.seek(-1)
+
+
+def test_an_object_replaced_while_read_is_not_mixed(s3) -> None:
+    s3.put_bytes("jobs/c/output.webm", b"A" * 1000)
+    f = s3.open("jobs/c/output.webm")
+    assert f.read(10) == b"A" * 10
+    s3.put_bytes("jobs/c/output.webm", b"B" * 1000)
+    f.seek(500)  # a new ranged GET, pinned to the first ETag: refused, never B's bytes
+    with pytest.raises(FileNotFoundError, match="changed while read"):
+        f.read(10)
+    f.close()
+
+
+def test_a_missing_bucket_is_an_outage_on_every_call(s3_server) -> None:
+    store = S3ArtifactStore("no-such-bucket-here", "p", client=s3_server.client())
+    for call in (lambda: store.put_bytes("a/b", b"1"), lambda: store.open("a/b"),
+                 lambda: store.delete("a/b"), lambda: store.delete_prefix("a/"),
+                 lambda: store.sweep(0), store.reachable):
+        with pytest.raises(ArtifactStoreUnavailable) as down:
+            call()
+        assert down.value.reason == "no_bucket"
+
+
 def test_failed_multipart_upload_is_aborted(s3) -> None:
     with pytest.raises(RuntimeError), s3.writer("inputs/x/input") as f:
         f.write(b"z" * (PART_SIZE + 10))  # one part sent
@@ -194,10 +230,11 @@ def test_failed_multipart_upload_is_aborted(s3) -> None:
 
 
 def test_sweep_aborts_abandoned_uploads(s3) -> None:
-    name = s3.prefix + "uploads/dead/input"
-    started = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=name)  # a killed writer
-    s3.client.upload_part(Bucket=s3.bucket, Key=name, UploadId=started["UploadId"],
-                          PartNumber=1, Body=b"half")
+    for dead in ("uploads/dead/input", "uploads/dead2/input"):  # killed writers
+        name = s3.prefix + dead
+        started = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=name)
+        s3.client.upload_part(Bucket=s3.bucket, Key=name, UploadId=started["UploadId"],
+                              PartNumber=1, Body=b"half")
     time.sleep(1.1)
     assert s3.sweep(3600) == 0
     assert s3.client.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3.prefix).get("Uploads")
@@ -207,10 +244,12 @@ def test_sweep_aborts_abandoned_uploads(s3) -> None:
 
 def test_presigned_links_read_and_expire(s3) -> None:
     s3.put_bytes("jobs/p/output.png", b"png bytes")
-    url = s3.presigned_url("jobs/p/output.png", 2)
+    url = s3.presigned_url("jobs/p/output.png", 2, "image/png", "j1.png")
     assert "X-Amz-Signature=" in url and "X-Amz-Expires=2" in url
     with urllib.request.urlopen(url, timeout=10) as r:  # no credentials: the link is enough
         assert r.read() == b"png bytes"
+        assert r.headers["Content-Type"] == "image/png"
+        assert r.headers["Content-Disposition"] == 'attachment; filename="j1.png"'
     tampered = url.replace("jobs/p/output.png", "jobs/p/other.png")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(tampered, timeout=10)

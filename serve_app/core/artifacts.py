@@ -94,9 +94,11 @@ class ArtifactStore(Protocol):
         responses), else None. Does not check that the object exists."""
         ...
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
+    def presigned_url(self, key: str, expires_s: int, media_type: str | None = None,
+                      filename: str | None = None) -> str | None:
         """A time-bound link that reads the object without this service (a bucket's presigned
-        GET), or None when the store has none."""
+        GET, answered with `media_type` and as an attachment named `filename`), or None when
+        the store has none."""
         ...
 
     def size(self, key: str) -> int:
@@ -191,7 +193,8 @@ class LocalArtifactStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
+    def presigned_url(self, key: str, expires_s: int, media_type: str | None = None,
+                      filename: str | None = None) -> str | None:
         return None
 
     def size(self, key: str) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipelines.catalog import AssetSpec, Catalog, ModelSpec, load_catalog
 from pipelines.weights import file_digest, find_int8, int8_refusal, verify
-from serve_app.core.artifacts import ArtifactStore, store_from_url
+from serve_app.core.artifacts import ArtifactStore, ArtifactStoreUnavailable, store_from_url
 from serve_app.core.settings import Settings
 
 log = logging.getLogger("ray.serve.bgremove")
@@ -92,7 +92,14 @@ class ModelBucket:
         pinned = int8 or _pinned(spec)
         if target.is_file() and pinned and self._problem(spec, target, int8, None) is None:
             return target
-        recorded = None if pinned else self._recorded(name)
+        try:
+            recorded = None if pinned else self._recorded(name)
+        except ArtifactStoreUnavailable:
+            if target.is_file():  # checked when it was fetched; the bucket is out right now
+                log.warning("model %s: the models bucket cannot be reached; using the copy "
+                            "fetched earlier, %s", spec.id, target)
+                return target
+            raise
         if not pinned and recorded is None:
             raise ModelBucketError(f"{spec.id}: neither the catalog nor the bucket gives a "
                                    f"checksum for {name}; not fetched")
@@ -101,16 +108,18 @@ class ModelBucket:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.{uuid.uuid4().hex}.part"
         try:
-            with self.store.open(name) as src, open(tmp, "wb") as out:
+            try:
+                src = self.store.open(name)
+            except FileNotFoundError:
+                raise ModelBucketError(f"{spec.id}: {name} is not in the bucket (publish it "
+                                       "with `bgremove models pull --to`)") from None
+            with src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 8 * 1024 * 1024)
             problem = self._problem(spec, tmp, int8, recorded)
             if problem is not None:
                 raise ModelBucketError(f"{spec.id}: the bucket's {name} is not the expected "
                                        f"file ({problem}); not used")
             os.replace(tmp, target)  # concurrent fetches of one file: the last identical copy wins
-        except FileNotFoundError:
-            raise ModelBucketError(f"{spec.id}: {name} is not in the bucket "
-                                   "(publish it with `bgremove models pull --to`)") from None
         finally:
             tmp.unlink(missing_ok=True)
         log.info("model %s: fetched %s from the bucket into %s", spec.id, name, folder)
@@ -133,14 +142,14 @@ def fill_cache(bucket: ModelBucket, specs: list[Spec], folder: Path) -> dict[str
     for spec in specs:
         try:
             bucket.fetch(spec, folder)
-        except ModelBucketError as exc:
-            problems[spec.id] = str(exc)
+        except (ModelBucketError, ArtifactStoreUnavailable) as exc:
+            problems[spec.id] = str(exc)  # an outage too: the model is reported missing
             continue
         build = spec.weights.int8 if isinstance(spec, ModelSpec) else None
         if build is not None and build.gate.passed:
             try:
                 bucket.fetch(spec, folder, int8=True)
-            except ModelBucketError as exc:  # optional: the float weights serve
+            except (ModelBucketError, ArtifactStoreUnavailable) as exc:  # optional: the float weights serve
                 log.info("%s", exc)
     return problems
 

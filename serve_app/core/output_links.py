@@ -19,7 +19,9 @@ def output_link(settings: Settings, artifacts: ArtifactStore, job: Job) -> str:
     if settings.s3_presigned_downloads and job.output_key and job.output_expires_at:
         left = (job.output_expires_at - datetime.now(UTC)).total_seconds()
         if left >= 1:
-            url = artifacts.presigned_url(job.output_key, int(left))
+            url = artifacts.presigned_url(
+                job.output_key, int(left), job.output_media_type,
+                f"{job.job_id}.{job.params.output_format}")
             if url is not None:
                 return url
     base = (settings.public_base_url or "").rstrip("/")

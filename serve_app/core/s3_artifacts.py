@@ -29,6 +29,7 @@ from serve_app.core.artifacts import ArtifactStoreUnavailable, validate_key, val
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum part is 5 MiB; at most 10,000 parts (80 GB here)
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_NO_BUCKET = {"NoSuchBucket"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "ExpiredToken", "InvalidToken"}
 T = TypeVar("T")
@@ -146,18 +147,25 @@ class S3ArtifactStore:
             return False
         return True
 
-    def presigned_url(self, key: str, expires_s: int) -> str:
+    def presigned_url(self, key: str, expires_s: int, media_type: str | None = None,
+                      filename: str | None = None) -> str:
         """A GET link to the object valid for `expires_s` seconds (1 s to 7 days: SigV4's
-        limit), signed offline with the store's credentials."""
+        limit), signed offline with the store's credentials; the bucket answers it with
+        `media_type` and, given a `filename`, as an attachment of that name. With temporary
+        credentials (IRSA, instance profiles) a link also ends when they do."""
         expires_s = max(1, min(int(expires_s), 7 * 24 * 3600))
         with self._lock:
             if self._presign_client is None:
                 self._presign_client = (self._make_client(self._presign_endpoint)
                                         if self._presign_endpoint else None)
         signer = self._presign_client or self.client
+        params = {"Bucket": self.bucket, "Key": self._name(key)}
+        if media_type:
+            params["ResponseContentType"] = media_type
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         return self._call(signer.generate_presigned_url, ClientMethod="get_object",
-                          Params={"Bucket": self.bucket, "Key": self._name(key)},
-                          ExpiresIn=expires_s)
+                          Params=params, ExpiresIn=expires_s)
 
     # -- deleting --------------------------------------------------------------------------
 
@@ -211,50 +219,58 @@ class S3ArtifactStore:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix)
         try:
-            for page in pages:
-                for upload in page.get("Uploads", ()):
-                    if upload["Initiated"] < cutoff:
-                        self._call(self.client.abort_multipart_upload, Bucket=self.bucket,
-                                   Key=upload["Key"], UploadId=upload["UploadId"])
-        except FileNotFoundError:  # finished or aborted meanwhile
-            pass
-        except ArtifactStoreUnavailable:
-            raise
+            stale = [u for page in pages for u in page.get("Uploads", ())
+                     if u["Initiated"] < cutoff]
         except Exception as exc:
             raise _translate(exc, None) from exc
+        for upload in stale:
+            try:
+                self._call(self.client.abort_multipart_upload, Bucket=self.bucket,
+                           Key=upload["Key"], UploadId=upload["UploadId"])
+            except FileNotFoundError:  # finished or aborted meanwhile
+                continue
 
     # -- health ----------------------------------------------------------------------------
 
     def reachable(self) -> None:
-        """One round-trip (HeadBucket); ArtifactStoreUnavailable when the bucket cannot be
-        used (unreachable, missing, credentials refused)."""
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            if _code(exc) in _MISSING or _status(exc) == 404:
-                raise ArtifactStoreUnavailable(f"bucket {self.bucket!r} does not exist") from exc
-            raise _translate(exc, None) from exc
+        """One round-trip: a one-key listing of the store's own prefix (what a policy scoped to
+        the prefix allows; HeadBucket needs more); ArtifactStoreUnavailable when the bucket
+        cannot be used (unreachable, missing, credentials refused)."""
+        self._call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=self.prefix,
+                   MaxKeys=1)
 
 
 def _translate(exc: BaseException, key: str | None) -> BaseException:
     """FileNotFoundError for a missing object; ArtifactStoreUnavailable for an outage or a
     refusal; anything else unchanged (a bug, shown as such)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     if isinstance(exc, ClientError):
         code, status = _code(exc), _status(exc)
+        if code in _NO_BUCKET:  # a deleted or misnamed bucket: nothing can be stored
+            return ArtifactStoreUnavailable("the bucket does not exist", reason="no_bucket")
         if code in _MISSING or status == 404:
             return FileNotFoundError(f"no artifact {key!r}" if key else code)
         if code in _DENIED or status == 403:
             return ArtifactStoreUnavailable(f"the bucket refused the credentials ({code})",
                                             reason="denied")
-        if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError",
-                                     "RequestTimeout"):
+        if status >= 500 or status == 429 or code in (
+                "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
             return ArtifactStoreUnavailable(f"the bucket answered {status} {code}")
         return exc
-    if isinstance(exc, BotoCoreError):  # connection refused, timeouts, DNS, no credentials
+    if isinstance(exc, _OUTAGES):  # connection refused, timeouts, DNS, no credentials
         return ArtifactStoreUnavailable(f"the bucket cannot be reached ({type(exc).__name__})")
-    return exc
+    return exc  # e.g. ParamValidationError: a bug or a bad setting, shown as such
+
+
+def _outage_types() -> tuple[type[BaseException], ...]:
+    from botocore import exceptions as e
+
+    return (e.HTTPClientError, e.ConnectionError, e.NoCredentialsError,
+            e.PartialCredentialsError, e.CredentialRetrievalError, e.NoRegionError)
+
+
+_OUTAGES: tuple[type[BaseException], ...] = _outage_types()
 
 
 class _MultipartWriter(io.RawIOBase):
@@ -322,10 +338,12 @@ class _ObjectReader(io.RawIOBase):
         super().__init__()
         self.store, self.name = store, name
         self.pos = 0
+        self.body: Any = None
+        self.etag: str | None = None
         answer = self._get(None)
         self.size = int(answer["ContentLength"])
         self.etag = answer.get("ETag")
-        self.body: Any = answer["Body"]
+        self.body = answer["Body"]
         self.body_pos = 0
 
     def _get(self, start: int | None) -> dict[str, Any]:
@@ -353,7 +371,9 @@ class _ObjectReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self.pos = base + offset
         return self.pos
 
     def readinto(self, buffer: Any) -> int:
@@ -373,8 +393,8 @@ class _ObjectReader(io.RawIOBase):
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(0, self.size - self.pos)
+        left = max(0, self.size - self.pos)
+        size = left if size is None or size < 0 else min(size, left)
         buffer = bytearray(size)
         got = 0
         while got < size:

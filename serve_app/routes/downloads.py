@@ -54,7 +54,7 @@ async def download(svc: Svc, job_id: str, request: Request):
         raise gone
 
     try:
-        return svc.desk.output_response(
+        return await svc.desk.output_response(
             job, missing=missing, download_name=f"{job.job_id}.{job.params.output_format}",
             one_shot=False, range_header=request.headers.get("range"))
     except RangeNotSatisfiable as exc:

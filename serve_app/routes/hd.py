@@ -106,6 +106,6 @@ async def hd_result(svc: Svc, uuid: str, request: Request):
         return detail(500, "Image processing failed")
     if job.state != COMPLETED:
         return JSONResponse(HdProcessing(uuid=uuid).model_dump(), status_code=202)
-    return svc.desk.output_response(job, missing=lambda: detail(
+    return await svc.desk.output_response(job, missing=lambda: detail(
         404, "Processed image file not found"), download_name=None,
         extra_headers={"X-Model": job.model_used})

@@ -71,9 +71,9 @@ async def video_submit(svc: Svc, request: Request,
     job_id = str(uuid.uuid4())
     key = f"inputs/{job_id}/input"
     try:
-        await asyncio.to_thread(svc.desk.store_upload, video_file.file, key)
-        # probed from the upload's own spool: no store (a bucket) is read back for it
+        # probed from the upload's own spool, before anything is stored (or sent to a bucket)
         info = await asyncio.to_thread(video.probe, video_file.file)
+        await asyncio.to_thread(svc.desk.store_upload, video_file.file, key)
     except InvalidRequest as exc:  # "File must be a video" or the decoder's reason
         await svc.desk.discard_inputs(job_id)
         return detail(400, exc.message)
@@ -192,7 +192,7 @@ async def video_result(svc: Svc, uuid: str, request: Request):
                    "X-Original-Duration": video.format_duration(original),
                    "X-Processed-Duration": video.format_duration(
                        video.processed_duration(original, limit))}
-    return svc.desk.output_response(
+    return await svc.desk.output_response(
         job, missing=lambda: detail(404, "Processed video file not found"),
         download_name=None, extra_headers=headers)
 
