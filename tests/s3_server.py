@@ -54,6 +54,7 @@ class S3Server:
         cmd = [self.binary, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                "-ip.bind=127.0.0.1", "-admin.ui=false", "-master.telemetry=false",
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+               "-s3.autoCreateBucket=false",  # a missing bucket stays missing, as on AWS
                *(f"-{name}={port}" for name, port in self.ports.items())]
         (self.root / "data").mkdir(exist_ok=True)
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - the server's for its life
