@@ -127,7 +127,8 @@ def test_model_pool_grows_under_a_burst_and_shrinks_after(scaling_app):
     with ThreadPoolExecutor(16) as pool:
         for _ in range(16):
             pool.submit(load)
-        grew = timeline.wait("tiny", lambda n: n >= 2, 90)
+        # generous: in the full suite the controller saw the burst only ~90 s in (2 busy cores)
+        grew = timeline.wait("tiny", lambda n: n >= 2, 240)
         if grew:  # give it the time to reach its maximum
             timeline.wait("tiny", lambda n: n >= 3, 20)
         stop.set()
