@@ -74,6 +74,17 @@ class Node:
         self.log.close()
 
 
+def stop_cluster(head: Node, worker: Node | None, gcs_port: int) -> None:
+    """Kill both nodes and do what `ray stop` would: forget this cluster, so a later
+    `ray.init()` or `serve run` does not try to join a dead one."""
+    if worker is not None:
+        worker.kill()
+    head.kill()
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.exists() and f":{gcs_port}" in current.read_text():
+        current.unlink()
+
+
 def ray_list(kind: str, gcs: str, env: dict[str, str]) -> list[dict]:
     out = subprocess.run([RAY, "list", kind, "--address", gcs, "--format", "json",
                           "--limit", "10000"], env=env, capture_output=True, text=True,
@@ -187,14 +198,7 @@ def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
 
         wait_for("the pro model back", pro_serves, 240, 3)
     finally:
-        if worker is not None:
-            worker.kill()
-        head.kill()
-        # what `ray stop` would do: forget this cluster, so a later `ray.init()` or `serve run`
-        # does not try to join a dead one
-        current = Path("/tmp/ray/ray_current_cluster")
-        if current.exists() and f":{gcs_port}" in current.read_text():
-            current.unlink()
+        stop_cluster(head, worker, gcs_port)
 
 
 def stand_in_catalog(tmp_path: Path, models: Path) -> Path:
@@ -322,11 +326,6 @@ def test_two_nodes_share_nothing_but_a_bucket_and_a_database(tmp_path, s3_server
         events = client.get(f"/v1/jobs/{job['job_id']}").json()
         assert events["status"] == "completed"
     finally:
-        if worker is not None:
-            worker.kill()
-        head.kill()
-        current = Path("/tmp/ray/ray_current_cluster")
-        if current.exists() and f":{gcs_port}" in current.read_text():
-            current.unlink()
+        stop_cluster(head, worker, gcs_port)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
