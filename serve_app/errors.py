@@ -16,6 +16,7 @@ an error in the shape of the route family that was called:
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -212,7 +213,11 @@ def _details(errors: list[dict]) -> dict[str, Any]:
     details: dict[str, Any] = {"field": field}
     received = first.get("input")
     if field not in ("image", None) and isinstance(received, (int, float, bool, str)):
-        details["received"] = received if not isinstance(received, str) else received[:200]
+        if isinstance(received, str):
+            received = received[:200]
+        elif isinstance(received, float) and not math.isfinite(received):
+            received = str(received)  # NaN and Infinity parse but cannot be written as JSON
+        details["received"] = received
     if len(errors) > 1:
         details["errors"] = [{"field": _field(e.get("loc", ())), "message": e.get("msg")}
                              for e in errors[:20]]

@@ -6,13 +6,7 @@ import contextlib
 import http.server
 import io
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +15,7 @@ import onnx
 import pytest
 import yaml
 from onnx import TensorProto, helper
+from pg_server import PostgresServer  # noqa: F401 - tests import it from here
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,83 +258,6 @@ def png_bytes(arr: np.ndarray | Image.Image, fmt: str = "PNG", **save) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **save)
     return buf.getvalue()
-
-
-def _postgres_bin_dir() -> Path | None:
-    """Where initdb and pg_ctl live: on PATH, else the newest /usr/lib/postgresql/*/bin."""
-    found = shutil.which("pg_ctl")
-    candidates = [Path(found).parent] if found else []
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    for d in candidates:
-        if (d / "initdb").is_file() and (d / "pg_ctl").is_file():
-            return d
-    return None
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL server on 127.0.0.1 that a test can stop and start again.
-
-    initdb refuses to run as root, so as root the server runs as `nobody` in a /tmp dir it owns.
-    `start()` skips the test when the machine has no PostgreSQL server binaries.
-    """
-
-    def __init__(self) -> None:
-        self.bindir = _postgres_bin_dir()
-        if self.bindir is None:
-            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
-        self.root = Path(tempfile.mkdtemp(prefix="bgr-pg-"))
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("nobody")
-            os.chown(self.root, user.pw_uid, user.pw_gid)
-            self.as_user = ["runuser", "-u", "nobody", "--"] if shutil.which("runuser") else [
-                "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-        self.data, self.log = self.root / "data", self.root / "server.log"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self.running = False
-
-    def _run(self, *cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.as_user, *cmd], cwd=self.root, capture_output=True,
-                              text=True, timeout=60)
-
-    def start(self) -> PostgresServer:
-        psycopg = pytest.importorskip("psycopg")
-        if not self.data.exists():
-            res = self._run(str(self.bindir / "initdb"), "-D", str(self.data), "--auth=trust",
-                            "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
-            if res.returncode != 0:
-                pytest.skip(f"initdb failed: {res.stderr.strip()[-500:]}")
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                f"-c unix_socket_directories={self.root} -F")
-        res = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
-                        "-o", opts, "-w", "-t", "20", "start")
-        if res.returncode != 0:
-            tail = self.log.read_text()[-500:] if self.log.exists() else res.stderr
-            pytest.skip(f"PostgreSQL did not start: {tail.strip()}")
-        self.running = True
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                                connect_timeout=2).close()
-                return self
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"PostgreSQL does not accept connections: {exc}")
-                time.sleep(0.2)
-
-    def stop(self, mode: str = "immediate") -> None:
-        """`immediate`: like a crash or a pulled cable (no clean shutdown)."""
-        if self.running:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
-            self.running = False
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

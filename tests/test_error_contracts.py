@@ -79,6 +79,19 @@ def test_pydantic_failures_never_leak_the_framework_body(client):
         assert not isinstance(body.get("detail"), list), (path, body)
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_is_refused_not_a_500(client, value):
+    """Python's JSON reader takes NaN and Infinity; echoed back as the value received, they made
+    the error body itself unencodable (found by bench_reliability's fuzz: 500s)."""
+    for path, body in [("/upscale", f'{{"image": "{PNG64}", "scale_factor": {value}}}'),
+                       ("/process", f'{{"image": "{PNG64}", "upscale_factor": {value}}}'),
+                       ("/log-selection", f'{{"job_id": {value}}}'),
+                       ("/v1/jobs", f'{{"image_url": {value}}}')]:
+        resp = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 400, (path, resp.status_code, resp.text[:200])
+        assert shape(resp.json()) in ("type", "code"), resp.json()
+
+
 def test_401_and_429_per_family(base_url):
     with httpx.Client(base_url=base_url, timeout=30) as anonymous:
         shapes = {p: shape(anonymous.request(m, p).json()) for m, p in [
