@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines import webhooks
 from pipelines.fetch import FetchPolicy
+from serve_app.core import webhook_outbox
 from serve_app.core.db import now
 from serve_app.core.job_schema import COMPLETED
 from serve_app.core.job_store import Job
@@ -66,7 +67,7 @@ class WebhookDispatcher:
                             else {"error": job.error})
             payload = webhooks.build_payload(event, job.job_id, [results], job.webhook_secret)
             attempt = job.webhook_attempts + 1
-            delivery_id = f"{job.job_id}-{event}"  # the same for every retry: receivers dedupe
+            delivery_id = webhook_outbox.delivery_id(job.job_id, event)
             result = loop.run_until_complete(webhooks.deliver(
                 job.webhook_url, payload, job.webhook_secret, self.policy,
                 delivery_id=delivery_id))

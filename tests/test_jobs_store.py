@@ -4,6 +4,7 @@ leases and takeover, idempotency, webhook bookkeeping."""
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ import pytest
 from serve_app.core.db import now
 from serve_app.core.job_params import JobParams
 from serve_app.core.job_store import COMPLETED, CREATED, FAILED, PROCESSING, JobStore, TransitionError
+from serve_app.core.webhook_outbox import delivery_id
 
 P = JobParams(model_id="u2netp")
 
@@ -161,6 +163,48 @@ def test_webhook_bookkeeping(jobs):
     assert jobs.get(job.job_id).webhook_state == "delivered"
     assert [(d["attempt"], d["ok"], d["status_code"]) for d in jobs.webhooks.deliveries(job.job_id)] == [
         (1, False, 500), (2, True, 200)]
+
+
+def test_a_delivery_is_recorded_under_the_id_the_dispatcher_sends(jobs):
+    """The dispatcher's delivery id is the job id and the event (49 characters): PostgreSQL
+    refused it in a 36-character column, so every delivery's record failed, the webhook stayed
+    pending and was sent again each time its claim ran out (found by bench_reliability)."""
+    job = new(jobs, start=True, webhook_url="https://hooks.example.com/x")
+    jobs.claim("w1", 30)
+    jobs.complete(job.job_id, "w1", "k", "image/png", 60)
+    assert len(jobs.webhooks.claim(hold_s=0)) == 1
+    jobs.webhooks.record(job.job_id, delivery_id(job.job_id, "job_completed"), "job_completed",
+                         1, True, 200, None, 8, next_at=None)
+    assert jobs.get(job.job_id).webhook_state == "delivered"
+    assert jobs.webhooks.claim(hold_s=0) == []  # never sent again
+    assert jobs.webhooks.deliveries(job.job_id)[0]["delivery_id"] == f"{job.job_id}-job_completed"
+
+
+def test_a_database_made_before_a_column_grew_is_widened(postgres_url):
+    """A PostgreSQL database created with the old 36-character delivery id column is altered
+    when the store opens it (SQLite ignores lengths)."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    first = JobStore(url)
+    first.close()
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as conn:
+        conn.execute("ALTER TABLE webhook_deliveries ALTER COLUMN delivery_id TYPE VARCHAR(36)")
+    second = JobStore(url)
+    try:
+        job = new(second, start=True, webhook_url="https://hooks.example.com/x")
+        second.webhooks.record(job.job_id, delivery_id(job.job_id, "job_completed"),
+                               "job_completed", 1, True, 200, None, 8, next_at=None)
+        assert second.get(job.job_id).webhook_state == "delivered"
+    finally:
+        second.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_outputs_are_dropped_once(jobs):

@@ -93,18 +93,30 @@ def _create_tables(engine: Engine, tries: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
+def _shorter(present, column) -> bool:
+    """Whether a column's type in the database is a string shorter than the declared one."""
+    want, have = getattr(column.type, "length", None), getattr(present, "length", None)
+    return want is not None and have is not None and have < want
+
+
 def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a table was created, and string columns made longer (SQLite ignores
+    lengths; PostgreSQL refuses longer values)."""
     inspector = inspect(engine)
     for table in metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
+        present = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
-            if column.name in present:
-                continue
-            if not column.nullable:
-                raise RuntimeError(f"table {table.name} lacks the required column "
-                                   f"{column.name}: recreate the database")
             kind = column.type.compile(dialect=engine.dialect)
+            if column.name not in present:
+                if not column.nullable:
+                    raise RuntimeError(f"table {table.name} lacks the required column "
+                                       f"{column.name}: recreate the database")
+                change = f'ADD COLUMN "{column.name}" {kind}'
+            elif engine.dialect.name == "postgresql" and _shorter(present[column.name], column):
+                change = f'ALTER COLUMN "{column.name}" TYPE {kind}'
+            else:
+                continue
             with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                conn.execute(text(f"ALTER TABLE {table.name} {change}"))
         for index in table.indexes:  # create_all skipped them: the table existed
             index.create(engine, checkfirst=True)

@@ -58,7 +58,7 @@ webhook_deliveries = Table(
     "webhook_deliveries", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
-    Column("delivery_id", String(36), nullable=False),
+    Column("delivery_id", String(64), nullable=False),  # webhook_outbox.delivery_id
     Column("event", String(32), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("ok", Boolean, nullable=False),

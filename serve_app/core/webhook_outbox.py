@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from serve_app.core.job_store import Job
 
 
+def delivery_id(job_id: str, event: str) -> str:
+    """The id a job's delivery of `event` carries, the same for every retry (receivers dedupe
+    on it): up to 36 + 1 + 12 characters."""
+    return f"{job_id}-{event}"
+
+
 class WebhookOutbox:
     def __init__(self, engine: Engine, serial: AbstractContextManager,
                  get_job: Callable[[str], Job | None]) -> None:
