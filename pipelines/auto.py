@@ -15,7 +15,7 @@ models; the detector beside them; `deployments.model_client` skips the salient o
 detector is sure of a person, which changes no choice) and keep, for a person, the more
 confident of the person models' masks, else the more confident of the salient models'
 (`most_confident`: the smaller share of undecided alpha, among masks that found a subject and
-agree on where it is).
+agree on where it is; "where it is" is what most of the input's masks agree on).
 Without a detector the face cue stands in (a frontal face inside the person model's mask).
 Clips decide once from a few frames (`categorize_clip`), and a person's clip goes to the
 recurrent person model (RVM) when it is served.
@@ -175,19 +175,25 @@ def subject_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(sa & sb)) / max(int(np.count_nonzero(sa | sb)), 1)
 
 
-def most_confident(masks: Mapping[str, np.ndarray]) -> str:
+def most_confident(masks: Mapping[str, np.ndarray],
+                   voters: Mapping[str, np.ndarray] | None = None) -> str:
     """The candidate (in order of preference) whose mask leaves the fewest pixels undecided,
     among those that found a subject (covering more than 0.5 % and less than 99.5 % of the
-    image) and agree with the first such candidate on where it is (IoU >= 0.5): a blank or a
-    partial mask is confident too, and must not win for it. The first on a tie."""
+    image) and agree on where it is (IoU >= 0.5 with the reference): a blank or a partial mask
+    is confident too, and must not win for it. The reference is the candidate whose subject the
+    `voters` (every mask the input got, candidates included) agree with most, so a mask that
+    also keeps the background's objects is not the yardstick when the other models left them
+    out; without other voters, the first candidate. The first on a tie."""
     if not masks:
         raise ValueError("no mask to choose from")
     subjects = {m: _subject(x) for m, x in masks.items()}
     lo, hi = COVER
     found = [m for m, s in subjects.items() if lo < float(s.mean()) < hi] or list(masks)
-    ref = masks[found[0]]
-    trusted = [m for m in found
-               if m == found[0] or subject_iou(masks[m], ref) >= MIN_AGREEMENT]
+    others = {**(voters or {}), **masks}
+    ref_id = max(found, key=lambda m: sum(subject_iou(masks[m], v)
+                                          for n, v in others.items() if n != m))
+    ref = masks[ref_id]
+    trusted = [m for m in found if m == ref_id or subject_iou(masks[m], ref) >= MIN_AGREEMENT]
     return min(trusted, key=lambda m: uncertainty(masks[m]))
 
 
@@ -248,7 +254,10 @@ def decide(policy: AutoPolicy, outcomes: Mapping[str, np.ndarray | BaseException
         if failed and not person:
             raise failed[0]
         group = list(masks)
-    chosen = most_confident({m: masks[m] for m in group})
+    # for a thing, every mask votes on where it is (the person models too: they leave the
+    # background's objects out); a person's choice stays with the person models alone, so
+    # skipping the salient models for a sure person changes nothing
+    chosen = most_confident({m: masks[m] for m in group}, voters=None if person else masks)
     return Choice(chosen, masks[chosen], kind, why)
 
 
