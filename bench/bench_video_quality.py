@@ -30,6 +30,7 @@ import quality_data as qd  # noqa: E402
 
 from pipelines import quality, rvm  # noqa: E402
 from pipelines.catalog import load_catalog  # noqa: E402
+from pipelines.effects import estimate_foreground  # noqa: E402
 from pipelines.segmenter import OnnxSegmenter  # noqa: E402
 from pipelines.temporal import MaskSmoother  # noqa: E402
 from pipelines.weights import find_weights  # noqa: E402
@@ -44,15 +45,39 @@ CHUNK = 6  # small chunks, so that 24-frame clips have three seams
 WARMUPS = (0, 1, 2, 4, 8)
 
 
-def clips() -> list[tuple[str, str, list[np.ndarray], list[np.ndarray]]]:
-    """(name, half, frames, true alphas)."""
+def clips() -> list[tuple[str, str, list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]]:
+    """(name, half, frames, true alphas, true foregrounds if known): each person over each
+    scene, and the drawn arm."""
     out = []
     for name in rs.PEOPLE:
-        frames, truths = qd.person_clip(name)
-        out.append((f"{name.rsplit('/', 1)[-1]} walking", qd.split()[name], frames, truths))
+        for scene, place in enumerate(qd.SCENES):
+            fgs: list[np.ndarray] = []
+            frames, truths = qd.person_clip(name, scene=scene, foregrounds=fgs)
+            out.append((f"{name.rsplit('/', 1)[-1]} walking, {place}", qd.split()[name],
+                        frames, truths, fgs))
     frames, truths = qd.swinging_clip()
-    out.append(("strands, swinging arm", qd.split()["strands"], frames, truths))
+    out.append(("strands, swinging arm", qd.split()["strands"], frames, truths, None))
     return out
+
+
+def composite_error(alphas: list[np.ndarray], colours: list[np.ndarray],
+                    truths: list[np.ndarray], true_fgs: list[np.ndarray]) -> tuple[float, float]:
+    """How far the subject pasted on a new (mid-grey) background lands from the truth pasted
+    there, mean absolute error in 0..255 over the pixels either alpha touches: over all of
+    them, and over the soft edge only (0 < true alpha < 1), where the old background shows."""
+    grey = 128.0
+    every, edge = [], []
+    for a, f, ta, tf in zip(alphas, colours, truths, true_fgs):
+        af = a.astype(np.float32)[..., None] / 255
+        ta3 = ta.astype(np.float32)[..., None]
+        ours = af * f.astype(np.float32) + (1 - af) * grey
+        true = ta3 * tf.astype(np.float32) + (1 - ta3) * grey
+        err = np.abs(ours - true).mean(axis=2)
+        touched = (a > 0) | (ta > 0)
+        soft = (ta > 0.02) & (ta < 0.98)
+        every.append(float(err[touched].mean()) if touched.any() else 0.0)
+        edge.append(float(err[soft].mean()) if soft.any() else 0.0)
+    return statistics.fmean(every), statistics.fmean(edge)
 
 
 def seam_flicker(masks: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, float]:
@@ -77,8 +102,8 @@ def main() -> None:
     selfie = OnnxSegmenter(catalog.get("mediapipe-selfie"), paths["mediapipe-selfie"])
     matter = rvm.RecurrentMatter(OnnxSegmenter(catalog.get("rvm"), paths["rvm"]).session)
 
-    rows, seams = [], {}
-    for name, half, frames, truths in clips():
+    rows, seams, fg_rows = [], {}, []
+    for name, half, frames, truths, true_fgs in clips():
         per_frame = [selfie.predict(f) for f in frames]
         smoother = MaskSmoother()
         sources = {"selfie": per_frame,
@@ -92,6 +117,18 @@ def main() -> None:
             seams[(name, half, k)] = seam_flicker(masks, truths)
         for source, masks in sources.items():
             rows.append((name, half, source, quality.clip_score(masks, truths)))
+        if true_fgs is None:
+            continue
+        state, alphas, colours = matter.zero_state(), [], []
+        ratio = rvm.ratio_for(frames[0].shape[1], frames[0].shape[0])
+        for f in frames:
+            a, c, state = matter.matte(f, state, ratio)
+            alphas.append(a)
+            colours.append(c)
+        fused = [estimate_foreground(f, a) for f, a in zip(frames, alphas)]
+        fg_rows.append((name, half, composite_error(alphas, colours, truths, true_fgs),
+                        composite_error(alphas, fused, truths, true_fgs),
+                        composite_error(alphas, frames, truths, true_fgs)))
 
     tune_k = [k for k in WARMUPS if statistics.fmean(
         seams[(n, h, kk)][0] - seams[(n, h, kk)][1] for n, h, kk in seams
@@ -130,6 +167,13 @@ def main() -> None:
             vals = [seams[(n, h, kk)] for n, h, kk in seams if h == half and kk == k]
             seam_lines.append(f"| {half} | {k} | {statistics.fmean(v[0] for v in vals):.3f} | "
                               f"{statistics.fmean(v[1] for v in vals):.3f} |")
+    fg_lines = ["| half | clips | frame colours as they are | Blur-Fusion | RVM's foreground |",
+                "|---|---|---|---|---|"]
+    for half in ("tune", "test"):
+        sel = [r for r in fg_rows if r[1] == half]
+        cells = [f"{statistics.fmean(r[i][0] for r in sel):.2f} / "
+                 f"{statistics.fmean(r[i][1] for r in sel):.2f}" for i in (4, 3, 2)]
+        fg_lines.append(f"| {half} | {len(sel)} | {' | '.join(cells)} |")
     section = (
         f"{BEGIN}\n_{machine()}; {len(rows) // (3 + len(WARMUPS))} clips of 24 frames at 256x256; "
         f"`bench/bench_video_quality.py`._\n\nMeans per half (lower is better except worst IoU "
@@ -139,7 +183,10 @@ def main() -> None:
         f"smallest K whose seams are no worse than the inside).\n\n" + "\n".join(seam_lines)
         + f"\n\nRVM at 720p (sent at {work.shape[1]}x{work.shape[0]}, downsample ratio "
         f"{ratio:.2f}), one process with every core: median {ms:.0f} ms a frame "
-        f"({1000 / ms:.1f} frames/s).\n\nEvery clip:\n\n" + "\n".join(lines) + f"\n{END}")
+        f"({1000 / ms:.1f} frames/s).\n\nThe subject's colours, pasted with RVM's alpha on a "
+        f"mid-grey background against the truth pasted there: mean absolute error (0-255) over "
+        f"every pixel either alpha touches / over the soft edge only (lower is better):\n\n"
+        + "\n".join(fg_lines) + "\n\nEvery clip:\n\n" + "\n".join(lines) + f"\n{END}")
     print(section)
     if not args.quick:
         write_section(REPO / "docs" / "benchmarks.md", BEGIN, END,

@@ -352,20 +352,26 @@ def hard_samples() -> list[Sample]:
     return out
 
 
-def person_clip(name: str, frames: int = 24, size: int = 256
+def person_clip(name: str, frames: int = 24, size: int = 256, scene: int | None = None,
+                foregrounds: list[np.ndarray] | None = None
                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(frames, true alphas) of a photographed person with no visible face walking across a
     real photo that pans the other way (a known-alpha subject moved over real footage: the
-    motion is rigid and the lighting never changes, unlike real capture)."""
+    motion is rigid and the lighting never changes, unlike real capture). `scene` picks the
+    photo (an index into SCENES; by default one per person); `foregrounds`, when given, gets
+    each frame's true foreground colours."""
     import real_subjects as rs
 
     assert name in rs.PEOPLE
-    scene = _fit(_photo(SCENES[rs.PEOPLE.index(name) % 3]), size * 2)
+    index = rs.PEOPLE.index(name) % 3 if scene is None else scene
+    backdrop = _fit(_photo(SCENES[index]), size * 2)
     rgb_out, alpha_out = [], []
     for t in range(frames):
         bob = 0.02 * np.sin(t * 0.8)  # a walker's bounce
         p, a = put(*_stamp(name), 0.9, (0.3 + 0.4 * t / max(frames - 1, 1), 0.52 + bob), size)
-        bg = scene[size // 2: size // 2 + size, (frames - t) * 4: (frames - t) * 4 + size]
+        bg = backdrop[size // 2: size // 2 + size, (frames - t) * 4: (frames - t) * 4 + size]
         rgb_out.append(_compose(p, a, bg))
         alpha_out.append(a)
+        if foregrounds is not None:
+            foregrounds.append(p)
     return rgb_out, alpha_out
