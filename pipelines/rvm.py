@@ -61,11 +61,18 @@ class RecurrentMatter:
     def step(self, rgb: np.ndarray, state: dict[str, np.ndarray], ratio: float
              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The alpha (uint8, the frame's size) of one frame and the state for the next."""
+        alpha, _, nxt = self.matte(rgb, state, ratio)
+        return alpha, nxt
+
+    def matte(self, rgb: np.ndarray, state: dict[str, np.ndarray], ratio: float
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """`step` with RVM's own foreground estimate (uint8 RGB, the frame's size)."""
         src = (rgb.astype(np.float32) / 255.0)[None]
-        pha, _, *nxt = self.session.run(list(OUTPUTS), {
+        pha, fgr, *nxt = self.session.run(list(OUTPUTS), {
             "src": src, "downsample_ratio": np.array(ratio, np.float32), **state})
         alpha = np.clip(pha[0, :, :, 0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return alpha, {name: s for (name, _), s in zip(STATES, nxt)}
+        colours = np.clip(fgr[0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return alpha, colours, {name: s for (name, _), s in zip(STATES, nxt)}
 
     def run(self, frames: Sequence[np.ndarray], warmup: int = 0,
             ratio: float | None = None) -> list[np.ndarray]:
