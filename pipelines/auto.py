@@ -15,8 +15,7 @@ models; the detector beside them; `deployments.model_client` skips the salient o
 detector is sure of a person, which changes no choice) and keep, for a person, the more
 confident of the person models' masks, else the more confident of the salient models'
 (`most_confident`: the smaller share of undecided alpha, among masks that found a subject and
-agree on where it is; for a thing, "where it is" is where the salient masks and the
-detector's box of it agree most).
+agree on where it is).
 Without a detector the face cue stands in (a frontal face inside the person model's mask).
 Clips decide once from a few frames (`categorize_clip`), and a person's clip goes to the
 recurrent person model (RVM) when it is served.
@@ -176,26 +175,19 @@ def subject_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(sa & sb)) / max(int(np.count_nonzero(sa | sb)), 1)
 
 
-def most_confident(masks: Mapping[str, np.ndarray],
-                   voters: Mapping[str, np.ndarray] | None = None) -> str:
+def most_confident(masks: Mapping[str, np.ndarray]) -> str:
     """The candidate (in order of preference) whose mask leaves the fewest pixels undecided,
     among those that found a subject (covering more than 0.5 % and less than 99.5 % of the
-    image) and agree on where it is (IoU >= 0.5 with the reference): a blank or a partial mask
-    is confident too, and must not win for it. The reference is the candidate whose subject the
-    `voters` (the candidates and e.g. the detector's box of the subject) agree with most, so a
-    mask that also keeps the background's objects is not the yardstick when the detector and
-    the other model left them out; without other voters, the first candidate. The first on a
-    tie."""
+    image) and agree with the first such candidate on where it is (IoU >= 0.5): a blank or a
+    partial mask is confident too, and must not win for it. The first on a tie."""
     if not masks:
         raise ValueError("no mask to choose from")
     subjects = {m: _subject(x) for m, x in masks.items()}
     lo, hi = COVER
     found = [m for m, s in subjects.items() if lo < float(s.mean()) < hi] or list(masks)
-    others = {**masks, **(voters or {})}
-    ref_id = max(found, key=lambda m: sum(subject_iou(masks[m], v)
-                                          for n, v in others.items() if n != m))
-    ref = masks[ref_id]
-    trusted = [m for m in found if m == ref_id or subject_iou(masks[m], ref) >= MIN_AGREEMENT]
+    ref = masks[found[0]]
+    trusted = [m for m in found
+               if m == found[0] or subject_iou(masks[m], ref) >= MIN_AGREEMENT]
     return min(trusted, key=lambda m: uncertainty(masks[m]))
 
 
@@ -256,26 +248,8 @@ def decide(policy: AutoPolicy, outcomes: Mapping[str, np.ndarray | BaseException
         if failed and not person:
             raise failed[0]
         group = list(masks)
-    chosen = most_confident({m: masks[m] for m in group},
-                            voters=None if person else _thing_voters(group, masks, detections))
+    chosen = most_confident({m: masks[m] for m in group})
     return Choice(chosen, masks[chosen], kind, why)
-
-
-def _thing_voters(group: Sequence[str], masks: Mapping[str, np.ndarray],
-                  detections: Sequence[Detection] | None) -> dict[str, np.ndarray]:
-    """Who votes on where a thing is: the salient models' masks and the box the detector is
-    surest of among things (not people), as a filled rectangle. Chosen on the tuning half over
-    letting the person models vote too (they side with either salient mask on animals filling
-    the frame, docs/benchmarks.md)."""
-    voters = {m: masks[m] for m in group}
-    things = [d for d in detections or () if d.kind != "person"]
-    if things and group:
-        h, w = masks[group[0]].shape[:2]
-        x0, y0, x1, y1 = max(things, key=lambda d: d.score).box
-        box = np.zeros((h, w), np.uint8)
-        box[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 255
-        voters[DETECTOR] = box
-    return voters
 
 
 @cache

@@ -18,7 +18,6 @@ from pipelines.auto import (
     categorize,
     decide,
     most_confident,
-    subject_iou,
     uncertainty,
 )
 from pipelines.catalog import Tier
@@ -432,24 +431,3 @@ def test_the_worker_skips_the_salient_models_for_a_sure_person(tmp_path, monkeyp
     finally:
         worker._shutdown()
         get_settings.cache_clear()
-
-
-def test_where_a_thing_is_is_where_the_masks_and_the_detector_agree():
-    """The pro model also keeps a background object (sure of it: a hard mask), the light model
-    keeps the subject alone with a soft edge, and the detector's box holds the subject alone:
-    the light model's mask is the reference and wins although the pro's is surer (the pro's
-    mask used to be the yardstick for being first). Without the detector's box, a tie between
-    the two masks: the first, as before."""
-    yy, xx = np.mgrid[:128, :128]
-    subject = np.hypot(yy - 64, xx - 40) < 14
-    soft = np.clip(255 * (14 - np.hypot(yy - 64, xx - 40)) / 4, 0, 255).astype(np.uint8)
-    with_object = np.where(subject | ((yy > 20) & (yy < 110) & (xx > 70) & (xx < 124)),
-                           255, 0).astype(np.uint8)
-    assert subject_iou(with_object, soft) < 0.5
-    masks = {"pro": with_object, "light": soft}
-    policy = AutoPolicy((ServedModel("pro", Tier.pro, 1.0), ServedModel("light", Tier.light, 1.0)))
-    assert decide(policy, masks, []).model_id == "pro"  # nothing else votes
-    cup = Detection("cup", 0.4, (26, 50, 54, 78))
-    person_far_away = Detection("person", 0.2, (70, 20, 124, 110))
-    choice = decide(policy, masks, [person_far_away, cup])
-    assert choice.model_id == "light" and choice.subject == "object"
