@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # A recurrent model (RVM) takes a clip in chunks of this many frames, each led by
     # `video_chunk_warmup` frames of the one before (pipelines/rvm.py; bench/bench_video_quality.py)
     video_chunk_frames: int = Field(24, ge=1, le=1000)
-    video_chunk_warmup: int = Field(1, ge=0, le=100)  # chosen on the tuning half
+    video_chunk_warmup: int = Field(2, ge=0, le=100)  # chosen on the tuning half
     video_edge_decontamination: bool = False  # Blur-Fusion per frame (slower, cleaner edges)
     hd_max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # CIDRs that image_url may reach although they are private/loopback/link-local (default: none).
