@@ -12,7 +12,12 @@ import urllib.request
 
 import pytest
 
-from serve_app.core.artifacts import ArtifactStore, ArtifactStoreUnavailable, artifact_store
+from serve_app.core.artifacts import (
+    ArtifactStore,
+    ArtifactStoreUnavailable,
+    artifact_store,
+    validate_key,
+)
 from serve_app.core.dependencies import as_dependency_error, storage_check
 from serve_app.core.errors import DependencyUnavailable
 from serve_app.core.s3_artifacts import PART_SIZE, S3ArtifactStore
@@ -54,6 +59,8 @@ def test_missing_objects(any_store) -> None:
     store.delete("jobs/none/output.png")  # missing is fine
     store.put_bytes("jobs/a/x", b"1")
     assert not store.exists("jobs/a")  # a "folder" is not an object
+    with pytest.raises(FileNotFoundError):
+        store.size("jobs/a")
 
 
 def test_writer_is_atomic(any_store) -> None:
@@ -70,15 +77,27 @@ def test_writer_is_atomic(any_store) -> None:
     assert store.open(key).read() == b"old"  # a failed overwrite keeps the previous object
 
 
-@pytest.mark.parametrize("key", ["", "../x", "a/../b", "/abs", "a//b", "a/b/", "a\\b", "a b",
-                                 "ünï", "x" * 257])
+@pytest.mark.parametrize("key", [
+    "", "../x", "a/../../b", "a/./b", "..", ".", "/abs", "/etc/passwd", "a//b", "a/b/", "a\\b",
+    "a/b c", "a/\x00b", "ünï/code", "x" * 257, "a/" + "y" * 255,
+    "y" * 256,  # one segment longer than a file name may be
+])
 def test_invalid_keys(any_store, key: str) -> None:
     store = any_store
+    with pytest.raises(ValueError):
+        validate_key(key)
     for call in (store.writer, lambda k: store.put_bytes(k, b"x"), store.open, store.exists,
                  store.delete, store.size, store.local_path):
         with pytest.raises(ValueError):
             call(key)
     assert keys_of(store) == []
+
+
+def test_delete_prefix_leaves_writes_in_progress(any_store) -> None:
+    with any_store.writer("jobs/j1/output.png") as f:
+        f.write(b"x")
+        assert any_store.delete_prefix("jobs/j1/") == 0  # not an object until it is whole
+    assert any_store.exists("jobs/j1/output.png")
 
 
 def test_seek_and_ranges(any_store) -> None:
