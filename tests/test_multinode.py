@@ -105,12 +105,78 @@ def wait_for(what: str, check, timeout: float, every: float = 1.0):
         time.sleep(every)
 
 
+class TwoNodes:
+    """A head node (2 CPUs, `cpu_pool`) and a worker node (1 CPU, `pro_pool`) of one Ray
+    cluster on this host, each `ray start` in its own process group; `nodes` maps "head" and
+    "worker" to their node ids. Leaving the block kills both and forgets the cluster."""
+
+    def __init__(self, tmp_path: Path, head_env: dict[str, str], worker_env: dict[str, str]):
+        self.tmp_path, self.head_env, self.worker_env = tmp_path, head_env, worker_env
+        self.gcs_port, self.dash_port, self.http_port = _free_port(), _free_port(), _free_port()
+        self.gcs = f"127.0.0.1:{self.gcs_port}"
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.head: Node | None = None
+        self.worker: Node | None = None
+        self.nodes: dict[str, str] = {}
+
+    def __enter__(self) -> TwoNodes:
+        self.head = Node(["--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+                          f"--dashboard-port={self.dash_port}", "--dashboard-host=127.0.0.1",
+                          "--include-dashboard=true", "--num-cpus=2",
+                          '--resources={"cpu_pool": 4}'], self.head_env,
+                         self.tmp_path / "head.log")
+        try:
+            wait_for("the head node", lambda: self.list("nodes"), 90)
+            self.add_worker("worker.log")
+            nodes = wait_for("two nodes", lambda: len(n := self.list("nodes")) == 2 and n, 90)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.nodes = {("worker" if "pro_pool" in n["resources_total"] else "head"): n["node_id"]
+                      for n in nodes}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.head is not None
+        stop_cluster(self.head, self.worker, self.gcs_port)
+
+    def add_worker(self, log: str) -> None:
+        self.worker = Node([f"--address={self.gcs}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=1", '--resources={"pro_pool": 2}'], self.worker_env,
+                           self.tmp_path / log)
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        self.worker.kill()
+        self.worker = None
+
+    def list(self, kind: str) -> list[dict]:
+        return ray_list(kind, self.gcs, self.head_env)
+
+    def deploy(self, config: dict) -> httpx.Client:
+        """`serve deploy` the config through the head's dashboard; a client once healthy."""
+        config_path = self.tmp_path / "serve.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        subprocess.run([SERVE, "deploy", str(config_path), "--address",
+                        f"http://127.0.0.1:{self.dash_port}"], env=self.head_env, check=True,
+                       timeout=120, capture_output=True)
+        client = httpx.Client(base_url=self.url, timeout=60)
+        wait_for("a healthy app", lambda: client.get("/health").json()["status"] == "healthy",
+                 240, 2)
+        return client
+
+    def placed(self) -> dict[str, str]:
+        """Deployment name -> the node id its (live) replica runs on."""
+        actors = [a for a in self.list("actors") if a["state"] == "ALIVE"]
+        return {a["class_name"].rsplit(":", 1)[-1]: a["node_id"] for a in actors
+                if a["class_name"].startswith("ServeReplica:bgremove:")}
+
+
 def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     for file in STAND_INS.values():
         any_size_model(models / file)
-    gcs_port, dash_port, http_port = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "BGR_MODELS_DIR": str(models),
            "BGR_DATA_DIR": str(tmp_path / "data"), "BGR_AUTH_ENABLED": "false",
            # notice a lost node within seconds, not the default ~30 s
@@ -118,38 +184,15 @@ def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
            "RAY_health_check_initial_delay_ms": "1000"}
     for key in ("RAY_ADDRESS", "BGR_EXTRA_MODELS_DIR", "BGR_CATALOG_PATH"):
         env.pop(key, None)
-    gcs = f"127.0.0.1:{gcs_port}"
-    head = Node(["--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
-                 f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1",
-                 "--include-dashboard=true", "--num-cpus=2",
-                 '--resources={"cpu_pool": 4}'], env, tmp_path / "head.log")
-    worker_args = [f"--address={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                   '--resources={"pro_pool": 2}']
-    worker = None
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_for("the head node", lambda: ray_list("nodes", gcs, env), 90)
-        worker = Node(worker_args, env, tmp_path / "worker.log")
-        nodes = wait_for("two nodes", lambda: len(n := ray_list("nodes", gcs, env)) == 2 and n, 90)
-        node_of = {("pro_pool" if "pro_pool" in n["resources_total"] else "cpu_pool"): n["node_id"]
-                   for n in nodes}
-        assert set(node_of) == {"pro_pool", "cpu_pool"}
-
-        config_path = tmp_path / "serve.yaml"
-        config_path.write_text(yaml.safe_dump(generated_serve_config(http_port)))
-        subprocess.run([SERVE, "deploy", str(config_path), "--address",
-                        f"http://127.0.0.1:{dash_port}"], env=env, check=True, timeout=120,
-                       capture_output=True)
-        client = httpx.Client(base_url=url, timeout=60)
-        wait_for("a healthy app", lambda: client.get("/health").json()["status"] == "healthy", 240, 2)
+    with TwoNodes(tmp_path, env, env) as cluster:
+        client = cluster.deploy(generated_serve_config(cluster.http_port))
+        url = cluster.url
 
         # each pool's replicas on the node offering its resource
-        actors = [a for a in ray_list("actors", gcs, env) if a["state"] == "ALIVE"]
-        placed = {a["class_name"].rsplit(":", 1)[-1]: a["node_id"] for a in actors
-                  if a["class_name"].startswith("ServeReplica:bgremove:")}
-        assert placed["birefnet-general-lite"] == node_of["pro_pool"]
+        placed = cluster.placed()
+        assert placed["birefnet-general-lite"] == cluster.nodes["worker"]
         for name in ("u2netp", "mediapipe-selfie", "JobWorker", "Ingress"):
-            assert placed[name] == node_of["cpu_pool"], (name, placed)
+            assert placed[name] == cluster.nodes["head"], (name, placed)
 
         # one shotgun request uses both nodes
         import base64
@@ -172,8 +215,7 @@ def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
         for t in threads:
             t.start()
         time.sleep(3)
-        worker.kill()
-        worker = None
+        cluster.kill_worker()
         time.sleep(15)
         stop.set()
         for t in threads:
@@ -190,15 +232,13 @@ def test_two_node_cluster_pins_pools_survives_node_loss_and_recovers(tmp_path):
         assert all(r["u2netp"]["status"] == "success" for r in rows_after)  # CPU pool unaffected
 
         # a node offering pro_pool comes back: the pro model serves again
-        worker = Node(worker_args, env, tmp_path / "worker2.log")
+        cluster.add_worker("worker2.log")
 
         def pro_serves():
             rows = client.post("/remove-background", json=body).json()["results"]
             return all(r["status"] == "success" for r in rows)
 
         wait_for("the pro model back", pro_serves, 240, 3)
-    finally:
-        stop_cluster(head, worker, gcs_port)
 
 
 def stand_in_catalog(tmp_path: Path, models: Path) -> Path:
@@ -259,73 +299,51 @@ def test_two_nodes_share_nothing_but_a_bucket_and_a_database(tmp_path, s3_server
                for node in ("head", "worker")}
     envs = {node: {**base_env, "BGR_MODELS_DIR": str(m), "BGR_DATA_DIR": str(d)}
             for node, (m, d) in folders.items()}
-    gcs_port, dash_port, http_port = _free_port(), _free_port(), _free_port()
-    gcs = f"127.0.0.1:{gcs_port}"
-    head = Node(["--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
-                 f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1",
-                 "--include-dashboard=true", "--num-cpus=2", '--resources={"cpu_pool": 4}'],
-                envs["head"], tmp_path / "head.log")
-    worker = None
     try:
-        wait_for("the head node", lambda: ray_list("nodes", gcs, envs["head"]), 90)
-        worker = Node([f"--address={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                       '--resources={"pro_pool": 2}'], envs["worker"], tmp_path / "worker.log")
-        nodes = wait_for("two nodes",
-                         lambda: len(n := ray_list("nodes", gcs, envs["head"])) == 2 and n, 90)
-        node_of = {("worker" if "pro_pool" in n["resources_total"] else "head"): n["node_id"]
-                   for n in nodes}
-        config = generated_serve_config(http_port)
-        args = config["applications"][0]["args"]
-        args["jobs"]["ray_actor_options"] = {"num_cpus": 0.25, "resources": {"pro_pool": 0.01}}
-        config_path = tmp_path / "serve.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        subprocess.run([SERVE, "deploy", str(config_path), "--address",
-                        f"http://127.0.0.1:{dash_port}"], env=envs["head"], check=True,
-                       timeout=120, capture_output=True)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60)
-        wait_for("a healthy app", lambda: client.get("/health").json()["status"] == "healthy",
-                 240, 2)
-        actors = [a for a in ray_list("actors", gcs, envs["head"]) if a["state"] == "ALIVE"]
-        placed = {a["class_name"].rsplit(":", 1)[-1]: a["node_id"] for a in actors
-                  if a["class_name"].startswith("ServeReplica:bgremove:")}
-        assert placed["Ingress"] == node_of["head"] and placed["JobWorker"] == node_of["worker"]
-        # every model's file is in the models folder of the node running it, from the bucket
-        for model_id, file in STAND_INS.items():
-            node = "worker" if placed[model_id] == node_of["worker"] else "head"
-            assert (folders[node][0] / file).read_bytes() == (publisher / file).read_bytes()
-        assert placed["birefnet-general-lite"] == node_of["worker"]
+        with TwoNodes(tmp_path, envs["head"], envs["worker"]) as cluster:
+            config = generated_serve_config(cluster.http_port)
+            args = config["applications"][0]["args"]
+            args["jobs"]["ray_actor_options"] = {"num_cpus": 0.25,
+                                                 "resources": {"pro_pool": 0.01}}
+            client = cluster.deploy(config)
+            placed, node_of = cluster.placed(), cluster.nodes
+            assert placed["Ingress"] == node_of["head"] and placed["JobWorker"] == node_of["worker"]
+            # every model's file is in the models folder of the node running it, from the bucket
+            for model_id, file in STAND_INS.items():
+                node = "worker" if placed[model_id] == node_of["worker"] else "head"
+                assert (folders[node][0] / file).read_bytes() == (publisher / file).read_bytes()
+            assert placed["birefnet-general-lite"] == node_of["worker"]
 
-        # an upload through the head, a /v1 job on the worker node, downloaded through the head
-        photo = png_bytes(disk_image(120, 80))
-        up = client.post("/api/upload", files={"file": ("me.png", photo, "image/png")})
-        assert up.status_code == 201, up.text
-        job = client.post("/v1/jobs", json={"upload_id": up.json()["upload_id"]}).json()
-        final = wait_for("the /v1 job", lambda: (r := client.get(
-            f"/v1/jobs/{job['job_id']}").json())["status"] in ("completed", "failed") and r, 120)
-        assert final["status"] == "completed", final
-        got = client.get(f"/api/download/{job['job_id']}")
-        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
-        assert httpx.get(final["output_url"], timeout=30).content == got.content  # presigned
-        # an HD image and a video, processed on the worker node, results through the head
-        hd = client.post("/image/hd/submit/v1", files={
-            "image": ("big.png", png_bytes(disk_image(2100, 1400)), "image/png")}).json()
-        hd_result = wait_for("the HD job", lambda: (r := client.get(
-            f"/image/hd/result/{hd['uuid']}")).status_code != 202 and r, 120)
-        assert hd_result.status_code == 200 and hd_result.content[:8] == b"\x89PNG\r\n\x1a\n"
-        clip = client.post("/video/submit/v1",
-                           files={"video": ("clip.mp4", make_clip(1.0), "video/mp4")}).json()
-        video_result = wait_for("the video job", lambda: (r := client.get(
-            f"/video/result/{clip['uuid']}")).status_code != 202 and r, 180)
-        assert video_result.status_code == 200, video_result.text
-        assert video_result.content[:4] == b"\x1a\x45\xdf\xa3"  # WebM
-        # nothing was written to either node's data folder: no shared folder was needed
-        for node, (_, data) in folders.items():
-            stored = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
-            assert not [p for p in stored if "artifacts" in p.parts or "results" in p.parts], \
-                (node, stored)
-        events = client.get(f"/v1/jobs/{job['job_id']}").json()
-        assert events["status"] == "completed"
+            # an upload through the head, a /v1 job on the worker node, downloaded through the head
+            photo = png_bytes(disk_image(120, 80))
+            up = client.post("/api/upload", files={"file": ("me.png", photo, "image/png")})
+            assert up.status_code == 201, up.text
+            job = client.post("/v1/jobs", json={"upload_id": up.json()["upload_id"]}).json()
+            final = wait_for("the /v1 job", lambda: (r := client.get(
+                f"/v1/jobs/{job['job_id']}").json())["status"] in ("completed", "failed") and r, 120)
+            assert final["status"] == "completed", final
+            got = client.get(f"/api/download/{job['job_id']}")
+            assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+            assert httpx.get(final["output_url"], timeout=30).content == got.content  # presigned
+            # an HD image and a video, processed on the worker node, results through the head
+            hd = client.post("/image/hd/submit/v1", files={
+                "image": ("big.png", png_bytes(disk_image(2100, 1400)), "image/png")}).json()
+            hd_result = wait_for("the HD job", lambda: (r := client.get(
+                f"/image/hd/result/{hd['uuid']}")).status_code != 202 and r, 120)
+            assert hd_result.status_code == 200 and hd_result.content[:8] == b"\x89PNG\r\n\x1a\n"
+            clip = client.post("/video/submit/v1",
+                               files={"video": ("clip.mp4", make_clip(1.0), "video/mp4")}).json()
+            video_result = wait_for("the video job", lambda: (r := client.get(
+                f"/video/result/{clip['uuid']}")).status_code != 202 and r, 180)
+            assert video_result.status_code == 200, video_result.text
+            assert video_result.content[:4] == b"\x1a\x45\xdf\xa3"  # WebM
+            # nothing was written to either node's data folder: no shared folder was needed
+            for node, (_, data) in folders.items():
+                stored = [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
+                assert not [p for p in stored if "artifacts" in p.parts or "results" in p.parts], \
+                    (node, stored)
+            events = client.get(f"/v1/jobs/{job['job_id']}").json()
+            assert events["status"] == "completed"
     finally:
-        stop_cluster(head, worker, gcs_port)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
