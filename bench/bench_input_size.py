@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-
-import onnx
-from onnx import helper
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -37,45 +32,6 @@ BEGIN, END = "<!-- BEGIN bench_input_size -->", "<!-- END bench_input_size -->"
 SIZES = {"isnet-imgly-medium": (1024, 768, 640, 512), "u2netp": (320, 256, 192)}
 
 
-def any_size(path: Path, folder: Path) -> Path:
-    """A copy of the graph at `path` whose image input takes any height and width. Exports
-    often pin the trained size: on the input, and (IMG.LY's IS-Net, traced from PyTorch's
-    `interpolate(src, size=tar.shape[2:])`) as a constant target size of each decoder Resize;
-    such a constant becomes the spatial shape of the tensor the result is concatenated with, or
-    of the image input where it is concatenated with nothing (the side outputs)."""
-    model = onnx.load(str(path))
-    graph = model.graph
-    image = next(v for v in graph.input if len(v.type.tensor_type.shape.dim) == 4)
-    for i, name in ((2, "height"), (3, "width")):
-        image.type.tensor_type.shape.dim[i].Clear()
-        image.type.tensor_type.shape.dim[i].dim_param = name
-    del graph.value_info[:]  # shapes inferred for the trained size
-    for value in graph.output:
-        value.type.tensor_type.ClearField("shape")
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    added = []
-    for k, resize in enumerate(n for n in list(graph.node) if n.op_type == "Resize"):
-        sizes = producer.get(resize.input[3]) if len(resize.input) > 3 else None
-        pinned = producer.get(sizes.input[1]) if sizes is not None and len(sizes.input) > 1 else None
-        if sizes is None or sizes.op_type != "Concat" or pinned is None or pinned.op_type != "Constant":
-            continue  # the size is computed from a tensor already
-        out = resize.output[0]
-        while len(readers.get(out, [])) == 1 and readers[out][0].op_type == "Cast":
-            out = readers[out][0].output[0]
-        joins = [r for r in readers.get(out, []) if r.op_type == "Concat"]
-        target = (next(i for i in joins[0].input if i != out) if joins else image.name)
-        added += [helper.make_node("Shape", [target], [f"_tar{k}"], start=2, end=4)]
-        sizes.input[1] = f"_tar{k}"
-    graph.node.extend(added)  # onnxruntime orders the nodes itself
-    out_path = folder / path.name
-    onnx.save(model, str(out_path))
-    return out_path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(SIZES))
@@ -85,31 +41,27 @@ def main() -> int:
     args = parser.parse_args()
     samples = test_half(args.half)
     rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="bench-size-"))
     for spec, found in installed(args.models):
         model_id = spec.id
-        path = any_size(found, tmp)
         for size in SIZES[model_id]:
-            resized = spec.model_copy(update={"preprocess": spec.preprocess.model_copy(
-                update={"height": size, "width": size})})
-            try:
-                ((sad, iou, ms),) = measure([OnnxSegmenter(resized, path, intra_op_threads=2,
-                                                           precision="fp32")], samples)
+            try:  # as a pool's `input_size` runs it (pipelines.input_size.any_size)
+                ((sad, iou, ms),) = measure([OnnxSegmenter(spec, found, intra_op_threads=2,
+                                                           precision="fp32", input_size=size)],
+                                            samples)
             except InferenceError as exc:  # a graph with the trained size baked into a layer
                 reason = exc.message.split("Status Message: ")[-1].split(". ")[0]
                 rows.append(f"| {model_id} | {size}² | does not run: `{reason}` | | |")
             else:
                 rows.append(f"| {model_id} | {size}² | {ms:.0f} | {sad:.2f} | {iou:.4f} |")
             print(rows[-1], flush=True)
-    shutil.rmtree(tmp)
     section = "\n".join([
         BEGIN,
         f"Measured {datetime.date.today().isoformat()} on {machine()}; "
         f"`bench/bench_input_size.py`. {len(samples)} images of the exact-alpha test half; "
         "ms: median per image at 2 threads (float32), pre- and postprocessing included. "
         "IMG.LY's IS-Net export pins 1024² as the constant target size of each decoder Resize; "
-        "the bench's copy takes that size from the tensor each result is joined with "
-        "(`any_size`), which the service does not do yet.",
+        "at another size each Resize takes its size from the tensor its result is joined with "
+        "(`pipelines.input_size.any_size`), as a pool's `input_size` option runs it.",
         "",
         "| model | input | ms | SAD | IoU |",
         "|---|---|---|---|---|",

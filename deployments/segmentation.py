@@ -44,6 +44,7 @@ class SegmentationModel:
         precision: str = "auto",
         cpu_memory_arena: bool = True,
         int8_path: str | None = None,
+        input_size: int | None = None,
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         settings = get_settings()
@@ -59,6 +60,7 @@ class SegmentationModel:
             precision=precision,
             memory_arena=cpu_memory_arena,
             int8_path=int8_path,
+            input_size=input_size,
         )
         # A session's first runs allocate its memory arena (u2netp: 463 vs 306 ms for the first
         # and second call here): pay that at start-up, not on a user's first request.
@@ -73,7 +75,9 @@ class SegmentationModel:
                           "concurrent_inferences": concurrent_inferences,
                           "solo_intra_op_threads": solo_intra_op_threads,
                           "precision": self.segmenter.precision,
-                          "cpu_memory_arena": cpu_memory_arena}
+                          "cpu_memory_arena": cpu_memory_arena,
+                          "input_size": (self.segmenter.spec.preprocess.width,
+                                         self.segmenter.spec.preprocess.height)}
         self._batching = False
         self._batch: dict[str, Any] = {}
         self._in_flight = 0

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipelines.catalog import ModelSpec, Postprocess, Preprocess
 from pipelines.errors import InferenceError, ModelFileMissing
+from pipelines.input_size import any_size, scaled
 from pipelines.precision import half_precision, resolve_precision
 
 _RESAMPLE = {
@@ -146,6 +147,7 @@ class OnnxSegmenter:
         precision: str = "auto",
         memory_arena: bool = True,
         int8_path: str | Path | None = None,
+        input_size: int | None = None,
     ) -> None:
         """`solo_threads` > 0 opens a second session with that many threads, used for a call
         that runs alone (`predict_batch(..., solo=True)`): one request gets every core, while
@@ -156,6 +158,8 @@ class OnnxSegmenter:
         (`weights.find_int8`), `auto` fp16 on a GPU provider and on CPU int8 where `int8_path`
         is given, else fp32.
         `memory_arena`: see `session_options`.
+        `input_size`: run the model with this longer input side instead of its catalog size
+        (the graph's pinned sizes freed in memory, `pipelines.input_size`).
         """
         path = Path(weights_path)
         if not path.is_file():
@@ -174,6 +178,13 @@ class OnnxSegmenter:
             graph = str(int8_path)
         else:
             graph = str(path)
+        if input_size is not None:
+            pre = spec.preprocess
+            height, width = scaled(pre.height, pre.width, input_size)
+            spec = spec.model_copy(update={"preprocess": pre.model_copy(
+                update={"height": height, "width": width})})
+            self.spec = spec
+            graph = any_size(graph if isinstance(graph, bytes) else Path(graph))
         self.session = ort.InferenceSession(
             graph, sess_options=session_options(intra_op_threads, memory_arena), providers=chosen
         )

@@ -47,6 +47,10 @@ class PoolOptions(_Options):
     # false: no CPU memory arena kept between runs (idle memory of a 1024² model ~2 GB ->
     # ~0.4 GB, each run ~35 % slower on CPU; docs/configuration.md).
     cpu_memory_arena: bool = True
+    # Run each model of the pool with this longer input side instead of its catalog size
+    # (e.g. IS-Net at 768 instead of 1024: ~1.8x faster on CPU, a little less exact;
+    # docs/benchmarks.md "Input size against quality"). None: the catalog's size.
+    input_size: int | None = Field(None, ge=32, le=4096)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> PoolOptions:
@@ -75,7 +79,7 @@ class PoolOptions(_Options):
         """Keyword arguments of `SegmentationModel` (how a replica runs its model)."""
         return self.model_dump(include={"providers", "intra_op_threads", "concurrent_inferences",
                                         "solo_intra_op_threads", "precision",
-                                        "cpu_memory_arena"})
+                                        "cpu_memory_arena", "input_size"})
 
     def serve_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {

@@ -30,7 +30,7 @@ def test_tier_defaults_pool_overrides_and_model_overrides_merge_in_order():
     assert pro.backend_options() == {
         "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "intra_op_threads": 0,
         "concurrent_inferences": 1, "solo_intra_op_threads": 0, "precision": "auto",
-        "cpu_memory_arena": True}
+        "cpu_memory_arena": True, "input_size": None}
     fp16 = AppConfig.model_validate({"models": ["u2netp"], "pools": {"light": {"precision": "fp16"}}})
     assert fp16.pool_for("u2netp", Tier.light).backend_options()["precision"] == "fp16"
 

@@ -186,3 +186,70 @@ def test_memory_arena_off_gives_the_same_masks(tiny_model):
     freed = OnnxSegmenter(tiny_spec(), tiny_model, memory_arena=False)
     assert np.array_equal(kept.predict(rgb), freed.predict(rgb))
     assert np.array_equal(kept.predict_batch([rgb], solo=True)[0], kept.predict(rgb))
+
+
+def pinned_size_model(path, side: int = 32):
+    """A graph exported at `side` x `side` the way IMG.LY's IS-Net is: the image input pinned,
+    and a decoder Resize whose target size is the constant trained size (Concat of the batch
+    and channel dims with a Constant), its result concatenated with the full-size input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, side, side])
+    nodes = [
+        helper.make_node("AveragePool", ["x"], ["low"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["low"], ["nc"], start=0, end=2),
+        helper.make_node("Constant", [], ["hw"], value=helper.make_tensor(
+            "hw", TensorProto.INT64, [2], [side, side])),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["low", "", "", "sizes"], ["up"], mode="linear"),
+        helper.make_node("Concat", ["up", "x"], ["both"], axis=1),
+        helper.make_node("ReduceMean", ["both", "axes"], ["m"], keepdims=1),
+        helper.make_node("Sub", ["m", "half"], ["c"]),
+        helper.make_node("Mul", ["c", "gain"], ["g"]),
+        helper.make_node("Sigmoid", ["g"], ["y"]),
+    ]
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+             helper.make_tensor("gain", TensorProto.FLOAT, [], [12.0])]
+    model = helper.make_model(helper.make_graph(nodes, "pinned", [x], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_pinned_graph_runs_at_another_size_once_freed(tmp_path):
+    import onnxruntime as ort
+
+    from pipelines.input_size import any_size
+
+    path = pinned_size_model(tmp_path / "pinned.onnx")
+    rng = np.random.default_rng(0)
+    big = rng.random((1, 3, 48, 48), np.float32)
+    pinned = ort.InferenceSession(str(path))
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error type varies
+        pinned.run(None, {"x": big})  # the constant size no longer matches the input
+    freed = ort.InferenceSession(any_size(path))
+    assert freed.run(None, {"x": big})[0].shape == (1, 1, 48, 48)
+    small = rng.random((1, 3, 32, 32), np.float32)  # at the trained size: the same answer
+    np.testing.assert_allclose(freed.run(None, {"x": small})[0],
+                               pinned.run(None, {"x": small})[0], rtol=1e-6)
+
+
+def test_input_size_runs_the_model_at_that_size(tmp_path):
+    path = pinned_size_model(tmp_path / "tiny.onnx")
+    spec = tiny_spec().model_copy(update={"preprocess": Preprocess(height=32, width=32)})
+    at_catalog = OnnxSegmenter(spec, path)
+    at_48 = OnnxSegmenter(spec, path, input_size=48)
+    assert (at_48.spec.preprocess.height, at_48.spec.preprocess.width) == (48, 48)
+    assert at_catalog.spec.preprocess.height == 32 and spec.preprocess.height == 32
+    image = disk_image(96, 64)
+    mask = at_48.predict(image)
+    assert mask.shape == (64, 96)
+    inside, outside = mask[32, 48], mask[2, 2]  # the bright ellipse is the subject
+    assert inside > 200 and outside < 50
+    # the model was fed 48 x 48: the mask differs from the 32 x 32 one only at the edges
+    assert np.mean(np.abs(mask.astype(int) - at_catalog.predict(image).astype(int))) < 8
