@@ -33,6 +33,10 @@ def test_tier_defaults_pool_overrides_and_model_overrides_merge_in_order():
         "cpu_memory_arena": True, "input_size": None}
     fp16 = AppConfig.model_validate({"models": ["u2netp"], "pools": {"light": {"precision": "fp16"}}})
     assert fp16.pool_for("u2netp", Tier.light).backend_options()["precision"] == "fp16"
+    smaller = AppConfig.model_validate({"models": ["u2netp"], "pools": {"light": {"input_size": 256}}})
+    assert smaller.pool_for("u2netp", Tier.light).backend_options()["input_size"] == 256
+    with pytest.raises(ValueError):
+        PoolOptions(input_size=8)
 
 
 def test_autoscaling_replaces_fixed_replicas():
