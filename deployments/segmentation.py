@@ -76,8 +76,9 @@ class SegmentationModel:
                           "solo_intra_op_threads": solo_intra_op_threads,
                           "precision": self.segmenter.precision,
                           "cpu_memory_arena": cpu_memory_arena,
-                          "input_size": (self.segmenter.spec.preprocess.width,
-                                         self.segmenter.spec.preprocess.height)}
+                          "input_size": input_size,
+                          "model_input_hw": (self.segmenter.spec.preprocess.height,
+                                             self.segmenter.spec.preprocess.width)}
         self._batching = False
         self._batch: dict[str, Any] = {}
         self._in_flight = 0

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipelines.catalog import ModelSpec, Postprocess, Preprocess
 from pipelines.errors import InferenceError, ModelFileMissing
-from pipelines.input_size import any_size, scaled
+from pipelines.input_size import any_size, resized
 from pipelines.precision import half_precision, resolve_precision
 
 _RESAMPLE = {
@@ -159,7 +159,8 @@ class OnnxSegmenter:
         is given, else fp32.
         `memory_arena`: see `session_options`.
         `input_size`: run the model with this longer input side instead of its catalog size
-        (the graph's pinned sizes freed in memory, `pipelines.input_size`).
+        (the graph's pinned sizes freed in memory, `pipelines.input_size`; float graphs of
+        channels-first models only: `auto` then skips an int8 build, `int8` is refused).
         """
         path = Path(weights_path)
         if not path.is_file():
@@ -170,6 +171,8 @@ class OnnxSegmenter:
         self.spec = spec
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        if input_size is not None and precision == "auto":
+            int8_path = None  # the int8 build runs at the catalog size only: float instead
         self.precision = resolve_precision(precision, chosen[0], int8_path is not None)
         graph: str | bytes
         if self.precision == "fp16":
@@ -179,12 +182,12 @@ class OnnxSegmenter:
         else:
             graph = str(path)
         if input_size is not None:
-            pre = spec.preprocess
-            height, width = scaled(pre.height, pre.width, input_size)
-            spec = spec.model_copy(update={"preprocess": pre.model_copy(
-                update={"height": height, "width": width})})
-            self.spec = spec
-            graph = any_size(graph if isinstance(graph, bytes) else Path(graph))
+            if self.precision == "int8":  # its sizes were folded into constants when quantised
+                raise ValueError(f"model {spec.id!r}: input_size runs float graphs only "
+                                 "(precision fp32 or fp16)")
+            spec = self.spec = resized(spec, input_size)
+            graph = any_size(graph if isinstance(graph, bytes) else Path(graph),
+                             not_image=spec.preprocess.extra_inputs)
         self.session = ort.InferenceSession(
             graph, sess_options=session_options(intra_op_threads, memory_arena), providers=chosen
         )

@@ -28,6 +28,7 @@ from deployments.segmentation import SegmentationModel
 from deployments.textseg import TextSegmentation
 from pipelines.auto import ServedModel
 from pipelines.catalog import Catalog, ModelSpec, load_catalog
+from pipelines.input_size import resized
 from pipelines.weights import find_int8, find_weights
 from serve_app.config import (  # noqa: F401 - re-exported: the config types live in serve_app.config
     DEFAULT_POOLS,
@@ -136,6 +137,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     missing: dict[str, str] = {}
     placement: dict[str, tuple[dict[str, Any], int]] = {}
     model_pools: dict[str, Any] = {}
+    served: dict[str, ModelSpec] = {}  # the served models' specs, at their pool's input_size
     model_slots: dict[str, int] = {}
     withheld: dict[str, str] = {}
     for model_id in config.models + config.optional_models:
@@ -157,6 +159,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
                         ", ".join(str(d) for d in search_dirs))
             continue
         pool = config.pool_for(model_id, spec.tier)
+        # callers resize images to the size the replica runs the model at
+        served[model_id] = resized(spec, pool.input_size)
         placement[model_id] = (pool.ray_actor_options, pool.min_replicas())
         model_pools[model_id] = spec.tier
         model_slots[model_id] = pool.slots()
@@ -218,9 +222,9 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         ).bind(handles, model_timeout_s=config.jobs.model_timeout_s, prompter=prompter,
                text_segmenter=text_model, detector=detector, auto_models=auto_models,
                auto_compare=config.auto.compare,
-               specs={m: catalog.get(m).model_dump(mode="json") for m in handles})
+               specs={m: served[m].model_dump(mode="json") for m in handles})
     return serve.deployment(Ingress, name="Ingress", **ingress_opts).bind(
-        handles, [m.model_dump(mode="json") for m in catalog.models], missing,
+        handles, [served.get(m.id, m).model_dump(mode="json") for m in catalog.models], missing,
         setup.model_dump(mode="json"), worker, prompter, generator, detector,
     )
 

@@ -56,6 +56,8 @@ class PoolOptions(_Options):
     def _batch_fits(self) -> PoolOptions:
         if self.max_ongoing_requests < self.batch.max_batch_size:
             raise ValueError("max_ongoing_requests must be >= batch.max_batch_size")
+        if self.input_size is not None and self.precision == "int8":
+            raise ValueError("input_size runs float graphs only: precision fp32, fp16 or auto")
         return self
 
     def min_replicas(self) -> int:

@@ -189,7 +189,7 @@ def test_memory_arena_off_gives_the_same_masks(tiny_model):
 
 
 def pinned_size_model(path, side: int = 32):
-    """A graph exported at `side` x `side` the way IMG.LY's IS-Net is: the image input pinned,
+    """A graph exported at `side` x `side` the way IMG.LY's IS-Net is (at opset 13): the image input pinned,
     and a decoder Resize whose target size is the constant trained size (Concat of the batch
     and channel dims with a Constant), its result concatenated with the full-size input."""
     import onnx
@@ -199,22 +199,25 @@ def pinned_size_model(path, side: int = 32):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, side, side])
     nodes = [
         helper.make_node("AveragePool", ["x"], ["low"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Shape", ["low"], ["nc"], start=0, end=2),
+        helper.make_node("Shape", ["low"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "two"], ["nc"]),
         helper.make_node("Constant", [], ["hw"], value=helper.make_tensor(
             "hw", TensorProto.INT64, [2], [side, side])),
         helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
         helper.make_node("Resize", ["low", "", "", "sizes"], ["up"], mode="linear"),
         helper.make_node("Concat", ["up", "x"], ["both"], axis=1),
-        helper.make_node("ReduceMean", ["both", "axes"], ["m"], keepdims=1),
+        helper.make_node("ReduceMean", ["both"], ["m"], axes=[1], keepdims=1),
         helper.make_node("Sub", ["m", "half"], ["c"]),
         helper.make_node("Mul", ["c", "gain"], ["g"]),
         helper.make_node("Sigmoid", ["g"], ["y"]),
     ]
-    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    inits = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("two", TensorProto.INT64, [1], [2]),
              helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
              helper.make_tensor("gain", TensorProto.FLOAT, [], [12.0])]
+    # opset 13, as old exports (u2netp: 11) are: Shape has no start/end before opset 15
     model = helper.make_model(helper.make_graph(nodes, "pinned", [x], [y], initializer=inits),
-                              opset_imports=[helper.make_opsetid("", 18)])
+                              opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, path)
@@ -253,3 +256,21 @@ def test_input_size_runs_the_model_at_that_size(tmp_path):
     assert inside > 200 and outside < 50
     # the model was fed 48 x 48: the mask differs from the 32 x 32 one only at the edges
     assert np.mean(np.abs(mask.astype(int) - at_catalog.predict(image).astype(int))) < 8
+
+
+def test_input_size_runs_float_channels_first_graphs_only(tmp_path):
+    from pipelines.input_size import resized
+
+    path = pinned_size_model(tmp_path / "tiny.onnx")
+    spec = tiny_spec().model_copy(update={"preprocess": Preprocess(height=32, width=32)})
+    # an int8 build had its sizes folded into constants: auto runs the float graph instead,
+    # and int8 asked for by name is refused
+    auto = OnnxSegmenter(spec, path, int8_path=path, input_size=48)
+    assert auto.precision == "fp32" and auto.spec.preprocess.height == 48
+    with pytest.raises(ValueError, match="float graphs only"):
+        OnnxSegmenter(spec, path, precision="int8", int8_path=path, input_size=48)
+    landscape = Preprocess(height=144, width=256, layout="nhwc")
+    with pytest.raises(ValueError, match="channels-first"):
+        resized(spec.model_copy(update={"preprocess": landscape}), 128)
+    wide = resized(spec.model_copy(update={"preprocess": Preprocess(height=144, width=256)}), 128)
+    assert (wide.preprocess.height, wide.preprocess.width) == (72, 128)  # the aspect kept
