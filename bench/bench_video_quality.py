@@ -71,7 +71,7 @@ def composite_error(alphas: list[np.ndarray], colours: list[np.ndarray],
         af = a.astype(np.float32)[..., None] / 255
         ta3 = ta.astype(np.float32)[..., None]
         ours = af * f.astype(np.float32) + (1 - af) * grey
-        true = ta3 * tf.astype(np.float32) + (1 - ta3) * grey
+        true = tf.astype(np.float32) + (1 - ta3) * grey  # the stamp's colour is premultiplied
         err = np.abs(ours - true).mean(axis=2)
         touched = (a > 0) | (ta > 0)
         soft = (ta > 0.02) & (ta < 0.98)

@@ -359,7 +359,7 @@ def person_clip(name: str, frames: int = 24, size: int = 256, scene: int | None 
     real photo that pans the other way (a known-alpha subject moved over real footage: the
     motion is rigid and the lighting never changes, unlike real capture). `scene` picks the
     photo (an index into SCENES; by default one per person); `foregrounds`, when given, gets
-    each frame's true foreground colours."""
+    each frame's true foreground colours premultiplied by its alpha (what `put` returns)."""
     import real_subjects as rs
 
     assert name in rs.PEOPLE

@@ -226,7 +226,7 @@ def render_video(src: str, dst: str, submit: Callable[[np.ndarray], Callable[[],
                  on_progress: Callable[[int, int | None], None] | None = None,
                  submit_chunk: Callable[[list[np.ndarray], int],
                                         Callable[[], list[np.ndarray]]] | None = None,
-                 chunk_frames: int = 24, chunk_warmup: int = 1,
+                 chunk_frames: int = 24, chunk_warmup: int = 2,
                  max_pixels: int | None = None) -> VideoResult:
     """Stream `src` through segmentation into `dst`: frames are decoded one by one, their masks
     computed `window` at a time (`submit`, see `iter_masks`), smoothed over time, composited

@@ -37,6 +37,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 class PostgresServer:
     """A throwaway PostgreSQL server on 127.0.0.1 that a test can stop and start again.
 
@@ -104,13 +115,16 @@ class PostgresServer:
         pid_file = self.data / "postmaster.pid"
         if self.running and pid_file.is_file():
             pid = int(pid_file.read_text().split()[0])
+            backends = _children(pid)
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 10  # its backends notice and exit: wait for them too
+            while any(map(_alive, [pid, *backends])) and time.monotonic() < deadline:
                 time.sleep(0.1)
             # A container whose init reaps no orphans keeps the dead postmaster as a zombie,
-            # which PostgreSQL takes for a live one: drop its lock file, as an operator would.
+            # which PostgreSQL takes for a live one: drop its lock files, as an operator would.
             pid_file.unlink(missing_ok=True)
+            for lock in self.root.glob(".s.PGSQL.*.lock"):  # the socket's lock names it too
+                lock.unlink(missing_ok=True)
         self.running = False
 
     def remove(self) -> None:

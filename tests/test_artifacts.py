@@ -40,6 +40,11 @@ def test_a_failed_write_leaves_no_temp_file_or_folder(store: LocalArtifactStore)
         raise RuntimeError("boom")
     assert all_files(store.root) == []  # no temp file left behind
     assert not (store.root / "uploads").exists()  # nor the folders created for it
+    store.put_bytes(key, b"old")
+    with pytest.raises(RuntimeError), store.writer(key) as f:  # a failed overwrite
+        f.write(b"new but broken")
+        raise RuntimeError("boom")
+    assert all_files(store.root) == [key]
 
 
 def test_valid_keys(store: LocalArtifactStore) -> None:

@@ -166,7 +166,7 @@ def test_webhook_bookkeeping(jobs):
 
 
 def test_a_delivery_is_recorded_under_the_id_the_dispatcher_sends(jobs):
-    """The dispatcher's delivery id is the job id and the event (49 characters): PostgreSQL
+    """The dispatcher's delivery id is the job id and the event (50 characters): PostgreSQL
     refused it in a 36-character column, so every delivery's record failed, the webhook stayed
     pending and was sent again each time its claim ran out (found by bench_reliability)."""
     job = new(jobs, start=True, webhook_url="https://hooks.example.com/x")

@@ -77,9 +77,11 @@ class Node:
 def stop_cluster(head: Node, worker: Node | None, gcs_port: int) -> None:
     """Kill both nodes and do what `ray stop` would: forget this cluster, so a later
     `ray.init()` or `serve run` does not try to join a dead one."""
-    if worker is not None:
-        worker.kill()
-    head.kill()
+    try:
+        if worker is not None:
+            worker.kill()
+    finally:
+        head.kill()
     current = Path("/tmp/ray/ray_current_cluster")
     if current.exists() and f":{gcs_port}" in current.read_text():
         current.unlink()
@@ -134,6 +136,7 @@ class TwoNodes:
             raise
         self.nodes = {("worker" if "pro_pool" in n["resources_total"] else "head"): n["node_id"]
                       for n in nodes}
+        assert set(self.nodes) == {"head", "worker"}, nodes
         return self
 
     def __exit__(self, *exc) -> None:

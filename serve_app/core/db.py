@@ -4,8 +4,9 @@ SQLAlchemy Core (tables and SQL expressions, no ORM) gives one code path for bot
 SQLite by default (one WAL-mode file under `data_dir`, shared by every Ray process on the
 machine) and PostgreSQL on a cluster (`postgresql+psycopg://...`). Modules declare their tables
 on `metadata`; `connect()` creates whichever are missing, and adds columns that a newer
-version declared to tables an older one created (nullable columns only: the one kind of
-schema change this project makes without a migration tool).
+version declared to tables an older one created (nullable columns only) and, on PostgreSQL,
+lengthens string columns a newer version declared longer: the two kinds of schema change
+this project makes without a migration tool.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def delivery_id(job_id: str, event: str) -> str:
     """The id a job's delivery of `event` carries, the same for every retry (receivers dedupe
-    on it): up to 36 + 1 + 12 characters."""
+    on it): up to 36 + 1 + 13 characters."""
     return f"{job_id}-{event}"
 
 
