@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from PIL import Image
 
@@ -59,7 +58,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from bench_soak import photo_bytes, process_name  # noqa: E402
+from bench_soak import photo_bytes, process_name, sample  # noqa: E402
 from pg_server import PostgresServer  # noqa: E402
 
 from bench_matte import OursServer, add_service_args, wait_for_quiet  # noqa: E402
@@ -507,18 +506,6 @@ async def soak_traffic(stack: Stack, minutes: float, clients: int, soak: Soak) -
     await asyncio.gather(*(loop(i) for i in range(clients)))
 
 
-def rss(server: KeyedServer) -> dict[str, float]:
-    out: dict[str, float] = collections.defaultdict(float)
-    if server.procs is None:
-        return {}
-    for p in server.procs.refresh():
-        try:
-            out[process_name(p)] += p.memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return dict(out)
-
-
 def job_worker_pids(server: KeyedServer) -> list[int]:
     assert server.procs is not None
     return [p.pid for p in server.procs.refresh() if process_name(p).endswith(":JobWorker")]
@@ -579,7 +566,7 @@ def chaos(stack: Stack, soak: Soak, kills: list[tuple[str, float]], samples: dic
             samples.setdefault("restarts", []).append((what, int(now) + 1))
         if now >= minute + 1:
             minute += 1
-            samples[minute] = rss(stack.server)
+            samples[minute] = sample(stack.server)
             print(f"minute {minute}: {sum(samples[minute].values()):.0f} MiB; "
                   f"{sum(soak.counts.values())} answers, {len(soak.unexpected)} unexpected",
                   flush=True)
